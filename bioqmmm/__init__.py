@@ -1,0 +1,6 @@
+"""bioqmmm: biomolecular QM/MM with OpenMM and PySCF."""
+
+from bioqmmm.system import QMMMSystem
+
+__version__ = "0.1.0"
+__all__ = ["QMMMSystem", "__version__"]

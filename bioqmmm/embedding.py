@@ -1,0 +1,181 @@
+"""Which MM charges the QM region sees, and how: the electrostatic embedding layer.
+
+* :class:`FullEmbedding` (non-periodic systems): every MM charge enters the QM
+  Hamiltonian exactly.
+* :class:`PeriodicEmbedding`: the QM region is made whole by minimum image; MM charges
+  (and their periodic images) within ``cutoff`` of any QM atom enter exactly, scaled by a
+  C2 switch so energy and forces are continuous; everything else -- the switched-off part
+  of those charges, all farther charges and all periodic images -- is the Ewald far field,
+  Taylor-expanded to second order about the QM centroid and coupled to the QM density as a
+  polynomial potential. The derivation is in ``docs/theory.md``.
+
+Both return the QM/MM energy (kJ/mol) and forces (kJ/mol/nm) on the QM atoms and on each MM
+charge, the exact gradient of that energy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from itertools import product
+
+import numpy as np
+
+from bioqmmm.errors import InputError
+from bioqmmm.ewald import FieldTensors, ReciprocalSum, multipole_response, point_tensors
+from bioqmmm.qm.base import PolynomialPotential, QMEngine, QMResult
+from bioqmmm.units import COULOMB_KJMOL_NM
+
+
+@dataclass(frozen=True)
+class QMRegionSpec:
+    """The frozen, per-system description of the QM region handed to an embedding."""
+
+    symbols: tuple[str, ...]
+    charge: int
+    multiplicity: int
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    """Energy (kJ/mol), forces on QM atoms and on MM charges (kJ/mol/nm), engine output."""
+
+    energy: float
+    qm_forces: np.ndarray
+    mm_forces: np.ndarray
+    qm: QMResult
+    n_exact_charges: int
+
+
+class FullEmbedding:
+    """Every MM charge enters the QM Hamiltonian exactly (non-periodic systems)."""
+
+    periodic = False
+
+    def evaluate(self, engine: QMEngine, region: QMRegionSpec, qm_pos: np.ndarray, mm_pos: np.ndarray,
+                 mm_q: np.ndarray, box: np.ndarray | None = None, step: int | None = None) -> EmbeddingResult:
+        res = engine.compute(list(region.symbols), qm_pos, region.charge, region.multiplicity, mm_pos, mm_q,
+                             step=step)
+        return EmbeddingResult(res.energy, res.qm_forces, res.mm_forces, res, len(mm_q))
+
+
+def minimum_image(d: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Minimum-image displacement(s) for an OpenMM reduced (lower-triangular) box, nm."""
+    d = np.array(d, dtype=float, copy=True)
+    for axis in (2, 1, 0):
+        d -= np.outer(np.round(d[..., axis] / box[axis, axis]), box[axis]).reshape(d.shape)
+    return d
+
+
+def whole_region(qm_pos: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Rebuild the QM region whole: each atom as the minimum image relative to the first."""
+    return qm_pos[0] + minimum_image(qm_pos - qm_pos[0], box)
+
+
+def quintic_switch(r: np.ndarray, r_on: float, r_off: float) -> tuple[np.ndarray, np.ndarray]:
+    """S(r) = 1 - 10 t^3 + 15 t^4 - 6 t^5, t = (r - r_on)/(r_off - r_on), clipped; and dS/dr."""
+    t = np.clip((r - r_on) / (r_off - r_on), 0.0, 1.0)
+    s = 1.0 - t**3 * (10.0 - 15.0 * t + 6.0 * t * t)
+    ds = -30.0 * t * t * (1.0 - t) ** 2 / (r_off - r_on)
+    return s, ds
+
+
+@dataclass
+class PeriodicEmbedding:
+    """Switched exact near field plus Ewald far field for periodic systems.
+
+    cutoff: MM charges within this distance (nm) of any QM atom enter exactly;
+    switch_width: the weight of a charge goes smoothly from 1 at ``cutoff - switch_width``
+    to 0 at ``cutoff`` (nm); ewald_tolerance: relative truncation of the real- and
+    reciprocal-space Ewald sums of the far field.
+    """
+
+    cutoff: float = 1.2
+    switch_width: float = 0.2
+    ewald_tolerance: float = 1e-8
+    _recip_cache: dict = field(default_factory=dict, repr=False)
+    periodic = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.switch_width < self.cutoff:
+            raise InputError(f"switch_width must lie in (0, cutoff); got {self.switch_width} with cutoff {self.cutoff}")
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_recip_cache"] = {}
+        return state
+
+    def _ewald(self, box: np.ndarray) -> tuple[float, float, ReciprocalSum]:
+        """Real-space cutoff, alpha and reciprocal sum for this box (cached per box)."""
+        key = tuple(np.round(box, 12).ravel())
+        if key not in self._recip_cache:
+            r_real = min(box[0, 0], box[1, 1], box[2, 2])
+            alpha = math.sqrt(-math.log(self.ewald_tolerance)) / r_real
+            self._recip_cache.clear()
+            self._recip_cache[key] = (r_real, alpha, ReciprocalSum(box, alpha, self.ewald_tolerance))
+        return self._recip_cache[key]
+
+    def evaluate(self, engine: QMEngine, region: QMRegionSpec, qm_pos: np.ndarray, mm_pos: np.ndarray,
+                 mm_q: np.ndarray, box: np.ndarray | None = None, step: int | None = None) -> EmbeddingResult:
+        if box is None:
+            raise InputError("PeriodicEmbedding needs periodic box vectors")
+        qm = whole_region(qm_pos, box)
+        center = qm.mean(axis=0)
+        r_real, alpha, recip = self._ewald(box)
+
+        # every periodic image of every MM charge within reach of the centre
+        d0 = minimum_image(mm_pos - center, box)
+        shifts = np.array(list(product((-1, 0, 1), repeat=3))) @ box
+        img = (d0[None] + shifts[:, None]).reshape(-1, 3)  # image position - centre
+        owner = np.tile(np.arange(len(mm_q)), len(shifts))
+        dist = np.linalg.norm(img, axis=1)
+        real = dist < r_real
+        img, owner, dist = img[real], owner[real], dist[real]
+
+        rqm = np.linalg.norm(qm - center, axis=1).max()
+        cand = np.flatnonzero(dist < self.cutoff + rqm)
+        to_qm = img[cand, None, :] + center - qm[None]  # (n_cand, n_qm, 3)
+        r_iA = np.linalg.norm(to_qm, axis=2)
+        s, ds = quintic_switch(r_iA, self.cutoff - self.switch_width, self.cutoff)
+        weight = 1.0 - np.prod(1.0 - s, axis=1)
+        near = weight > 0.0
+        cand, to_qm, r_iA, s, ds, weight = cand[near], to_qm[near], r_iA[near], s[near], ds[near], weight[near]
+        q_near = mm_q[owner[cand]]
+        x_near = -img[cand]  # centre - charge
+
+        # far field at the centre: full Ewald kernel minus the exactly treated part
+        far = point_tensors(-img, mm_q[owner], alpha) + recip.tensors(-d0, mm_q)
+        far = far + point_tensors(x_near, -weight * q_near, None)
+        far = far.scaled(COULOMB_KJMOL_NM)
+        partial = np.flatnonzero(weight < 1.0)
+        res = engine.compute(
+            list(region.symbols), qm, region.charge, region.multiplicity,
+            center + img[cand], weight * q_near,
+            potential_at=partial,
+            external=PolynomialPotential(center, far.t0, far.t1, far.t2),
+            step=step,
+        )
+        m = res.moments
+        f_qm = res.qm_forces.copy()
+        f_mm = np.zeros_like(mm_pos)
+        np.add.at(f_mm, owner[cand], res.mm_forces)
+
+        # far field: explicit dependence on the MM positions (through the Ewald and near kernels)
+        _, g = multipole_response(-img, m.m0, m.m1, m.m2, alpha)
+        np.add.at(f_mm, owner, COULOMB_KJMOL_NM * mm_q[owner, None] * g)
+        f_mm += COULOMB_KJMOL_NM * mm_q[:, None] * recip.multipole_gradient(-d0, m.m0, m.m1, m.m2)
+        u_near, g_near = multipole_response(x_near, m.m0, m.m1, m.m2, None)
+        np.add.at(f_mm, owner[cand], -COULOMB_KJMOL_NM * (weight * q_near)[:, None] * g_near)
+
+        # far field: dependence on the expansion centre, dE/dc = 1/2 m2 : t3
+        f_qm -= 0.5 * np.einsum("ab,abk->k", m.m2, far.t3) / len(qm)
+
+        # switching weights: dE/dw_i = q_i [V_QM(r_i) - U_multipole(r_i)]
+        de_dw = q_near[partial] * (res.mm_potentials - COULOMB_KJMOL_NM * u_near[partial])
+        one_minus = 1.0 - s[partial]
+        dw_ds = np.stack([np.prod(np.delete(one_minus, a, axis=1), axis=1) for a in range(len(qm))], axis=1)
+        unit_vec = to_qm[partial] / r_iA[partial, :, None]
+        dE_dvec = (de_dw[:, None] * dw_ds * ds[partial])[:, :, None] * unit_vec  # dE/d(r_i - R_A)
+        np.add.at(f_mm, owner[cand[partial]], -dE_dvec.sum(axis=1))
+        f_qm += dE_dvec.sum(axis=0)
+        return EmbeddingResult(res.energy, f_qm, f_mm, res, len(cand))

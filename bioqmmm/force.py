@@ -1,0 +1,86 @@
+"""The QM force: one ``openmm.PythonForce`` that evaluates E_QM and its forces.
+
+The callback is a module-level function bound with ``functools.partial`` to a
+:class:`QMForceKernel`, so the force pickles (and serialises with ``XmlSerializer``).
+An exception raised in the callback reaches OpenMM's caller only as message text in an
+``OpenMMException``; the kernel keeps the typed error so bioqmmm can re-raise it.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import openmm
+from openmm import unit
+
+from bioqmmm.embedding import EmbeddingResult, QMRegionSpec
+from bioqmmm.errors import CalculationError
+from bioqmmm.qm.base import QMEngine
+
+
+class QMForceKernel:
+    """Everything the QM force callback needs, in local (force-particle) order.
+
+    Particles of the PythonForce are the QM atoms followed by the charged MM atoms.
+    ``last`` holds the last successful :class:`EmbeddingResult`, ``last_error`` the typed
+    error of the last failed call, ``overhead`` the seconds spent outside the engine.
+    """
+
+    def __init__(self, region: QMRegionSpec, n_qm: int, mm_charges: np.ndarray, engine: QMEngine, embedding) -> None:
+        self.region = region
+        self.n_qm = n_qm
+        self.mm_charges = np.asarray(mm_charges, dtype=float)
+        self.engine = engine
+        self.embedding = embedding
+        self.last: EmbeddingResult | None = None
+        self.last_error: BaseException | None = None
+        self.last_step: int | None = None
+        self.overhead = 0.0
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(last=None, last_error=None)
+        return state
+
+    def evaluate(self, positions: np.ndarray, box: np.ndarray | None, step: int | None) -> tuple[float, np.ndarray]:
+        """E_QM (kJ/mol) and forces (kJ/mol/nm) for the force's particles."""
+        start = time.perf_counter()
+        if not np.all(np.isfinite(positions)):
+            raise CalculationError(f"non-finite coordinates reached the QM force at step {step}")
+        result = self.embedding.evaluate(
+            self.engine, self.region, positions[: self.n_qm], positions[self.n_qm :], self.mm_charges, box, step
+        )
+        forces = np.concatenate([result.qm_forces, result.mm_forces])
+        self.last = result
+        self.overhead = time.perf_counter() - start - result.qm.info.wall_time
+        return result.energy, forces
+
+
+def compute_qm_force(kernel: QMForceKernel, state: openmm.State) -> tuple[float, np.ndarray]:
+    """PythonForce callback: unpack the State, evaluate, keep any typed error on the kernel."""
+    step = state.getStepCount()
+    kernel.last_step = step
+    try:
+        positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        box = None
+        if kernel.embedding.periodic:
+            box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
+        energy, forces = kernel.evaluate(np.asarray(positions), None if box is None else np.asarray(box), step)
+    except BaseException as exc:
+        kernel.last_error = exc
+        raise
+    kernel.last_error = None
+    return energy, forces
+
+
+def make_qm_force(kernel: QMForceKernel, particles: Sequence[int], force_group: int) -> openmm.PythonForce:
+    """The picklable PythonForce acting on ``particles`` (QM atoms first, then MM charges)."""
+    force = openmm.PythonForce(functools.partial(compute_qm_force, kernel))
+    force.setParticles(list(particles))
+    force.setUsesPeriodicBoundaryConditions(bool(kernel.embedding.periodic))
+    force.setForceGroup(force_group)
+    force.setName("QMForce")
+    return force

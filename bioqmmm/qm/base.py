@@ -1,0 +1,106 @@
+"""The QM engine protocol: the single seam between bioqmmm and a quantum chemistry code.
+
+Everything crossing this seam is in OpenMM units: nm, kJ/mol, elementary charge.
+An engine converts to its own units internally and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from bioqmmm.errors import SCFAttempt
+
+
+@dataclass(frozen=True)
+class PolynomialPotential:
+    """A smooth external potential, Taylor-expanded to second order about ``center``.
+
+    phi(r) = t0 + t1 . (r - c) + 1/2 (r - c)^T t2 (r - c)
+
+    Units: ``center`` nm, ``t0`` kJ/mol/e, ``t1`` kJ/mol/e/nm, ``t2`` kJ/mol/e/nm^2.
+    Used for the far field of the embedding (see ``docs/theory.md``).
+    """
+
+    center: np.ndarray
+    t0: float
+    t1: np.ndarray
+    t2: np.ndarray
+
+
+@dataclass(frozen=True)
+class QMMoments:
+    """Multipole moments of the QM region (nuclei + electrons) about a centre.
+
+    m0 in e, m1 in e nm, m2 (3, 3) in e nm^2 (second moment sum q (r-c)(r-c)^T, not traceless).
+    The interaction energy with a :class:`PolynomialPotential` is
+    t0 m0 + t1 . m1 + 1/2 t2 : m2.
+    """
+
+    m0: float
+    m1: np.ndarray
+    m2: np.ndarray
+
+
+@dataclass(frozen=True)
+class QMInfo:
+    """Per-call statistics of an engine call."""
+
+    scf_cycles: int
+    converged: bool
+    wall_time: float  # s
+    attempts: tuple[SCFAttempt, ...] = ()
+    warm_start: bool = False
+
+
+@dataclass(frozen=True)
+class QMResult:
+    """What an engine returns for one geometry (OpenMM units).
+
+    energy: E_QM including the interaction with every MM charge and the external
+    potential, kJ/mol. qm_forces (n_qm, 3) and mm_forces (n_mm, 3): kJ/mol/nm.
+    mm_potentials: electrostatic potential of the QM region (nuclei + electrons) at the
+    MM charges requested with ``potential_at``, kJ/mol/e (= dE/dq_j).
+    moments: QM multipoles about the centre of the external potential, if one was given.
+    """
+
+    energy: float
+    qm_forces: np.ndarray
+    mm_forces: np.ndarray
+    info: QMInfo
+    mm_potentials: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    moments: QMMoments | None = None
+
+
+@runtime_checkable
+class QMEngine(Protocol):
+    """Protocol every QM engine implements."""
+
+    def validate(self, symbols: list[str], charge: int, multiplicity: int) -> None:
+        """Raise :class:`bioqmmm.errors.InputError` if the input cannot be computed.
+
+        Called once when a QM/MM system is built, before any SCF.
+        """
+
+    def compute(
+        self,
+        symbols: list[str],
+        coordinates: np.ndarray,
+        charge: int,
+        multiplicity: int,
+        mm_positions: np.ndarray,
+        mm_charges: np.ndarray,
+        *,
+        potential_at: np.ndarray | None = None,
+        external: PolynomialPotential | None = None,
+        step: int | None = None,
+    ) -> QMResult:
+        """Energy and forces of the QM region in the field of MM point charges.
+
+        coordinates (n, 3) and mm_positions (m, 3) in nm; mm_charges (m,) in e.
+        ``potential_at``: indices of MM charges at which to return the QM potential.
+        ``step`` labels the call in errors. Never returns unconverged results: raises
+        :class:`bioqmmm.errors.SCFConvergenceError` instead.
+        """

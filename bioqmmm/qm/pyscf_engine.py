@@ -1,0 +1,322 @@
+"""PySCF as a QM engine: HF or any DFT functional, electrostatic embedding, exact gradients.
+
+The MM point charges enter the one-electron Hamiltonian through ``pyscf.qmmm.mm_charge``
+(PySCF >= 2.11 gives correct MM-charge gradients). An optional smooth external potential
+(:class:`~bioqmmm.qm.base.PolynomialPotential`, the far field of a periodic embedding)
+enters as a second-order polynomial operator; its Hellmann-Feynman and basis-function
+(Pulay) gradients are added here, so forces stay the exact gradient of the energy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from pyscf import dft, gto, lib, qmmm, scf
+
+from bioqmmm.errors import InputError, SCFAttempt, SCFConvergenceError
+from bioqmmm.qm.base import PolynomialPotential, QMInfo, QMMoments, QMResult
+from bioqmmm.qm.ladder import DEFAULT_LADDER, SCFStrategy
+from bioqmmm.units import BOHR_NM, HARTREE_KJMOL, HARTREE_PER_BOHR_KJMOL_NM
+
+logger = logging.getLogger(__name__)
+
+_HF_NAMES = {"hf": None, "rhf": True, "uhf": False}
+
+
+@dataclass(frozen=True)
+class PySCFOptions:
+    """Settings of :class:`PySCFEngine`; a misspelt keyword is an error.
+
+    conv_tol: SCF energy tolerance (Hartree). density_fit: None means on for DFT, off
+    for HF. restricted: None means restricted for singlets, unrestricted otherwise.
+    grid_level: PySCF DFT grid level. grid_response: include the DFT grid-weight
+    derivatives so forces are the exact gradient. threads: OpenMP threads for PySCF
+    (None leaves PySCF's default). warm_start: reuse the previous density as the guess.
+    """
+
+    method: str = "b3lyp"
+    basis: str = "6-31g*"
+    conv_tol: float = 1e-9
+    conv_tol_grad: float | None = None
+    max_cycle: int = 50
+    density_fit: bool | None = None
+    restricted: bool | None = None
+    grid_level: int = 3
+    grid_response: bool = True
+    threads: int | None = None
+    warm_start: bool = True
+    ladder: tuple[SCFStrategy, ...] = DEFAULT_LADDER
+    max_memory: int = 4000  # MB
+    verbose: int = 0
+
+
+class PySCFEngine:
+    """QM engine backed by PySCF.
+
+    >>> engine = PySCFEngine(method="b3lyp", basis="6-31g*", conv_tol=1e-9)
+
+    Keeps the converged density of the last call as the guess for the next one; the guess
+    is dropped when the atom set, charge or multiplicity changes.
+    """
+
+    def __init__(self, method: str = "b3lyp", basis: str = "6-31g*", **options) -> None:
+        known = {f.name for f in dataclasses.fields(PySCFOptions)} - {"method", "basis"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InputError(f"unknown PySCFEngine option(s) {unknown}; known options: {sorted(known)}")
+        self.options = PySCFOptions(method=method.lower().strip(), basis=basis, **options)
+        self._is_hf = self.options.method in _HF_NAMES
+        if not self._is_hf:
+            try:
+                dft.libxc.parse_xc(self.options.method)
+            except Exception as exc:  # PySCF raises KeyError/ValueError for unknown names
+                raise InputError(f"unknown QM method {method!r}: neither HF nor a functional PySCF knows") from exc
+        self._guess: tuple[tuple, np.ndarray] | None = None
+        self.calls = 0
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_guess"] = None
+        return state
+
+    # ----------------------------------------------------------------- validation
+    def restricted_for(self, multiplicity: int) -> bool:
+        """Whether a closed-shell (restricted) reference is used at this multiplicity."""
+        forced = _HF_NAMES.get(self.options.method) if self._is_hf else None
+        choice = self.options.restricted if self.options.restricted is not None else forced
+        return multiplicity == 1 if choice is None else choice
+
+    def validate(self, symbols: list[str], charge: int, multiplicity: int) -> None:
+        """Check electron count, spin and basis before any SCF; raise InputError."""
+        if not symbols:
+            raise InputError("the QM region has no atoms")
+        if multiplicity < 1 or int(multiplicity) != multiplicity:
+            raise InputError(f"multiplicity must be a positive integer, got {multiplicity}")
+        n_electrons = sum(gto.charge(s) for s in symbols) - charge
+        unpaired = multiplicity - 1
+        if n_electrons < unpaired or (n_electrons - unpaired) % 2:
+            raise InputError(
+                f"charge {charge} and multiplicity {multiplicity} are inconsistent with "
+                f"{n_electrons} electrons in the QM region ({len(symbols)} atoms): "
+                f"{'an odd' if n_electrons % 2 else 'an even'} electron count needs "
+                f"{'an even' if n_electrons % 2 else 'an odd'} multiplicity"
+            )
+        if multiplicity > 1 and self.restricted_for(multiplicity):
+            raise InputError(
+                f"restricted method {self.options.method!r} cannot describe multiplicity {multiplicity}; "
+                "use an unrestricted method (e.g. 'uhf') or restricted=False"
+            )
+        for element in sorted(set(symbols)):
+            try:
+                if not gto.basis.load(self.options.basis, element):
+                    raise KeyError(element)
+            except Exception as exc:
+                raise InputError(f"basis {self.options.basis!r} is not known to PySCF for element {element}") from exc
+
+    # ---------------------------------------------------------------- computation
+    def compute(
+        self,
+        symbols: list[str],
+        coordinates: np.ndarray,
+        charge: int,
+        multiplicity: int,
+        mm_positions: np.ndarray,
+        mm_charges: np.ndarray,
+        *,
+        potential_at: np.ndarray | None = None,
+        external: PolynomialPotential | None = None,
+        step: int | None = None,
+    ) -> QMResult:
+        """See :meth:`bioqmmm.qm.base.QMEngine.compute` (OpenMM units in and out)."""
+        start = time.perf_counter()
+        self.calls += 1
+        if self.options.threads:
+            lib.num_threads(self.options.threads)
+        mol = self._molecule(symbols, np.asarray(coordinates) / BOHR_NM, charge, multiplicity)
+        mm_bohr = np.asarray(mm_positions, dtype=float).reshape(-1, 3) / BOHR_NM
+        mm_q = np.asarray(mm_charges, dtype=float).reshape(-1)
+        ext = _external_in_au(external) if external is not None else None
+
+        key = (tuple(symbols), charge, multiplicity)
+        guess = self._guess[1] if (self.options.warm_start and self._guess and self._guess[0] == key) else None
+        mf, attempts = self._converge(mol, mm_bohr, mm_q, ext, guess, step)
+        dm = mf.make_rdm1()
+        self._guess = (key, dm)
+        dm_total = dm if dm.ndim == 2 else dm[0] + dm[1]
+
+        energy, grad_qm, grad_mm = self._energy_and_gradients(mf, mol, dm_total, mm_bohr, mm_q, ext)
+        potentials = _potentials(mol, dm_total, mm_bohr[potential_at]) if potential_at is not None else np.zeros(0)
+        moments = _moments(mol, dm_total, ext[0]) if ext is not None else None
+        info = QMInfo(
+            scf_cycles=sum(a.cycles for a in attempts),
+            converged=True,
+            wall_time=time.perf_counter() - start,
+            attempts=tuple(attempts),
+            warm_start=guess is not None,
+        )
+        return QMResult(
+            energy=energy * HARTREE_KJMOL,
+            qm_forces=-grad_qm * HARTREE_PER_BOHR_KJMOL_NM,
+            mm_forces=-grad_mm * HARTREE_PER_BOHR_KJMOL_NM,
+            info=info,
+            mm_potentials=potentials * HARTREE_KJMOL,
+            moments=moments,
+        )
+
+    def _molecule(self, symbols, coords_bohr, charge, multiplicity) -> gto.Mole:
+        return gto.M(
+            atom=[(s, tuple(x)) for s, x in zip(symbols, coords_bohr, strict=True)],
+            unit="Bohr",
+            basis=self.options.basis,
+            charge=charge,
+            spin=multiplicity - 1,
+            verbose=self.options.verbose,
+            max_memory=self.options.max_memory,
+        )
+
+    def _base_method(self, mol: gto.Mole, multiplicity: int):
+        restricted = self.restricted_for(multiplicity)
+        if self._is_hf:
+            mf = scf.RHF(mol) if restricted else scf.UHF(mol)
+        else:
+            mf = dft.RKS(mol) if restricted else dft.UKS(mol)
+            mf.xc = self.options.method
+            mf.grids.level = self.options.grid_level
+        density_fit = self.options.density_fit if self.options.density_fit is not None else not self._is_hf
+        return mf.density_fit() if density_fit else mf
+
+    def _scf_object(self, mol, mm_bohr, mm_q, h1e):
+        mf = self._base_method(mol, mol.spin + 1)
+        if mm_q.size:
+            mf = qmmm.mm_charge(mf, mm_bohr, mm_q, unit="Bohr")
+        if h1e is not None:
+            mf.get_hcore = lambda *args, **kwargs: h1e
+        mf.conv_tol = self.options.conv_tol
+        if self.options.conv_tol_grad is not None:
+            mf.conv_tol_grad = self.options.conv_tol_grad
+        mf.verbose = self.options.verbose
+        return mf
+
+    def _converge(self, mol, mm_bohr, mm_q, ext, guess, step):
+        """Run the ladder; return the converged SCF object and the attempts made."""
+        template = self._scf_object(mol, mm_bohr, mm_q, None)
+        h1e = template.get_hcore()
+        if ext is not None:
+            h1e = h1e - _polynomial_operator(mol, ext)
+        attempts: list[SCFAttempt] = []
+        for strategy in self.options.ladder:
+            mf = self._scf_object(mol, mm_bohr, mm_q, h1e)
+            mf = _apply_strategy(mf, strategy, self.options.max_cycle)
+            dm0 = None if strategy.fresh_guess else guess
+            mf.kernel(dm0=dm0)
+            attempts.append(SCFAttempt(strategy.name, int(getattr(mf, "cycles", 0)), bool(mf.converged), float(mf.e_tot)))
+            if mf.converged:
+                if len(attempts) > 1:
+                    logger.warning("SCF at step %s converged only with strategy %r", step, strategy.name)
+                return (mf.undo_soscf() if strategy.second_order else mf), attempts
+            logger.warning("SCF strategy %r failed at step %s after %d cycles", strategy.name, step, attempts[-1].cycles)
+            guess = mf.make_rdm1()
+        raise SCFConvergenceError(step, attempts)
+
+    def _energy_and_gradients(self, mf, mol, dm_total, mm_bohr, mm_q, ext):
+        grad = mf.nuc_grad_method()
+        if not self._is_hf:
+            grad.grid_response = self.options.grid_response
+        grad.verbose = self.options.verbose
+        grad_qm = grad.kernel()
+        grad_mm = grad.grad_hcore_mm(dm_total) + grad.grad_nuc_mm() if mm_q.size else np.zeros((0, 3))
+        energy = mf.e_tot
+        if ext is not None:
+            center, t0, t1, t2 = ext
+            d = mol.atom_coords() - center
+            z = mol.atom_charges()
+            energy += float(z @ (t0 + d @ t1 + 0.5 * np.einsum("ia,ab,ib->i", d, t2, d)))
+            grad_qm = grad_qm + z[:, None] * (t1 + d @ t2) + _polynomial_pulay(mol, dm_total, ext)
+        return energy, grad_qm, grad_mm
+
+
+def _apply_strategy(mf, strategy: SCFStrategy, default_max_cycle: int):
+    mf.max_cycle = strategy.max_cycle or default_max_cycle
+    mf.level_shift = strategy.level_shift
+    mf.damp = strategy.damp
+    if strategy.diis == "none":
+        mf.diis = False
+    elif strategy.diis == "adiis":
+        mf.DIIS = scf.ADIIS
+    elif strategy.diis == "ediis":
+        mf.DIIS = scf.EDIIS
+    return mf.newton() if strategy.second_order else mf
+
+
+def _external_in_au(external: PolynomialPotential):
+    """(center Bohr, t0 Eh/e, t1 Eh/e/Bohr, t2 Eh/e/Bohr^2)."""
+    return (
+        np.asarray(external.center, dtype=float) / BOHR_NM,
+        external.t0 / HARTREE_KJMOL,
+        np.asarray(external.t1, dtype=float) * BOHR_NM / HARTREE_KJMOL,
+        np.asarray(external.t2, dtype=float) * BOHR_NM**2 / HARTREE_KJMOL,
+    )
+
+
+def _polynomial_operator(mol: gto.Mole, ext) -> np.ndarray:
+    """<mu| phi(r) |nu> for phi = t0 + t1.(r-c) + 1/2 (r-c)^T t2 (r-c)."""
+    center, t0, t1, t2 = ext
+    nao = mol.nao
+    with mol.with_common_orig(center):
+        r = mol.intor("int1e_r")
+        rr = mol.intor("int1e_rr").reshape(3, 3, nao, nao)
+    return t0 * mol.intor("int1e_ovlp") + np.einsum("a,apq->pq", t1, r) + 0.5 * np.einsum("ab,abpq->pq", t2, rr)
+
+
+def _polynomial_pulay(mol: gto.Mole, dm: np.ndarray, ext) -> np.ndarray:
+    """Gradient of -Tr[D <phi>] with respect to the basis-function centres, (natm, 3).
+
+    dE/dR_A = 2 sum_{mu on A, nu} D_mu,nu <grad mu| phi |nu>; PySCF's int1e_irp and
+    int1e_irrp put the nabla on the ket, so the bra derivative is their transpose.
+    """
+    center, t0, t1, t2 = ext
+    nao = mol.nao
+    with mol.with_common_orig(center):
+        irp = mol.intor("int1e_irp", comp=9).reshape(3, 3, nao, nao)  # <p| r_a d_b |q>
+        irrp = mol.intor("int1e_irrp", comp=27).reshape(3, 3, 3, nao, nao)  # <p| r_a r_c d_b |q>
+    ipovlp = mol.intor("int1e_ipovlp", comp=3)  # <d_b p| q>
+    # <d_b q| phi |p> for each b: build (3, nao, nao) with bra derivative on index q
+    op = t0 * ipovlp
+    op += np.einsum("a,abpq->bqp", t1, irp)
+    op += 0.5 * np.einsum("ac,acbpq->bqp", t2, irrp)
+    per_ao = 2.0 * np.einsum("bqp,qp->qb", op, dm)  # -> (nao, 3); factor 2 for bra/ket
+    grad = np.zeros((mol.natm, 3))
+    for atom, (_, _, p0, p1) in enumerate(mol.aoslice_by_atom()):
+        grad[atom] = per_ao[p0:p1].sum(axis=0)
+    return grad
+
+
+def _potentials(mol: gto.Mole, dm: np.ndarray, points_bohr: np.ndarray) -> np.ndarray:
+    """Electrostatic potential of the QM nuclei and electrons at points (Eh/e)."""
+    if len(points_bohr) == 0:
+        return np.zeros(0)
+    diff = points_bohr[:, None, :] - mol.atom_coords()[None]
+    v_nuc = (mol.atom_charges()[None] / np.linalg.norm(diff, axis=2)).sum(axis=1)
+    v_el = np.empty(len(points_bohr))
+    for i0, i1 in lib.prange(0, len(points_bohr), 200):
+        ints = mol.intor("int1e_grids", grids=points_bohr[i0:i1])
+        v_el[i0:i1] = np.einsum("kpq,qp->k", ints, dm)
+    return v_nuc - v_el
+
+
+def _moments(mol: gto.Mole, dm: np.ndarray, center_bohr: np.ndarray) -> QMMoments:
+    """Charge (e), first (e nm) and second (e nm^2) moments of nuclei + electrons about a centre."""
+    nao = mol.nao
+    with mol.with_common_orig(center_bohr):
+        r = mol.intor("int1e_r")
+        rr = mol.intor("int1e_rr").reshape(3, 3, nao, nao)
+    z = mol.atom_charges()
+    d = mol.atom_coords() - center_bohr
+    m0 = z.sum() - np.einsum("pq,qp->", mol.intor("int1e_ovlp"), dm)
+    m1 = z @ d - np.einsum("apq,qp->a", r, dm)
+    m2 = np.einsum("i,ia,ib->ab", z, d, d) - np.einsum("abpq,qp->ab", rr, dm)
+    return QMMoments(m0=float(m0), m1=m1 * BOHR_NM, m2=m2 * BOHR_NM**2)

@@ -1,0 +1,142 @@
+"""QMMMSystem: an OpenMM System whose QM region is evaluated by a QM engine at every step."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import openmm
+from openmm import app, unit
+
+from bioqmmm.embedding import EmbeddingResult, FullEmbedding, PeriodicEmbedding, QMRegionSpec
+from bioqmmm.errors import InputError
+from bioqmmm.force import QMForceKernel, make_qm_force
+from bioqmmm.qm.base import QMEngine
+from bioqmmm.selection import check_no_covalent_cut, element_symbols, resolve_qm_atoms
+from bioqmmm.surgery import build_mm_system, mm_charges
+from bioqmmm.units import positions_nm
+
+logger = logging.getLogger(__name__)
+
+
+class QMMMSystem:
+    """A QM/MM model built from an OpenMM Topology and reference System.
+
+    E = E_MM(QM charges zeroed, bonded terms inside QM removed, QM-MM LJ kept)
+      + E_QM(QM atoms in the field of the MM point charges)
+
+    Parameters
+    ----------
+    topology, system:
+        The reference model; neither is modified.
+    qm_atoms:
+        Topology atom indices or an mdtraj selection string.
+    charge, multiplicity:
+        Total charge (e) and spin multiplicity of the QM region; both required.
+    engine:
+        A :class:`bioqmmm.qm.QMEngine`, e.g. :class:`bioqmmm.qm.PySCFEngine`.
+    embedding:
+        Defaults to :class:`~bioqmmm.embedding.FullEmbedding` (every MM charge, exact) for
+        non-periodic systems and :class:`~bioqmmm.embedding.PeriodicEmbedding` otherwise.
+    platform:
+        OpenMM platform name for :meth:`energy_and_forces` (default ``"CPU"``).
+    """
+
+    def __init__(
+        self,
+        topology: app.Topology,
+        system: openmm.System,
+        qm_atoms: str | Sequence[int],
+        *,
+        charge: int,
+        multiplicity: int,
+        engine: QMEngine,
+        embedding: FullEmbedding | PeriodicEmbedding | None = None,
+        platform: str = "CPU",
+    ) -> None:
+        if topology.getNumAtoms() != system.getNumParticles():
+            raise InputError(
+                f"topology has {topology.getNumAtoms()} atoms but the system has {system.getNumParticles()} particles"
+            )
+        self.topology = topology
+        self.qm_atoms: tuple[int, ...] = resolve_qm_atoms(topology, qm_atoms)
+        check_no_covalent_cut(topology, self.qm_atoms)
+        self.symbols = element_symbols(topology, self.qm_atoms)
+        self.charge = int(charge)
+        self.multiplicity = int(multiplicity)
+        self.engine = engine
+        engine.validate(list(self.symbols), self.charge, self.multiplicity)
+
+        periodic = system.usesPeriodicBoundaryConditions()
+        self.embedding = embedding or (PeriodicEmbedding() if periodic else FullEmbedding())
+        if self.embedding.periodic != periodic:
+            raise InputError(f"{type(self.embedding).__name__} does not fit a {'' if periodic else 'non-'}periodic system")
+        charges = mm_charges(system)
+        _check_declared_charge(charges[list(self.qm_atoms)].sum(), self.charge)
+        qm = set(self.qm_atoms)
+        self.mm_charged_atoms = tuple(i for i in np.flatnonzero(charges).tolist() if i not in qm)
+
+        self.system = build_mm_system(system, self.qm_atoms)
+        used = {f.getForceGroup() for f in self.system.getForces()}
+        self.qm_force_group = max(used | {0}) + 1
+        if self.qm_force_group > 31:
+            raise InputError("no free force group left for the QM force")
+        region = QMRegionSpec(self.symbols, self.charge, self.multiplicity)
+        self.kernel = QMForceKernel(region, len(self.qm_atoms), charges[list(self.mm_charged_atoms)], engine,
+                                    self.embedding)
+        self.qm_force = make_qm_force(self.kernel, self.qm_atoms + self.mm_charged_atoms, self.qm_force_group)
+        self.system.addForce(self.qm_force)
+        self._particles = np.array(self.qm_atoms + self.mm_charged_atoms, dtype=int)
+        self._platform = platform
+        self._context: openmm.Context | None = None
+
+    @property
+    def last_qm(self) -> EmbeddingResult | None:
+        """Result of the last successful QM evaluation (energy, forces, SCF info)."""
+        return self.kernel.last
+
+    def _get_context(self) -> openmm.Context:
+        if self._context is None:
+            integrator = openmm.VerletIntegrator(0.001)
+            self._context = openmm.Context(self.system, integrator, openmm.Platform.getPlatformByName(self._platform))
+        return self._context
+
+    def energy_and_forces(self, positions, box_vectors=None) -> tuple[float, np.ndarray]:
+        """Total energy (kJ/mol) and (N, 3) forces (kJ/mol/nm) of the whole system.
+
+        ``positions``: Quantity or (N, 3) array in nm. ``box_vectors``: optional (3, 3) in nm.
+        """
+        context = self._get_context()
+        if box_vectors is not None:
+            context.setPeriodicBoxVectors(*positions_nm(box_vectors))
+        context.setPositions(positions_nm(positions))
+        with self.typed_errors():
+            state = context.getState(getEnergy=True, getForces=True)
+        energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+        return float(energy), np.asarray(forces)
+
+    @contextlib.contextmanager
+    def typed_errors(self) -> Iterator[None]:
+        """Re-raise a failure inside the QM force as its typed bioqmmm error.
+
+        >>> with qmmm.typed_errors():
+        ...     simulation.step(1000)
+        """
+        try:
+            yield
+        except openmm.OpenMMException as exc:
+            error = self.kernel.last_error
+            if error is None:
+                raise
+            self.kernel.last_error = None
+            raise error from exc
+
+
+def _check_declared_charge(mm_sum: float, declared: int) -> None:
+    if abs(mm_sum - declared) > 0.01:
+        logger.warning(
+            "declared QM charge %d differs from the sum %.4f e of the MM charges of the QM atoms", declared, mm_sum
+        )

@@ -1,0 +1,37 @@
+"""Unit conversions between OpenMM (nm, kJ/mol, e) and atomic units (Bohr, Hartree).
+
+Every conversion in bioqmmm goes through this module. The constants are PySCF's
+(``pyscf.data.nist``) so that a QM engine fed through bioqmmm reproduces PySCF run
+directly to machine precision; OpenMM's constants differ from them by ~1e-8 relative.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from openmm import unit
+from pyscf.data import nist
+
+#: Bohr radius in nm.
+BOHR_NM: float = nist.BOHR * 0.1
+#: One Hartree in kJ/mol.
+HARTREE_KJMOL: float = nist.HARTREE2J * nist.AVOGADRO / 1000.0
+#: One Hartree/Bohr in kJ/mol/nm.
+HARTREE_PER_BOHR_KJMOL_NM: float = HARTREE_KJMOL / BOHR_NM
+
+
+def positions_nm(positions) -> np.ndarray:
+    """Return positions as a float64 (N, 3) array in nm.
+
+    Accepts an ``openmm.unit.Quantity`` (any length unit, list of ``Vec3`` or array)
+    or anything array-like already in nm.
+    """
+    if unit.is_quantity(positions):
+        positions = positions.value_in_unit(unit.nanometer)
+    array = np.asarray(positions, dtype=np.float64)
+    if array.ndim != 2 or array.shape[1] != 3:
+        raise ValueError(f"positions must have shape (N, 3); got {array.shape}")
+    return array
+
+#: Coulomb constant 1/(4 pi eps0) in kJ/mol nm e^-2, consistent with the constants above
+#: (1 Hartree Bohr / e^2), so that QM-side and Python-side electrostatics agree exactly.
+COULOMB_KJMOL_NM: float = HARTREE_KJMOL * BOHR_NM
