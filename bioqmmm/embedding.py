@@ -22,7 +22,7 @@ from itertools import product
 import numpy as np
 
 from bioqmmm.errors import InputError
-from bioqmmm.ewald import FieldTensors, ReciprocalSum, multipole_response, point_tensors
+from bioqmmm.ewald import ReciprocalSum, multipole_response, point_tensors
 from bioqmmm.qm.base import PolynomialPotential, QMEngine, QMResult
 from bioqmmm.units import COULOMB_KJMOL_NM
 

@@ -1,0 +1,127 @@
+"""PySCFEngine against PySCF run directly, finite differences, the SCF ladder and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import FD_ABS_TOL
+from pyscf import gto, qmmm, scf
+
+from bioqmmm.errors import InputError, SCFConvergenceError
+from bioqmmm.qm import PolynomialPotential, PySCFEngine, SCFStrategy
+from bioqmmm.units import BOHR_NM, HARTREE_KJMOL
+
+WATER = ["O", "H", "H"]
+WATER_XYZ = np.array([[0.0, 0.0, 0.0], [0.0957, 0.0, 0.0], [-0.024, 0.0927, 0.0]]) + 0.01  # nm
+MM_XYZ = np.array([[0.30, 0.10, 0.05], [-0.25, 0.20, 0.10], [0.10, -0.30, 0.20]])  # nm
+MM_Q = np.array([-0.8, 0.4, 0.4])
+
+
+def _pyscf_direct(symbols, xyz_nm, mm_xyz_nm, mm_q, charge=0, spin=0, method="hf", basis="6-31g*"):
+    mol = gto.M(atom=list(zip(symbols, xyz_nm / BOHR_NM, strict=True)), unit="Bohr", basis=basis, charge=charge,
+                spin=spin, verbose=0)
+    mf = (scf.RHF if spin == 0 else scf.UHF)(mol)
+    mf.conv_tol = 1e-12
+    mf = qmmm.mm_charge(mf, mm_xyz_nm / BOHR_NM, mm_q, unit="Bohr")
+    return mf.kernel()
+
+
+def test_energy_equals_pyscf_direct():
+    engine = PySCFEngine("hf", "6-31g*", conv_tol=1e-12)
+    result = engine.compute(WATER, WATER_XYZ, 0, 1, MM_XYZ, MM_Q)
+    assert result.energy / HARTREE_KJMOL == pytest.approx(_pyscf_direct(WATER, WATER_XYZ, MM_XYZ, MM_Q), abs=1e-9)
+    assert result.info.converged and result.info.scf_cycles > 0 and result.info.wall_time > 0
+
+
+def test_open_shell_is_unrestricted_and_matches_pyscf():
+    engine = PySCFEngine("hf", "6-31g", conv_tol=1e-12)
+    oh = WATER_XYZ[:2]
+    result = engine.compute(["O", "H"], oh, 0, 2, MM_XYZ, MM_Q)
+    expected = _pyscf_direct(["O", "H"], oh, MM_XYZ, MM_Q, spin=1, basis="6-31g")
+    assert result.energy / HARTREE_KJMOL == pytest.approx(expected, abs=1e-9)
+
+
+def test_forces_match_finite_differences_with_external_potential():
+    """QM and MM-charge forces, potentials (dE/dq) and moments (dE/dt) of the engine."""
+    engine = PySCFEngine("hf", "6-31g*", conv_tol=1e-12)
+    ext = PolynomialPotential(np.array([0.02, 0.03, -0.01]), 5.0, np.array([300.0, -200.0, 100.0]),
+                              np.array([[1000.0, 200, 50], [200, -400, 100], [50, 100, -600]]))
+
+    def run(xyz=WATER_XYZ, mm=MM_XYZ, q=MM_Q, external=ext, **kw):
+        return engine.compute(WATER, xyz, 0, 1, mm, q, external=external, **kw)
+
+    ref = run(potential_at=np.array([0, 2]))
+    h = 1e-5
+    for atom in range(3):
+        for axis in range(3):
+            step = np.zeros_like(WATER_XYZ)
+            step[atom, axis] = h
+            fd = -(run(xyz=WATER_XYZ + step).energy - run(xyz=WATER_XYZ - step).energy) / (2 * h)
+            assert ref.qm_forces[atom, axis] == pytest.approx(fd, abs=FD_ABS_TOL)
+            fd = -(run(mm=MM_XYZ + step).energy - run(mm=MM_XYZ - step).energy) / (2 * h)
+            assert ref.mm_forces[atom, axis] == pytest.approx(fd, abs=FD_ABS_TOL)
+    for k, j in enumerate([0, 2]):
+        dq = np.zeros(3)
+        dq[j] = 1e-4
+        fd = (run(q=MM_Q + dq).energy - run(q=MM_Q - dq).energy) / 2e-4
+        assert ref.mm_potentials[k] == pytest.approx(fd, rel=1e-6)
+    dt = np.array([1e-2, 0, 0])
+    plus = PolynomialPotential(ext.center, ext.t0, ext.t1 + dt, ext.t2)
+    minus = PolynomialPotential(ext.center, ext.t0, ext.t1 - dt, ext.t2)
+    assert ref.moments.m1[0] == pytest.approx((run(external=plus).energy - run(external=minus).energy) / 2e-2, rel=1e-6)
+
+
+def test_warm_start_is_used_and_dropped_when_the_region_changes():
+    engine = PySCFEngine("hf", "sto-3g", conv_tol=1e-10)
+    cold = engine.compute(WATER, WATER_XYZ, 0, 1, MM_XYZ, MM_Q)
+    warm = engine.compute(WATER, WATER_XYZ + 1e-4, 0, 1, MM_XYZ, MM_Q)
+    assert not cold.info.warm_start and warm.info.warm_start
+    assert warm.info.scf_cycles < cold.info.scf_cycles
+    other = engine.compute(["O", "H"], WATER_XYZ[:2], -1, 1, MM_XYZ, MM_Q)
+    assert not other.info.warm_start
+
+
+def test_ladder_is_climbed_then_typed_error_names_step_and_attempts():
+    hopeless = tuple(SCFStrategy(name, max_cycle=1, **kw) for name, kw in
+                     [("cdiis", {}), ("level_shift_damping", {"level_shift": 0.5, "damp": 0.5}),
+                      ("fresh_guess", {"fresh_guess": True}), ("second_order", {"second_order": True})])
+    engine = PySCFEngine("hf", "6-31g*", conv_tol=1e-14, ladder=hopeless)
+    with pytest.raises(SCFConvergenceError) as info:
+        engine.compute(WATER, WATER_XYZ, 0, 1, MM_XYZ, MM_Q, step=7)
+    assert info.value.step == 7
+    assert [a.strategy for a in info.value.attempts] == [s.name for s in hopeless]
+    assert not any(a.converged for a in info.value.attempts)
+    assert "step 7" in str(info.value)
+
+
+def test_ladder_recovers_when_a_later_rung_converges():
+    ladder = (SCFStrategy("too_short", max_cycle=2), SCFStrategy("cdiis"))
+    engine = PySCFEngine("hf", "6-31g*", conv_tol=1e-10, ladder=ladder)
+    result = engine.compute(WATER, WATER_XYZ, 0, 1, MM_XYZ, MM_Q)
+    assert [a.strategy for a in result.info.attempts] == ["too_short", "cdiis"]
+    assert result.energy / HARTREE_KJMOL == pytest.approx(_pyscf_direct(WATER, WATER_XYZ, MM_XYZ, MM_Q), abs=1e-8)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "symbols", "charge", "mult", "message"),
+    [
+        ({}, WATER, 0, 2, "inconsistent with 10 electrons"),
+        ({}, WATER, 1, 1, "inconsistent with 9 electrons"),
+        ({"method": "rhf"}, ["O", "H"], 0, 2, "cannot describe multiplicity 2"),
+        ({"method": "b3lyp", "restricted": True}, ["O", "H"], 0, 2, "cannot describe multiplicity 2"),
+        ({"basis": "no-such-basis"}, WATER, 0, 1, "not known to PySCF for element"),
+        ({}, [], 0, 1, "no atoms"),
+    ],
+)
+def test_bad_input_is_refused_before_any_scf(kwargs, symbols, charge, mult, message):
+    engine = PySCFEngine(**{"method": "hf", "basis": "sto-3g", **kwargs})
+    with pytest.raises(InputError, match=message):
+        engine.validate(symbols, charge, mult)
+    assert engine.calls == 0
+
+
+def test_unknown_method_and_option_are_refused():
+    with pytest.raises(InputError, match="unknown QM method 'b3lpy'"):
+        PySCFEngine("b3lpy", "sto-3g")
+    with pytest.raises(InputError, match="conv_toll"):
+        PySCFEngine("hf", "sto-3g", conv_toll=1e-9)
