@@ -38,13 +38,18 @@ class QMRegionSpec:
 
 @dataclass(frozen=True)
 class EmbeddingResult:
-    """Energy (kJ/mol), forces on QM atoms and on MM charges (kJ/mol/nm), engine output."""
+    """Energy (kJ/mol), forces on QM atoms and on MM charges (kJ/mol/nm), engine output.
+
+    n_exact_charges: MM charges (or periodic images) that entered the QM Hamiltonian exactly;
+    far_field_energy: interaction of the QM region with the far field, kJ/mol (part of energy).
+    """
 
     energy: float
     qm_forces: np.ndarray
     mm_forces: np.ndarray
     qm: QMResult
     n_exact_charges: int
+    far_field_energy: float = 0.0
 
 
 class FullEmbedding:
@@ -52,10 +57,17 @@ class FullEmbedding:
 
     periodic = False
 
-    def evaluate(self, engine: QMEngine, region: QMRegionSpec, qm_pos: np.ndarray, mm_pos: np.ndarray,
-                 mm_q: np.ndarray, box: np.ndarray | None = None, step: int | None = None) -> EmbeddingResult:
-        res = engine.compute(list(region.symbols), qm_pos, region.charge, region.multiplicity, mm_pos, mm_q,
-                             step=step)
+    def evaluate(
+        self,
+        engine: QMEngine,
+        region: QMRegionSpec,
+        qm_pos: np.ndarray,
+        mm_pos: np.ndarray,
+        mm_q: np.ndarray,
+        box: np.ndarray | None = None,
+        step: int | None = None,
+    ) -> EmbeddingResult:
+        res = engine.compute(list(region.symbols), qm_pos, region.charge, region.multiplicity, mm_pos, mm_q, step=step)
         return EmbeddingResult(res.energy, res.qm_forces, res.mm_forces, res, len(mm_q))
 
 
@@ -115,8 +127,16 @@ class PeriodicEmbedding:
             self._recip_cache[key] = (r_real, alpha, ReciprocalSum(box, alpha, self.ewald_tolerance))
         return self._recip_cache[key]
 
-    def evaluate(self, engine: QMEngine, region: QMRegionSpec, qm_pos: np.ndarray, mm_pos: np.ndarray,
-                 mm_q: np.ndarray, box: np.ndarray | None = None, step: int | None = None) -> EmbeddingResult:
+    def evaluate(
+        self,
+        engine: QMEngine,
+        region: QMRegionSpec,
+        qm_pos: np.ndarray,
+        mm_pos: np.ndarray,
+        mm_q: np.ndarray,
+        box: np.ndarray | None = None,
+        step: int | None = None,
+    ) -> EmbeddingResult:
         if box is None:
             raise InputError("PeriodicEmbedding needs periodic box vectors")
         qm = whole_region(qm_pos, box)
@@ -149,8 +169,12 @@ class PeriodicEmbedding:
         far = far.scaled(COULOMB_KJMOL_NM)
         partial = np.flatnonzero(weight < 1.0)
         res = engine.compute(
-            list(region.symbols), qm, region.charge, region.multiplicity,
-            center + img[cand], weight * q_near,
+            list(region.symbols),
+            qm,
+            region.charge,
+            region.multiplicity,
+            center + img[cand],
+            weight * q_near,
             potential_at=partial,
             external=PolynomialPotential(center, far.t0, far.t1, far.t2),
             step=step,
@@ -178,4 +202,5 @@ class PeriodicEmbedding:
         dE_dvec = (de_dw[:, None] * dw_ds * ds[partial])[:, :, None] * unit_vec  # dE/d(r_i - R_A)
         np.add.at(f_mm, owner[cand[partial]], -dE_dvec.sum(axis=1))
         f_qm += dE_dvec.sum(axis=0)
-        return EmbeddingResult(res.energy, f_qm, f_mm, res, len(cand))
+        e_far = far.t0 * m.m0 + far.t1 @ m.m1 + 0.5 * np.sum(far.t2 * m.m2)
+        return EmbeddingResult(res.energy, f_qm, f_mm, res, len(cand), float(e_far))

@@ -50,8 +50,6 @@ class SCFConvergenceError(CalculationError):
     def __init__(self, step: int | None, attempts: list[SCFAttempt], where: str = "") -> None:
         self.step = step
         self.attempts = list(attempts)
-        tried = "; ".join(
-            f"{a.strategy}: {a.cycles} cycles, E={a.energy:.10f} Eh" for a in self.attempts
-        )
+        tried = "; ".join(f"{a.strategy}: {a.cycles} cycles, E={a.energy:.10f} Eh" for a in self.attempts)
         at = f"step {step}" if step is not None else "an unnumbered call"
         super().__init__(f"SCF did not converge at {at}{where} after every ladder strategy ({tried})")

@@ -21,8 +21,9 @@ def forcefield() -> app.ForceField:
 def _create(modeller: app.Modeller, periodic: bool, nonbonded_cutoff: float) -> openmm.System:
     method = app.PME if periodic else app.NoCutoff
     kwargs = {"nonbondedCutoff": nonbonded_cutoff * unit.nanometer} if periodic else {}
-    return forcefield().createSystem(modeller.topology, nonbondedMethod=method, constraints=app.HBonds,
-                                     rigidWater=True, **kwargs)
+    return forcefield().createSystem(
+        modeller.topology, nonbondedMethod=method, constraints=app.HBonds, rigidWater=True, **kwargs
+    )
 
 
 def alanine_dipeptide(box_size: float | None = None, nonbonded_cutoff: float = 0.9):
@@ -34,7 +35,9 @@ def alanine_dipeptide(box_size: float | None = None, nonbonded_cutoff: float = 0
         pdb = app.PDBFile(str(path))
     modeller = app.Modeller(pdb.topology, pdb.positions)
     if box_size is not None:
-        modeller.addSolvent(forcefield(), model="tip3p", boxSize=openmm.Vec3(box_size, box_size, box_size) * unit.nanometer)
+        modeller.addSolvent(
+            forcefield(), model="tip3p", boxSize=openmm.Vec3(box_size, box_size, box_size) * unit.nanometer
+        )
     return modeller.topology, _create(modeller, box_size is not None, nonbonded_cutoff), modeller.positions
 
 

@@ -72,7 +72,9 @@ class QMMMSystem:
         periodic = system.usesPeriodicBoundaryConditions()
         self.embedding = embedding or (PeriodicEmbedding() if periodic else FullEmbedding())
         if self.embedding.periodic != periodic:
-            raise InputError(f"{type(self.embedding).__name__} does not fit a {'' if periodic else 'non-'}periodic system")
+            raise InputError(
+                f"{type(self.embedding).__name__} does not fit a {'' if periodic else 'non-'}periodic system"
+            )
         charges = mm_charges(system)
         _check_declared_charge(charges[list(self.qm_atoms)].sum(), self.charge)
         qm = set(self.qm_atoms)
@@ -84,8 +86,9 @@ class QMMMSystem:
         if self.qm_force_group > 31:
             raise InputError("no free force group left for the QM force")
         region = QMRegionSpec(self.symbols, self.charge, self.multiplicity)
-        self.kernel = QMForceKernel(region, len(self.qm_atoms), charges[list(self.mm_charged_atoms)], engine,
-                                    self.embedding)
+        self.kernel = QMForceKernel(
+            region, len(self.qm_atoms), charges[list(self.mm_charged_atoms)], engine, self.embedding
+        )
         self.qm_force = make_qm_force(self.kernel, self.qm_atoms + self.mm_charged_atoms, self.qm_force_group)
         self.system.addForce(self.qm_force)
         self._particles = np.array(self.qm_atoms + self.mm_charged_atoms, dtype=int)

@@ -32,6 +32,7 @@ def positions_nm(positions) -> np.ndarray:
         raise ValueError(f"positions must have shape (N, 3); got {array.shape}")
     return array
 
+
 #: Coulomb constant 1/(4 pi eps0) in kJ/mol nm e^-2, consistent with the constants above
 #: (1 Hartree Bohr / e^2), so that QM-side and Python-side electrostatics agree exactly.
 COULOMB_KJMOL_NM: float = HARTREE_KJMOL * BOHR_NM

@@ -22,8 +22,9 @@ def _cluster(n_waters: int):
     keep = set(np.argsort(dist)[:n_waters].tolist())
     modeller = app.Modeller(top, pos)
     modeller.delete([r for i, r in enumerate(residues) if i not in keep])
-    system = forcefield().createSystem(modeller.topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds,
-                                       rigidWater=True)
+    system = forcefield().createSystem(
+        modeller.topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds, rigidWater=True
+    )
     return modeller.topology, system, np.array(modeller.positions.value_in_unit(unit.nanometer))
 
 

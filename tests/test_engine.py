@@ -18,8 +18,14 @@ MM_Q = np.array([-0.8, 0.4, 0.4])
 
 
 def _pyscf_direct(symbols, xyz_nm, mm_xyz_nm, mm_q, charge=0, spin=0, method="hf", basis="6-31g*"):
-    mol = gto.M(atom=list(zip(symbols, xyz_nm / BOHR_NM, strict=True)), unit="Bohr", basis=basis, charge=charge,
-                spin=spin, verbose=0)
+    mol = gto.M(
+        atom=list(zip(symbols, xyz_nm / BOHR_NM, strict=True)),
+        unit="Bohr",
+        basis=basis,
+        charge=charge,
+        spin=spin,
+        verbose=0,
+    )
     mf = (scf.RHF if spin == 0 else scf.UHF)(mol)
     mf.conv_tol = 1e-12
     mf = qmmm.mm_charge(mf, mm_xyz_nm / BOHR_NM, mm_q, unit="Bohr")
@@ -44,8 +50,12 @@ def test_open_shell_is_unrestricted_and_matches_pyscf():
 def test_forces_match_finite_differences_with_external_potential():
     """QM and MM-charge forces, potentials (dE/dq) and moments (dE/dt) of the engine."""
     engine = PySCFEngine("hf", "6-31g*", conv_tol=1e-12)
-    ext = PolynomialPotential(np.array([0.02, 0.03, -0.01]), 5.0, np.array([300.0, -200.0, 100.0]),
-                              np.array([[1000.0, 200, 50], [200, -400, 100], [50, 100, -600]]))
+    ext = PolynomialPotential(
+        np.array([0.02, 0.03, -0.01]),
+        5.0,
+        np.array([300.0, -200.0, 100.0]),
+        np.array([[1000.0, 200, 50], [200, -400, 100], [50, 100, -600]]),
+    )
 
     def run(xyz=WATER_XYZ, mm=MM_XYZ, q=MM_Q, external=ext, **kw):
         return engine.compute(WATER, xyz, 0, 1, mm, q, external=external, **kw)
@@ -82,9 +92,15 @@ def test_warm_start_is_used_and_dropped_when_the_region_changes():
 
 
 def test_ladder_is_climbed_then_typed_error_names_step_and_attempts():
-    hopeless = tuple(SCFStrategy(name, max_cycle=1, **kw) for name, kw in
-                     [("cdiis", {}), ("level_shift_damping", {"level_shift": 0.5, "damp": 0.5}),
-                      ("fresh_guess", {"fresh_guess": True}), ("second_order", {"second_order": True})])
+    hopeless = tuple(
+        SCFStrategy(name, max_cycle=1, **kw)
+        for name, kw in [
+            ("cdiis", {}),
+            ("level_shift_damping", {"level_shift": 0.5, "damp": 0.5}),
+            ("fresh_guess", {"fresh_guess": True}),
+            ("second_order", {"second_order": True}),
+        ]
+    )
     engine = PySCFEngine("hf", "6-31g*", conv_tol=1e-14, ladder=hopeless)
     with pytest.raises(SCFConvergenceError) as info:
         engine.compute(WATER, WATER_XYZ, 0, 1, MM_XYZ, MM_Q, step=7)

@@ -23,8 +23,9 @@ def _qmmm(box_system, embedding=None, conv_tol=1e-11, basis="sto-3g"):
     top, system, _ = box_system
     engine = PySCFEngine("hf", basis, conv_tol=conv_tol)
     embedding = embedding or PeriodicEmbedding(cutoff=0.9, switch_width=0.3)
-    return QMMMSystem(top, system, QM, charge=0, multiplicity=1, engine=engine, embedding=embedding,
-                      platform="Reference")
+    return QMMMSystem(
+        top, system, QM, charge=0, multiplicity=1, engine=engine, embedding=embedding, platform="Reference"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +54,9 @@ def test_energy_is_continuous_when_a_charge_crosses_the_cutoff(small_water_box):
     """Work of the QM forces along a scan through the switching shell equals the E_QM change."""
     qmmm_system = _qmmm(small_water_box)
     _, _, pos = small_water_box
-    context = openmm.Context(qmmm_system.system, openmm.VerletIntegrator(0.001),
-                             openmm.Platform.getPlatformByName("Reference"))
+    context = openmm.Context(
+        qmmm_system.system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference")
+    )
     group = {qmmm_system.qm_force_group}
     centre = pos[QM].mean(axis=0)
     d = np.linalg.norm(minimum_image(pos - centre, np.eye(3) * BOX), axis=1)
@@ -87,7 +89,8 @@ def test_translation_across_the_box_edge_leaves_energy_unchanged(small_water_box
     top, system, pos = small_water_box
     ewald_system = openmm.XmlSerializer.clone(system)
     next(f for f in ewald_system.getForces() if isinstance(f, openmm.NonbondedForce)).setNonbondedMethod(
-        openmm.NonbondedForce.Ewald)
+        openmm.NonbondedForce.Ewald
+    )
     qmmm_system = _qmmm((top, ewald_system, pos))
     e0, f0 = qmmm_system.energy_and_forces(pos)
     shift = np.array([BOX, BOX, BOX]) - pos[0] + np.array([0.02, -0.03, 0.01])  # QM oxygen just off the corner
@@ -123,15 +126,19 @@ def test_ewald_potential_and_field_match_openmm(small_water_box):
     probe_system.addParticle(1.0)
     nb.addParticle(0.0, 0.3, 0.0)
     probe_system.addForce(nb)
-    context = openmm.Context(probe_system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context = openmm.Context(
+        probe_system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference")
+    )
     context.setPositions(np.vstack([pos, probe]))
 
     def probe_energy(charge):
         nb.setParticleParameters(len(q), charge, 0.3, 0.0)
         nb.updateParametersInContext(context)
         state = context.getState(getEnergy=True, getForces=True)
-        return (state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole),
-                state.getForces(asNumpy=True)[-1].value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
+        return (
+            state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole),
+            state.getForces(asNumpy=True)[-1].value_in_unit(unit.kilojoule_per_mole / unit.nanometer),
+        )
 
     (e_plus, f_plus), (e_minus, _) = probe_energy(1e-3), probe_energy(-1e-3)
     phi_openmm = (e_plus - e_minus) / 2e-3

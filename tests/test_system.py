@@ -68,8 +68,15 @@ def test_zero_mm_charges_reproduce_gas_phase_plus_mm(water_cluster):
     for k in range(nb.getNumExceptions()):
         i, j, _, sigma, eps = nb.getExceptionParameters(k)
         nb.setExceptionParameters(k, i, j, 0.0, sigma, eps)
-    qmmm_system = QMMMSystem(top, neutral, QM, charge=0, multiplicity=1, engine=PySCFEngine("hf", "6-31g*",
-                             conv_tol=1e-12), platform="Reference")
+    qmmm_system = QMMMSystem(
+        top,
+        neutral,
+        QM,
+        charge=0,
+        multiplicity=1,
+        engine=PySCFEngine("hf", "6-31g*", conv_tol=1e-12),
+        platform="Reference",
+    )
     energy, _ = qmmm_system.energy_and_forces(pos)
     e_gas = _pyscf_qmmm_energy(["O", "H", "H"], pos[QM], np.zeros((0, 3)), np.zeros(0)) * HARTREE_KJMOL
     e_mm = mm_energy(_without_qm_force(qmmm_system.system), pos)
@@ -111,8 +118,10 @@ def test_new_system_is_built_and_reference_is_untouched(water_cluster, cluster_q
     assert {f.getForceGroup() for f in new.getForces() if not isinstance(f, openmm.PythonForce)} == {0}
     nb = next(f for f in new.getForces() if isinstance(f, openmm.NonbondedForce))
     assert all(nb.getParticleParameters(i)[0]._value == 0.0 for i in QM)
-    exceptions = {tuple(sorted(nb.getExceptionParameters(k)[:2])): nb.getExceptionParameters(k)
-                  for k in range(nb.getNumExceptions())}
+    exceptions = {
+        tuple(sorted(nb.getExceptionParameters(k)[:2])): nb.getExceptionParameters(k)
+        for k in range(nb.getNumExceptions())
+    }
     for pair in [(0, 1), (0, 2), (1, 2)]:
         assert exceptions[pair][2]._value == 0.0 and exceptions[pair][4]._value == 0.0
     constrained = {tuple(sorted(new.getConstraintParameters(k)[:2])) for k in range(new.getNumConstraints())}
@@ -138,8 +147,12 @@ def test_stock_simulation_runs_and_scf_failure_surfaces_typed(water_cluster):
     top, system, pos = water_cluster
     engine = PySCFEngine("hf", "sto-3g", conv_tol=1e-9)
     qmmm_system = QMMMSystem(top, system, QM, charge=0, multiplicity=1, engine=engine)
-    simulation = app.Simulation(qmmm_system.topology, qmmm_system.system, openmm.VerletIntegrator(0.0005),
-                                openmm.Platform.getPlatformByName("Reference"))
+    simulation = app.Simulation(
+        qmmm_system.topology,
+        qmmm_system.system,
+        openmm.VerletIntegrator(0.0005),
+        openmm.Platform.getPlatformByName("Reference"),
+    )
     simulation.context.setPositions(pos)
     with qmmm_system.typed_errors():
         simulation.step(3)

@@ -213,12 +213,16 @@ class PySCFEngine:
             mf = _apply_strategy(mf, strategy, self.options.max_cycle)
             dm0 = None if strategy.fresh_guess else guess
             mf.kernel(dm0=dm0)
-            attempts.append(SCFAttempt(strategy.name, int(getattr(mf, "cycles", 0)), bool(mf.converged), float(mf.e_tot)))
+            attempts.append(
+                SCFAttempt(strategy.name, int(getattr(mf, "cycles", 0)), bool(mf.converged), float(mf.e_tot))
+            )
             if mf.converged:
                 if len(attempts) > 1:
                     logger.warning("SCF at step %s converged only with strategy %r", step, strategy.name)
                 return (mf.undo_soscf() if strategy.second_order else mf), attempts
-            logger.warning("SCF strategy %r failed at step %s after %d cycles", strategy.name, step, attempts[-1].cycles)
+            logger.warning(
+                "SCF strategy %r failed at step %s after %d cycles", strategy.name, step, attempts[-1].cycles
+            )
             guess = mf.make_rdm1()
         raise SCFConvergenceError(step, attempts)
 
