@@ -140,17 +140,18 @@ class PySCFEngine:
         mm_bohr = np.asarray(mm_positions, dtype=float).reshape(-1, 3) / BOHR_NM
         mm_q = np.asarray(mm_charges, dtype=float).reshape(-1)
         ext = _external_in_au(external) if external is not None else None
+        ints = _multipole_integrals(mol, ext[0]) if ext is not None else None
 
         key = (tuple(symbols), charge, multiplicity)
         guess = self._guess[1] if (self.options.warm_start and self._guess and self._guess[0] == key) else None
-        mf, attempts = self._converge(mol, mm_bohr, mm_q, ext, guess, step)
+        mf, attempts = self._converge(mol, mm_bohr, mm_q, ext, ints, guess, step)
         dm = mf.make_rdm1()
         self._guess = (key, dm)
         dm_total = dm if dm.ndim == 2 else dm[0] + dm[1]
 
         energy, grad_qm, grad_mm = self._energy_and_gradients(mf, mol, dm_total, mm_bohr, mm_q, ext)
         potentials = _potentials(mol, dm_total, mm_bohr[potential_at]) if potential_at is not None else np.zeros(0)
-        moments = _moments(mol, dm_total, ext[0]) if ext is not None else None
+        moments = _moments(mol, dm_total, ext[0], ints) if ext is not None else None
         info = QMInfo(
             scf_cycles=sum(a.cycles for a in attempts),
             converged=True,
@@ -201,12 +202,12 @@ class PySCFEngine:
         mf.verbose = self.options.verbose
         return mf
 
-    def _converge(self, mol, mm_bohr, mm_q, ext, guess, step):
+    def _converge(self, mol, mm_bohr, mm_q, ext, ints, guess, step):
         """Run the ladder; return the converged SCF object and the attempts made."""
         template = self._scf_object(mol, mm_bohr, mm_q, None)
         h1e = template.get_hcore()
         if ext is not None:
-            h1e = h1e - _polynomial_operator(mol, ext)
+            h1e = h1e - _polynomial_operator(ints, ext)
         attempts: list[SCFAttempt] = []
         for strategy in self.options.ladder:
             mf = self._scf_object(mol, mm_bohr, mm_q, h1e)
@@ -266,14 +267,20 @@ def _external_in_au(external: PolynomialPotential):
     )
 
 
-def _polynomial_operator(mol: gto.Mole, ext) -> np.ndarray:
-    """<mu| phi(r) |nu> for phi = t0 + t1.(r-c) + 1/2 (r-c)^T t2 (r-c)."""
-    center, t0, t1, t2 = ext
+def _multipole_integrals(mol: gto.Mole, center_bohr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """<mu|nu>, <mu|(r-c)_a|nu> (3, nao, nao) and <mu|(r-c)_a (r-c)_b|nu> (3, 3, nao, nao)."""
     nao = mol.nao
-    with mol.with_common_orig(center):
+    with mol.with_common_orig(center_bohr):
         r = mol.intor("int1e_r")
         rr = mol.intor("int1e_rr").reshape(3, 3, nao, nao)
-    return t0 * mol.intor("int1e_ovlp") + np.einsum("a,apq->pq", t1, r) + 0.5 * np.einsum("ab,abpq->pq", t2, rr)
+    return mol.intor("int1e_ovlp"), r, rr
+
+
+def _polynomial_operator(ints, ext) -> np.ndarray:
+    """<mu| phi(r) |nu> for phi = t0 + t1.(r-c) + 1/2 (r-c)^T t2 (r-c)."""
+    s, r, rr = ints
+    _, t0, t1, t2 = ext
+    return t0 * s + np.einsum("a,apq->pq", t1, r) + 0.5 * np.einsum("ab,abpq->pq", t2, rr)
 
 
 def _polynomial_pulay(mol: gto.Mole, dm: np.ndarray, ext) -> np.ndarray:
@@ -312,15 +319,12 @@ def _potentials(mol: gto.Mole, dm: np.ndarray, points_bohr: np.ndarray) -> np.nd
     return v_nuc - v_el
 
 
-def _moments(mol: gto.Mole, dm: np.ndarray, center_bohr: np.ndarray) -> QMMoments:
+def _moments(mol: gto.Mole, dm: np.ndarray, center_bohr: np.ndarray, ints) -> QMMoments:
     """Charge (e), first (e nm) and second (e nm^2) moments of nuclei + electrons about a centre."""
-    nao = mol.nao
-    with mol.with_common_orig(center_bohr):
-        r = mol.intor("int1e_r")
-        rr = mol.intor("int1e_rr").reshape(3, 3, nao, nao)
+    s, r, rr = ints
     z = mol.atom_charges()
     d = mol.atom_coords() - center_bohr
-    m0 = z.sum() - np.einsum("pq,qp->", mol.intor("int1e_ovlp"), dm)
+    m0 = z.sum() - np.einsum("pq,qp->", s, dm)
     m1 = z @ d - np.einsum("apq,qp->a", r, dm)
     m2 = np.einsum("i,ia,ib->ab", z, d, d) - np.einsum("abpq,qp->ab", rr, dm)
     return QMMoments(m0=float(m0), m1=m1 * BOHR_NM, m2=m2 * BOHR_NM**2)
