@@ -25,8 +25,9 @@ class QMForceKernel:
     """Everything the QM force callback needs, in local (force-particle) order.
 
     Particles of the PythonForce are the QM atoms followed by the charged MM atoms.
-    ``last`` holds the last successful :class:`EmbeddingResult`, ``last_error`` the typed
-    error of the last failed call, ``overhead`` the seconds spent outside the engine.
+    ``last`` holds the last successful :class:`EmbeddingResult` and ``last_step`` its OpenMM
+    step count, ``last_error`` the typed error of the last failed call, ``overhead`` the seconds
+    spent outside the engine in the last call.
     """
 
     def __init__(self, region: QMRegionSpec, n_qm: int, mm_charges: np.ndarray, engine: QMEngine, embedding) -> None:
@@ -62,7 +63,6 @@ class QMForceKernel:
 def compute_qm_force(kernel: QMForceKernel, state: openmm.State) -> tuple[float, np.ndarray]:
     """PythonForce callback: unpack the State, evaluate, keep any typed error on the kernel."""
     step = state.getStepCount()
-    kernel.last_step = step
     try:
         positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
         box = None
@@ -73,6 +73,7 @@ def compute_qm_force(kernel: QMForceKernel, state: openmm.State) -> tuple[float,
         kernel.last_error = exc
         raise
     kernel.last_error = None
+    kernel.last_step = step
     return energy, forces
 
 

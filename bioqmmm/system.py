@@ -97,8 +97,17 @@ class QMMMSystem:
 
     @property
     def last_qm(self) -> EmbeddingResult | None:
-        """Result of the last successful QM evaluation (energy, forces, SCF info)."""
+        """Result of the last successful QM evaluation (energy, forces, SCF info).
+
+        OpenMM evaluates the forces of step k at the start of step k + 1, so after
+        ``simulation.step(n)`` this belongs to step ``last_qm_step`` = n - 1.
+        """
         return self.kernel.last
+
+    @property
+    def last_qm_step(self) -> int | None:
+        """OpenMM step count of the structure that :attr:`last_qm` describes."""
+        return self.kernel.last_step
 
     def _get_context(self) -> openmm.Context:
         if self._context is None:

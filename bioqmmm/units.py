@@ -11,6 +11,8 @@ import numpy as np
 from openmm import unit
 from pyscf.data import nist
 
+from bioqmmm.errors import InputError
+
 #: Bohr radius in nm.
 BOHR_NM: float = nist.BOHR * 0.1
 #: One Hartree in kJ/mol.
@@ -27,9 +29,14 @@ def positions_nm(positions) -> np.ndarray:
     """
     if unit.is_quantity(positions):
         positions = positions.value_in_unit(unit.nanometer)
-    array = np.asarray(positions, dtype=np.float64)
+    elif len(positions) and all(unit.is_quantity(p) for p in positions):  # e.g. box vectors: Vec3 Quantities
+        positions = [p.value_in_unit(unit.nanometer) for p in positions]
+    try:
+        array = np.asarray(positions, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"cannot read positions as an (N, 3) array in nm: {exc}") from exc
     if array.ndim != 2 or array.shape[1] != 3:
-        raise ValueError(f"positions must have shape (N, 3); got {array.shape}")
+        raise InputError(f"positions must have shape (N, 3); got {array.shape}")
     return array
 
 

@@ -92,7 +92,7 @@ def test_translation_across_the_box_edge_leaves_energy_unchanged(small_water_box
         openmm.NonbondedForce.Ewald
     )
     qmmm_system = _qmmm((top, ewald_system, pos))
-    e0, f0 = qmmm_system.energy_and_forces(pos)
+    e0, f0 = qmmm_system.energy_and_forces(pos, box_vectors=ewald_system.getDefaultPeriodicBoxVectors())
     shift = np.array([BOX, BOX, BOX]) - pos[0] + np.array([0.02, -0.03, 0.01])  # QM oxygen just off the corner
     moved = pos + shift
     moved[QM] -= np.floor(moved[QM] / BOX) * BOX  # wrap QM atoms one by one: the region straddles the edge

@@ -34,8 +34,9 @@ class PySCFOptions:
     conv_tol: SCF energy tolerance (Hartree). density_fit: None means on for DFT, off
     for HF. restricted: None means restricted for singlets, unrestricted otherwise.
     grid_level: PySCF DFT grid level. grid_response: include the DFT grid-weight
-    derivatives so forces are the exact gradient. threads: OpenMP threads for PySCF
-    (None leaves PySCF's default). warm_start: reuse the previous density as the guess.
+    derivatives so forces are the exact gradient. threads: OpenMP threads for PySCF, a
+    process-wide setting applied at each call (None leaves PySCF's default).
+    warm_start: reuse the previous density as the guess.
     """
 
     method: str = "b3lyp"

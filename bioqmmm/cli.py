@@ -1,0 +1,112 @@
+"""The ``bioqmmm`` command line.
+
+Subcommands are thin wrappers around library functions. Library code raises typed
+errors; only :func:`main` turns a :class:`bioqmmm.errors.BioQMMMError` into a one-line
+message on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from bioqmmm import __version__
+from bioqmmm.errors import BioQMMMError
+from bioqmmm.quickstart import DEFAULT_STEPS, format_summary, run_quickstart
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``bioqmmm`` command, with one subparser per subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="bioqmmm",
+        description="Biomolecular QM/MM: an OpenMM System with a PySCF QM force.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    quickstart = subparsers.add_parser(
+        "quickstart",
+        help="short QM/MM MD of alanine dipeptide in water (a minute or so on 2 cores)",
+        description=(
+            "Build alanine dipeptide in a cubic TIP3P box, treat the dipeptide with QM (HF/STO-3G by "
+            "default) and the water with amber14/TIP3P, relax the solvent with a short MM minimisation "
+            "and run a few 0.5 fs steps of QM/MM Langevin MD at 300 K. Writes topology.pdb, "
+            "trajectory.dcd, energies.csv and energies.png into OUTDIR."
+        ),
+    )
+    add = quickstart.add_argument
+    add("-o", "--outdir", default="quickstart_out", help="output directory (default: %(default)s)")
+    add("--steps", type=_positive_int, default=DEFAULT_STEPS, help="number of 0.5 fs MD steps (default: %(default)s)")
+    add("--method", default="hf", help="QM method: hf, uhf or a DFT functional PySCF knows (default: %(default)s)")
+    add("--basis", default="sto-3g", help="QM basis set (default: %(default)s)")
+    add("--box", type=_positive_float, default=2.7, metavar="NM", help="edge of the cubic water box, nm "
+        "(default: %(default)s)")
+    add("--threads", type=_positive_int, default=None, help="CPU threads for PySCF and OpenMM (default: their own)")
+    add("--seed", type=int, default=None, help="seed for the velocities and the Langevin noise (default: random)")
+    add("--no-progress", action="store_true", help="do not show the progress bar")
+    quickstart.set_defaults(handler=_quickstart)
+    return parser
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    summary = run_quickstart(
+        args.outdir,
+        steps=args.steps,
+        method=args.method,
+        basis=args.basis,
+        box_size=args.box,
+        threads=args.threads,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    print(format_summary(summary))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bioqmmm`` command; returns the exit status.
+
+    0 on success, 1 for a :class:`~bioqmmm.errors.BioQMMMError` (reported as one line on
+    stderr), 2 for a usage error, 130 when interrupted.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except BioQMMMError as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"bioqmmm {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"bioqmmm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
