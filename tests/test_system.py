@@ -12,7 +12,7 @@ from openmm import app
 from pyscf import gto, qmmm, scf
 
 from bioqmmm import QMMMSystem
-from bioqmmm.errors import SCFConvergenceError, SelectionError, TopologyError
+from bioqmmm.errors import InputError, SCFConvergenceError, SelectionError, TopologyError
 from bioqmmm.qm import PySCFEngine, SCFStrategy
 from bioqmmm.surgery import mm_charges
 from bioqmmm.units import BOHR_NM, HARTREE_KJMOL
@@ -180,3 +180,20 @@ def test_selection_string_and_errors(water_cluster):
         QMMMSystem(top, system, [], charge=0, multiplicity=1, engine=engine)
     with pytest.raises(TopologyError, match=r"cuts the covalent bond HOH1:O \(index 0\) - HOH1:H2 \(index 2\)"):
         QMMMSystem(top, system, [0, 1], charge=0, multiplicity=2, engine=engine)
+
+
+@pytest.mark.parametrize(
+    ("engine_kwargs", "charge", "multiplicity", "message"),
+    [
+        ({}, 0, 2, "inconsistent with 10 electrons"),
+        ({"method": "rhf"}, -1, 2, "inconsistent with 11 electrons|cannot describe multiplicity 2"),
+        ({"method": "rhf"}, 1, 2, "cannot describe multiplicity 2"),
+        ({"basis": "no-such-basis"}, 0, 1, "not known to PySCF for element H"),
+    ],
+)
+def test_qmmm_system_refuses_bad_input_before_any_scf(water_cluster, engine_kwargs, charge, multiplicity, message):
+    top, system, _ = water_cluster
+    engine = PySCFEngine(**{"method": "hf", "basis": "sto-3g", **engine_kwargs})
+    with pytest.raises(InputError, match=message):
+        QMMMSystem(top, system, QM, charge=charge, multiplicity=multiplicity, engine=engine)
+    assert engine.calls == 0
