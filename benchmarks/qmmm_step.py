@@ -113,19 +113,25 @@ def make_mol(symbols: list[str], coords_bohr: np.ndarray, basis: str) -> gto.Mol
                  basis=basis, charge=0, spin=0, verbose=0, max_memory=MAX_MEMORY)
 
 
+def _energy_and_gradient(mf, method: str):
+    """Converge ``mf`` at CONV_TOL and compute its nuclear gradient (DFT grid response on); return the gradient."""
+    mf.conv_tol = CONV_TOL
+    mf.kernel()
+    if not mf.converged:
+        raise RuntimeError("benchmark SCF did not converge")
+    grad = mf.nuc_grad_method()
+    if not _is_hf(method):
+        grad.grid_response = True
+    grad.kernel()
+    return grad
+
+
 def run_floor(symbols, coords_bohr, method: str, basis: str) -> tuple[float, int]:
     """Gas-phase energy + nuclear gradient, cold start. Returns (seconds, SCF cycles)."""
     start = time.perf_counter()
     mol = make_mol(symbols, coords_bohr, basis)
     mf = bare_scf(mol, method)
-    mf.conv_tol = CONV_TOL
-    mf.kernel()
-    if not mf.converged:
-        raise RuntimeError("floor SCF did not converge")
-    grad = mf.nuc_grad_method()
-    if not _is_hf(method):
-        grad.grid_response = True
-    grad.kernel()
+    _energy_and_gradient(mf, method)
     return time.perf_counter() - start, int(mf.cycles)
 
 
@@ -144,14 +150,7 @@ def run_naive(model: Model, method: str, basis: str) -> tuple[float, int, int]:
     start = time.perf_counter()
     mol = make_mol(model.symbols, coords, basis)
     mf = pyscf_qmmm.mm_charge(bare_scf(mol, method), mm_nm / BOHR_NM, charges[mm_idx], unit="Bohr")
-    mf.conv_tol = CONV_TOL
-    mf.kernel()
-    if not mf.converged:
-        raise RuntimeError("naive SCF did not converge")
-    grad = mf.nuc_grad_method()
-    if not _is_hf(method):
-        grad.grid_response = True
-    grad.kernel()
+    grad = _energy_and_gradient(mf, method)
     dm = mf.make_rdm1()
     grad.grad_hcore_mm(dm) + grad.grad_nuc_mm()
     return time.perf_counter() - start, int(mf.cycles), len(mm_idx)

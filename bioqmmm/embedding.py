@@ -164,7 +164,8 @@ class PeriodicEmbedding:
         x_near = -img[cand]  # centre - charge
 
         # far field at the centre: full Ewald kernel minus the exactly treated part
-        far = point_tensors(-img, mm_q[owner], alpha) + recip.tensors(-d0, mm_q)
+        phases = recip.phases(-d0)
+        far = point_tensors(-img, mm_q[owner], alpha) + recip.tensors(phases, mm_q)
         far = far + point_tensors(x_near, -weight * q_near, None)
         far = far.scaled(COULOMB_KJMOL_NM)
         partial = np.flatnonzero(weight < 1.0)
@@ -187,7 +188,7 @@ class PeriodicEmbedding:
         # far field: explicit dependence on the MM positions (through the Ewald and near kernels)
         _, g = multipole_response(-img, m.m0, m.m1, m.m2, alpha)
         np.add.at(f_mm, owner, COULOMB_KJMOL_NM * mm_q[owner, None] * g)
-        f_mm += COULOMB_KJMOL_NM * mm_q[:, None] * recip.multipole_gradient(-d0, m.m0, m.m1, m.m2)
+        f_mm += COULOMB_KJMOL_NM * mm_q[:, None] * recip.multipole_gradient(phases, m.m0, m.m1, m.m2)
         u_near, g_near = multipole_response(x_near, m.m0, m.m1, m.m2, None)
         np.add.at(f_mm, owner[cand], -COULOMB_KJMOL_NM * (weight * q_near)[:, None] * g_near)
 

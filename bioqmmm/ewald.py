@@ -111,11 +111,19 @@ class ReciprocalSum:
         self.amplitude = 2.0 * (4.0 * np.pi / volume) * np.exp(-k2 / (4.0 * alpha * alpha)) / k2
         self.background = -np.pi / (alpha * alpha * volume)
 
-    def tensors(self, x: np.ndarray, q: np.ndarray) -> FieldTensors:
-        """Potential derivatives at the origin of sources q at -x (x = field point - source)."""
-        theta = x @ self.k.T  # (n, K)
-        s_cos = q @ np.cos(theta)
-        s_sin = q @ np.sin(theta)
+    def phases(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """cos(k . x) and sin(k . x), (n, K) each, for displacements x = field point - source.
+
+        Computed once per geometry and shared by :meth:`tensors` and :meth:`multipole_gradient`.
+        """
+        theta = x @ self.k.T
+        return np.cos(theta), np.sin(theta)
+
+    def tensors(self, phases: tuple[np.ndarray, np.ndarray], q: np.ndarray) -> FieldTensors:
+        """Potential derivatives at the field point of sources q, given their :meth:`phases`."""
+        cos, sin = phases
+        s_cos = q @ cos
+        s_sin = q @ sin
         a, k = self.amplitude, self.k
         t0 = float(a @ s_cos) + self.background * float(np.sum(q))
         t1 = -np.einsum("k,ka->a", a * s_sin, k)
@@ -123,10 +131,12 @@ class ReciprocalSum:
         t3 = np.einsum("k,ka,kb,kc->abc", a * s_sin, k, k, k)
         return FieldTensors(t0, t1, t2, t3)
 
-    def multipole_gradient(self, x: np.ndarray, m0: float, m1: np.ndarray, m2: np.ndarray) -> np.ndarray:
+    def multipole_gradient(
+        self, phases: tuple[np.ndarray, np.ndarray], m0: float, m1: np.ndarray, m2: np.ndarray
+    ) -> np.ndarray:
         """grad_x U for U = m0 psi + m1 . grad psi + 1/2 m2 : grad grad psi (reciprocal part), (n, 3)."""
-        theta = x @ self.k.T
+        cos, sin = phases
         kmk = np.einsum("ka,ab,kb->k", self.k, m2, self.k)
         sin_coef = (self.amplitude * (0.5 * kmk - m0))[:, None] * self.k
         cos_coef = -(self.amplitude * (self.k @ m1))[:, None] * self.k
-        return np.sin(theta) @ sin_coef + np.cos(theta) @ cos_coef
+        return sin @ sin_coef + cos @ cos_coef
