@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
 
 import numpy as np
 import openmm
 from openmm import unit
 
+from bioqmmm.boundary import Boundary
 from bioqmmm.embedding import EmbeddingResult, QMRegionSpec
 from bioqmmm.errors import CalculationError
 from bioqmmm.qm.base import QMEngine
@@ -24,16 +24,16 @@ from bioqmmm.qm.base import QMEngine
 class QMForceKernel:
     """Everything the QM force callback needs, in local (force-particle) order.
 
-    Particles of the PythonForce are the QM atoms followed by the charged MM atoms.
+    Particles of the PythonForce are ``boundary.particles``: the QM atoms, then the MM atoms whose
+    charges (or positions, for link atoms and redistributed charges) the QM region sees.
     ``last`` holds the last successful :class:`EmbeddingResult` and ``last_step`` its OpenMM
     step count, ``last_error`` the typed error of the last failed call, ``overhead`` the seconds
     spent outside the engine in the last call.
     """
 
-    def __init__(self, region: QMRegionSpec, n_qm: int, mm_charges: np.ndarray, engine: QMEngine, embedding) -> None:
+    def __init__(self, region: QMRegionSpec, boundary: Boundary, engine: QMEngine, embedding) -> None:
         self.region = region
-        self.n_qm = n_qm
-        self.mm_charges = np.asarray(mm_charges, dtype=float)
+        self.boundary = boundary
         self.engine = engine
         self.embedding = embedding
         self.last: EmbeddingResult | None = None
@@ -51,10 +51,18 @@ class QMForceKernel:
         start = time.perf_counter()
         if not np.all(np.isfinite(positions)):
             raise CalculationError(f"non-finite coordinates reached the QM force at step {step}")
+        sites = self.boundary
         result = self.embedding.evaluate(
-            self.engine, self.region, positions[: self.n_qm], positions[self.n_qm :], self.mm_charges, box, step
+            self.engine,
+            self.region,
+            sites.qm_sites.positions(positions, box),
+            sites.charge_sites.positions(positions, box),
+            sites.site_charges,
+            box,
+            step,
         )
-        forces = np.concatenate([result.qm_forces, result.mm_forces])
+        n = len(positions)
+        forces = sites.qm_sites.spread(result.qm_forces, n) + sites.charge_sites.spread(result.mm_forces, n)
         self.last = result
         self.overhead = time.perf_counter() - start - result.qm.info.wall_time
         return result.energy, forces
@@ -77,10 +85,10 @@ def compute_qm_force(kernel: QMForceKernel, state: openmm.State) -> tuple[float,
     return energy, forces
 
 
-def make_qm_force(kernel: QMForceKernel, particles: Sequence[int], force_group: int) -> openmm.PythonForce:
-    """The picklable PythonForce acting on ``particles`` (QM atoms first, then MM charges)."""
+def make_qm_force(kernel: QMForceKernel, force_group: int) -> openmm.PythonForce:
+    """The picklable PythonForce acting on ``kernel.boundary.particles``."""
     force = openmm.PythonForce(functools.partial(compute_qm_force, kernel))
-    force.setParticles(list(particles))
+    force.setParticles(list(kernel.boundary.particles))
     force.setUsesPeriodicBoundaryConditions(bool(kernel.embedding.periodic))
     force.setForceGroup(force_group)
     force.setName("QMForce")

@@ -1,4 +1,4 @@
-"""Resolving a QM selection to OpenMM Topology atom indices, and checking its boundary."""
+"""Resolving a QM selection to OpenMM Topology atom indices."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from openmm import app
 
-from bioqmmm.errors import SelectionError, TopologyError
+from bioqmmm.errors import SelectionError
 
 
 def describe_atom(atom: app.topology.Atom) -> str:
@@ -44,23 +44,6 @@ def resolve_qm_atoms(topology: app.Topology, selection: str | Sequence[int]) -> 
     if len(set(indices.tolist())) != len(indices):
         raise SelectionError("QM atom indices contain duplicates")
     return tuple(sorted(int(i) for i in indices))
-
-
-def check_no_covalent_cut(topology: app.Topology, qm_atoms: Sequence[int]) -> None:
-    """Refuse a QM region that cuts a covalent bond (link atoms are not available yet).
-
-    Bonds are taken from the Topology, never guessed from distances.
-    """
-    qm = set(qm_atoms)
-    for bond in topology.bonds():
-        a, b = bond[0], bond[1]
-        if (a.index in qm) != (b.index in qm):
-            inside, outside = (a, b) if a.index in qm else (b, a)
-            raise TopologyError(
-                f"the QM region cuts the covalent bond {describe_atom(inside)} - {describe_atom(outside)}; "
-                "QM regions must currently be whole molecules (link atoms are not implemented yet): "
-                "add or remove the whole molecule/residue"
-            )
 
 
 def element_symbols(topology: app.Topology, qm_atoms: Sequence[int]) -> tuple[str, ...]:

@@ -3,29 +3,27 @@
 from __future__ import annotations
 
 import contextlib
-import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import openmm
 from openmm import app, unit
 
+from bioqmmm.boundary import LinkAtom, build_boundary
 from bioqmmm.embedding import EmbeddingResult, FullEmbedding, PeriodicEmbedding, QMRegionSpec
 from bioqmmm.errors import InputError
 from bioqmmm.force import QMForceKernel, make_qm_force
 from bioqmmm.qm.base import QMEngine
-from bioqmmm.selection import check_no_covalent_cut, element_symbols, resolve_qm_atoms
+from bioqmmm.selection import element_symbols, resolve_qm_atoms
 from bioqmmm.surgery import build_mm_system, mm_charges
 from bioqmmm.units import positions_nm
-
-logger = logging.getLogger(__name__)
 
 
 class QMMMSystem:
     """A QM/MM model built from an OpenMM Topology and reference System.
 
     E = E_MM(QM charges zeroed, bonded terms inside QM removed, QM-MM LJ kept)
-      + E_QM(QM atoms in the field of the MM point charges)
+      + E_QM(QM atoms + link atoms in the field of the (redistributed) MM point charges)
 
     Parameters
     ----------
@@ -34,7 +32,8 @@ class QMMMSystem:
     qm_atoms:
         Topology atom indices or an mdtraj selection string.
     charge, multiplicity:
-        Total charge (e) and spin multiplicity of the QM region; both required.
+        Total charge (e) and spin multiplicity of the QM region (link atoms included); both
+        required. Open-shell regions run unrestricted (UHF/UKS).
     engine:
         A :class:`bioqmmm.qm.QMEngine`, e.g. :class:`bioqmmm.qm.PySCFEngine`.
     embedding:
@@ -42,6 +41,14 @@ class QMMMSystem:
         non-periodic systems and :class:`~bioqmmm.embedding.PeriodicEmbedding` otherwise.
     platform:
         OpenMM platform name for :meth:`energy_and_forces` (default ``"CPU"``).
+    boundary_charges:
+        How the charge of each MM boundary atom is handed to its neighbours in the QM
+        Hamiltonian: ``"RCD"`` (default), ``"RC"`` or ``"shift"`` (:mod:`bioqmmm.boundary`).
+    allow_polar_cut:
+        Allow the QM region to cut polar single bonds (C–N, C–O, metal–ligand). Cuts through
+        rings, double, aromatic and peptide bonds and bonds to hydrogen are always refused.
+    link_ratios:
+        ``{(qm_element, mm_element): g}`` overriding the standard link-atom placement ratio.
     """
 
     def __init__(
@@ -55,6 +62,9 @@ class QMMMSystem:
         engine: QMEngine,
         embedding: FullEmbedding | PeriodicEmbedding | None = None,
         platform: str = "CPU",
+        boundary_charges: str = "RCD",
+        allow_polar_cut: bool = False,
+        link_ratios: Mapping[tuple[str, str], float] | None = None,
     ) -> None:
         if topology.getNumAtoms() != system.getNumParticles():
             raise InputError(
@@ -62,12 +72,21 @@ class QMMMSystem:
             )
         self.topology = topology
         self.qm_atoms: tuple[int, ...] = resolve_qm_atoms(topology, qm_atoms)
-        check_no_covalent_cut(topology, self.qm_atoms)
         self.symbols = element_symbols(topology, self.qm_atoms)
         self.charge = int(charge)
         self.multiplicity = int(multiplicity)
         self.engine = engine
-        engine.validate(list(self.symbols), self.charge, self.multiplicity)
+        self.boundary = build_boundary(
+            topology,
+            self.qm_atoms,
+            mm_charges(system),
+            self.charge,
+            scheme=boundary_charges,
+            allow_polar_cut=allow_polar_cut,
+            link_ratios=link_ratios,
+        )
+        qm_symbols = self.symbols + ("H",) * len(self.links)
+        engine.validate(list(qm_symbols), self.charge, self.multiplicity)
 
         periodic = system.usesPeriodicBoundaryConditions()
         self.embedding = embedding or (PeriodicEmbedding() if periodic else FullEmbedding())
@@ -75,25 +94,22 @@ class QMMMSystem:
             raise InputError(
                 f"{type(self.embedding).__name__} does not fit a {'' if periodic else 'non-'}periodic system"
             )
-        charges = mm_charges(system)
-        _check_declared_charge(charges[list(self.qm_atoms)].sum(), self.charge)
-        qm = set(self.qm_atoms)
-        self.mm_charged_atoms = tuple(i for i in np.flatnonzero(charges).tolist() if i not in qm)
-
         self.system = build_mm_system(system, self.qm_atoms)
         used = {f.getForceGroup() for f in self.system.getForces()}
         self.qm_force_group = max(used | {0}) + 1
         if self.qm_force_group > 31:
             raise InputError("no free force group left for the QM force")
-        region = QMRegionSpec(self.symbols, self.charge, self.multiplicity)
-        self.kernel = QMForceKernel(
-            region, len(self.qm_atoms), charges[list(self.mm_charged_atoms)], engine, self.embedding
-        )
-        self.qm_force = make_qm_force(self.kernel, self.qm_atoms + self.mm_charged_atoms, self.qm_force_group)
+        region = QMRegionSpec(qm_symbols, self.charge, self.multiplicity)
+        self.kernel = QMForceKernel(region, self.boundary, engine, self.embedding)
+        self.qm_force = make_qm_force(self.kernel, self.qm_force_group)
         self.system.addForce(self.qm_force)
-        self._particles = np.array(self.qm_atoms + self.mm_charged_atoms, dtype=int)
         self._platform = platform
         self._context: openmm.Context | None = None
+
+    @property
+    def links(self) -> tuple[LinkAtom, ...]:
+        """Hydrogen link atoms, one per QM–MM bond cut by the QM region."""
+        return self.boundary.links
 
     @property
     def last_qm(self) -> EmbeddingResult | None:
@@ -146,9 +162,3 @@ class QMMMSystem:
             self.kernel.last_error = None
             raise error from exc
 
-
-def _check_declared_charge(mm_sum: float, declared: int) -> None:
-    if abs(mm_sum - declared) > 0.01:
-        logger.warning(
-            "declared QM charge %d differs from the sum %.4f e of the MM charges of the QM atoms", declared, mm_sum
-        )

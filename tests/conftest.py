@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import openmm
 import pytest
@@ -50,9 +53,56 @@ def mm_energy(system: openmm.System, positions: np.ndarray, box=None) -> float:
     return context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
 
 
-def central_difference(energy, positions: np.ndarray, atom: int, axis: int, h: float) -> float:
-    """-dE/dx of ``energy(positions)`` by central difference (force component)."""
-    plus, minus = positions.copy(), positions.copy()
-    plus[atom, axis] += h
-    minus[atom, axis] -= h
-    return -(energy(plus) - energy(minus)) / (2 * h)
+def directional_derivative(energy, positions: np.ndarray, direction: np.ndarray, h: float = 1e-5) -> float:
+    """-dE/ds of ``energy(positions + s direction)`` at s = 0 by central difference (nm steps)."""
+    return -(energy(positions + h * direction) - energy(positions - h * direction)) / (2 * h)
+
+
+def assert_fd_forces(energy, positions: np.ndarray, forces: np.ndarray, atoms, h: float = 1e-5) -> None:
+    """Each force component on ``atoms`` equals the central difference of the energy (TESTING.md tolerance)."""
+    for atom in atoms:
+        for axis in range(3):
+            step = np.zeros_like(positions)
+            step[atom, axis] = 1.0
+            fd = directional_derivative(energy, positions, step, h)
+            assert forces[atom, axis] == pytest.approx(fd, abs=FD_ABS_TOL, rel=2e-3), (atom, axis)
+
+
+SHARED_PDB = Path(__file__).resolve().parents[2] / "shared" / "data" / "pdb"
+
+
+def shared_pdb(name: str) -> Path:
+    """Path of a structure in ../shared/data/pdb; skip when absent, except in CI where it must exist."""
+    path = SHARED_PDB / name
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} is missing in CI")
+        pytest.skip(f"{path} is absent (the shared data folder is not next to this clone)")
+    return path
+
+
+def _protein_in_vacuum(name: str, variants: dict[str, str] | None = None, templates: dict[str, str] | None = None):
+    """Crystal waters removed, hydrogens added at pH 7, Amber14 (+ ions), no cutoff: (top, system, pos nm)."""
+    pdb = app.PDBFile(str(shared_pdb(name)))
+    modeller = app.Modeller(pdb.topology, pdb.positions)
+    modeller.deleteWater()
+    variants = variants or {}
+    modeller.addHydrogens(pH=7.0, variants=[variants.get(f"{r.name}{r.id}") for r in modeller.topology.residues()])
+    templates = templates or {}
+    residue_templates = {r: templates[r.name] for r in modeller.topology.residues() if r.name in templates}
+    ff = app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
+    system = ff.createSystem(modeller.topology, nonbondedMethod=app.NoCutoff, residueTemplates=residue_templates)
+    return modeller.topology, system, np.array(modeller.positions.value_in_unit(unit.nanometer))
+
+
+@pytest.fixture(scope="session")
+def lysozyme():
+    """Hen egg-white lysozyme (1AKI) in vacuum, 1960 atoms: (topology, system, positions nm)."""
+    return _protein_in_vacuum("1AKI_ash.pdb")
+
+
+@pytest.fixture(scope="session")
+def rubredoxin():
+    """Rubredoxin (2DSX) with Fe(III) and its four Cys deprotonated (Amber CYM): (topology, system, positions)."""
+    iron_cysteines = {f"CYS{i}": "CYX" for i in (6, 9, 39, 42)}  # no HG; the FE-free SG then matches CYM
+    return _protein_in_vacuum("2DSX_ash.pdb", variants=iron_cysteines, templates={"FE": "FE"})

@@ -1,4 +1,4 @@
-"""NVE energy conservation of a QM water in TIP3P (../shared/TESTING.md criterion)."""
+"""NVE energy conservation (../shared/TESTING.md criterion): a QM water, and a QM side chain with a cut bond."""
 
 from __future__ import annotations
 
@@ -8,24 +8,27 @@ import pytest
 from openmm import unit
 
 from bioqmmm import QMMMSystem
-from bioqmmm.examples import water_box
+from bioqmmm.examples import alanine_dipeptide, water_box
+from bioqmmm.protein import sidechain
 from bioqmmm.qm import PySCFEngine
 
 STEPS = 2000  # 1 ps at 0.5 fs
 
 
-def _nve_run(steps: int):
-    top, system, pos = water_box(1.9)
+def _smooth_mm(system: openmm.System) -> None:
+    """Switch the MM Lennard-Jones smoothly and tighten PME, so the MM part conserves energy too."""
     nb = next(f for f in system.getForces() if isinstance(f, openmm.NonbondedForce))
-    nb.setUseSwitchingFunction(True)  # smooth MM Lennard-Jones so the MM part conserves energy too
-    nb.setSwitchingDistance(0.6)
+    nb.setUseSwitchingFunction(True)
+    nb.setSwitchingDistance(nb.getCutoffDistance() - 0.1 * unit.nanometer)
     nb.setEwaldErrorTolerance(1e-5)
-    engine = PySCFEngine("hf", "sto-3g", conv_tol=1e-10)
-    qmmm = QMMMSystem(top, system, [0, 1, 2], charge=0, multiplicity=1, engine=engine)
+
+
+def _nve_run(qmmm: QMMMSystem, positions, steps: int):
+    """Verlet at 0.5 fs from 300 K: (times ps, total energies kJ/mol, degrees of freedom)."""
     integrator = openmm.VerletIntegrator(0.0005)
     integrator.setConstraintTolerance(1e-10)
     context = openmm.Context(qmmm.system, integrator, openmm.Platform.getPlatformByName("Reference"))
-    context.setPositions(pos)
+    context.setPositions(positions)
     context.setVelocitiesToTemperature(300 * unit.kelvin, 2026)
     times, totals = [], []
     with qmmm.typed_errors():
@@ -40,12 +43,30 @@ def _nve_run(steps: int):
     return np.array(times), np.array(totals), dof
 
 
-@pytest.mark.slow
-def test_nve_drift_of_qm_water_in_tip3p():
-    times, totals, dof = _nve_run(STEPS)
-    slope = np.polyfit(times, totals, 1)[0]  # kJ/mol/ps
-    drift_per_dof = abs(slope) * 1000.0 / dof  # kJ/mol/ns per degree of freedom
-    residual = totals - np.polyval(np.polyfit(times, totals, 1), times)
+def _assert_conserved(times: np.ndarray, totals: np.ndarray, dof: int) -> None:
+    fit = np.polyfit(times, totals, 1)
+    drift_per_dof = abs(fit[0]) * 1000.0 / dof  # kJ/mol/ns per degree of freedom
+    residual = totals - np.polyval(fit, times)
     print(f"NVE drift {drift_per_dof:.4f} kJ/mol/ns/dof over {times[-1]:.2f} ps; RMS fluctuation {residual.std():.4f}")
     assert drift_per_dof < 1.7
     assert np.max(np.abs(np.diff(totals))) < 10 * max(residual.std(), 1e-3)
+
+
+@pytest.mark.slow
+def test_nve_drift_of_qm_water_in_tip3p():
+    top, system, pos = water_box(1.9, nonbonded_cutoff=0.7)
+    _smooth_mm(system)
+    engine = PySCFEngine("hf", "sto-3g", conv_tol=1e-10)
+    qmmm = QMMMSystem(top, system, [0, 1, 2], charge=0, multiplicity=1, engine=engine)
+    _assert_conserved(*_nve_run(qmmm, pos, STEPS))
+
+
+@pytest.mark.slow
+def test_nve_drift_with_a_cut_bond():
+    """Ala side chain of solvated alanine dipeptide in QM: link atom on Cα–Cβ, RCD charges, PME box."""
+    top, system, pos = alanine_dipeptide(box_size=2.4)
+    _smooth_mm(system)
+    engine = PySCFEngine("hf", "sto-3g", conv_tol=1e-10)
+    qmmm = QMMMSystem(top, system, sidechain(top, "ALA2"), charge=0, multiplicity=1, engine=engine)
+    assert len(qmmm.links) == 1
+    _assert_conserved(*_nve_run(qmmm, pos, STEPS))

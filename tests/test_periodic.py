@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import openmm
 import pytest
-from conftest import FD_ABS_TOL, central_difference
+from conftest import assert_fd_forces, directional_derivative
 from openmm import unit
 
 from bioqmmm import QMMMSystem
@@ -40,14 +40,9 @@ def test_forces_match_finite_differences_across_the_switch(box_qmmm, small_water
     d = np.linalg.norm(minimum_image(pos - pos[QM].mean(axis=0), np.eye(3) * BOX), axis=1)
     # a near charge (exact), two inside the switching shell, one beyond the cutoff (far field only)
     picks = [int(np.argmin(np.abs(d - r))) for r in (0.3, 0.72, 0.8, 1.1)]
-    for atom in (*QM, *picks):
-        for axis in range(3):
-            fd = central_difference(energy_fn, pos, atom, axis, 2e-5)
-            assert forces[atom, axis] == pytest.approx(fd, abs=FD_ABS_TOL, rel=2e-3), (atom, axis, d[atom])
+    assert_fd_forces(energy_fn, pos, forces, (*QM, *picks), h=2e-5)
     direction = forces / np.linalg.norm(forces)
-    h = 1e-5
-    fd = -(energy_fn(pos + h * direction) - energy_fn(pos - h * direction)) / (2 * h)
-    assert fd == pytest.approx(np.sum(forces * direction), rel=1e-4)
+    assert directional_derivative(energy_fn, pos, direction) == pytest.approx(np.sum(forces * direction), rel=1e-4)
 
 
 def test_energy_is_continuous_when_a_charge_crosses_the_cutoff(small_water_box):

@@ -53,6 +53,7 @@ class QMInfo:
     wall_time: float  # s
     attempts: tuple[SCFAttempt, ...] = ()
     warm_start: bool = False
+    spin_square: float | None = None  # <S^2> of an unrestricted determinant; None when restricted
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,7 @@ class PySCFEngine:
             wall_time=time.perf_counter() - start,
             attempts=tuple(attempts),
             warm_start=guess is not None,
+            spin_square=float(mf.spin_square()[0]) if dm.ndim == 3 else None,
         )
         return QMResult(
             energy=energy * HARTREE_KJMOL,
