@@ -14,7 +14,7 @@ from collections import deque
 
 from openmm import app
 
-SINGLE, DOUBLE, AROMATIC, AMIDE, UNKNOWN = "single", "double", "aromatic", "amide", "unknown"
+SINGLE, DOUBLE, TRIPLE, AROMATIC, AMIDE, UNKNOWN = "single", "double", "triple", "aromatic", "amide", "unknown"
 
 #: Pauling electronegativities of the elements that occur at QM/MM boundaries.
 PAULING = {"H": 2.20, "B": 2.04, "C": 2.55, "N": 3.04, "O": 3.44, "F": 3.98, "Si": 1.90, "P": 2.19,
@@ -49,6 +49,12 @@ _BACKBONE_DOUBLE = ["C O", "C OXT"]
 
 _SATURATED_DEGREE = {"C": 4, "N": 4, "O": 2, "S": 2}
 
+#: Residue names the templates describe: amino acids with their protonation variants, and caps.
+STANDARD_RESIDUES = frozenset(
+    "ALA ARG ASN ASP CYS GLN GLU GLY HIS ILE LEU LYS MET PHE PRO SER THR TRP TYR VAL "
+    "HID HIE HIP HSD HSE HSP ASH GLH LYN CYX CYM ACE NME NMA".split()
+)
+
 
 def _pairs(spec: list[str]) -> set[frozenset[str]]:
     return {frozenset(p.split()) for p in spec}
@@ -63,11 +69,11 @@ def _ring_pairs(rings: str) -> set[frozenset[str]]:
 
 
 def _is_amino_acid(residue: app.topology.Residue) -> bool:
-    return {"N", "CA", "C"} <= {a.name for a in residue.atoms()}
+    return residue.name in STANDARD_RESIDUES and residue.name not in ("ACE", "NME", "NMA")
 
 
 def _is_amino_acid_or_cap(residue: app.topology.Residue) -> bool:
-    return _is_amino_acid(residue) or residue.name in ("ACE", "NME", "NMA")
+    return residue.name in STANDARD_RESIDUES
 
 
 def template_kind(bond: app.topology.Bond) -> str | None:
@@ -93,23 +99,35 @@ def template_kind(bond: app.topology.Bond) -> str | None:
 
 def _topology_kind(bond: app.topology.Bond) -> str | None:
     if bond.type is not None:
-        return {app.Single: SINGLE, app.Double: DOUBLE, app.Triple: DOUBLE, app.Aromatic: AROMATIC,
+        return {app.Single: SINGLE, app.Double: DOUBLE, app.Triple: TRIPLE, app.Aromatic: AROMATIC,
                 app.Amide: AMIDE}.get(bond.type, UNKNOWN)
     if bond.order is not None:
         return SINGLE if bond.order == 1 else DOUBLE
     return None
 
 
-def bond_kind(bond: app.topology.Bond, neighbours: dict[int, set[int]]) -> str:
-    """single / double / aromatic / amide / unknown, from the Topology, templates or valence."""
-    kind = _topology_kind(bond) or template_kind(bond)
+def bond_kind(bond: app.topology.Bond, neighbours: dict[int, set[int]], atoms: list[app.topology.Atom]) -> str:
+    """single / double / triple / aromatic / amide / unknown, from templates, the Topology or valence.
+
+    A peptide bond is an amide whatever bond order the Topology gives it (Kekulé writers mark it
+    single). Metal neighbours do not count towards saturation (a metal-bound carbonyl O stays sp2).
+    """
+    template = template_kind(bond)
+    if template == AMIDE:
+        return AMIDE
+    kind = _topology_kind(bond) or template
     if kind is not None:
         return kind
     for atom in (bond[0], bond[1]):
-        symbol = atom.element.symbol if atom.element is not None else None
-        if symbol in _SATURATED_DEGREE and len(neighbours[atom.index]) == _SATURATED_DEGREE[symbol]:
+        symbol = _symbol(atom)
+        covalent = [j for j in neighbours[atom.index] if _symbol(atoms[j]) in PAULING]
+        if symbol in _SATURATED_DEGREE and len(covalent) == _SATURATED_DEGREE[symbol]:
             return SINGLE
     return UNKNOWN
+
+
+def _symbol(atom: app.topology.Atom) -> str | None:
+    return atom.element.symbol if atom.element is not None else None
 
 
 def is_polar(symbol_a: str, symbol_b: str) -> bool:

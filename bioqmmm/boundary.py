@@ -19,7 +19,7 @@ density; it is removed from the QM Hamiltonian and redistributed over the n bond
 * ``"shift"``: q_M2 + q0, plus a pair ±q0/(2ε) at r_M2 ± ε (r_M1 − r_M2), ε = 0.1, that restores
   the M1–M2 bond dipole (charge shift; Sherwood et al., J. Mol. Struct. THEOCHEM 2003, 632, 1).
 
-Balanced charges (Wang & Truhlar, J. Chem. Theory Comput. 2010, 6, 3330): the defect
+Balanced charges (Wang & Truhlar, J. Chem. Theory Comput. 2010, 6, 359): the defect
 δ = Σ_QM q_MM − Q_QM between the MM charges of the QM atoms and the declared QM charge is first
 added to the M1 charges, so Q_QM + Σ(embedding charges) equals the total charge of the reference
 System exactly (checked here, to 1e-10 e). Redistributed charges act only in the QM Hamiltonian;
@@ -157,7 +157,7 @@ def check_cut(cut: Cut, atoms: list[app.topology.Atom], neighbours: dict[int, se
     if "H" in (a, b):
         raise TopologyError(f"the QM region cuts the bond to hydrogen {label}: take each hydrogen with its heavy atom")
     ring = ring_through(neighbours, inside.index, outside.index)
-    kind = bond_kind(bond, neighbours)
+    kind = bond_kind(bond, neighbours, atoms)
     if ring is not None:
         names = "-".join(atoms[i].name for i in ring)
         aromatic = "aromatic " if kind == AROMATIC else ""
@@ -286,16 +286,29 @@ def build_boundary(
 
 
 def _report_defect(defect: float, qm_charge: int, m1_atoms: list[app.topology.Atom]) -> None:
+    """Warn when the declared charge and the removed MM charges differ by more than 0.01 e.
+
+    With cuts a fractional difference is expected (force-field charge groups rarely end at the
+    cut) and is balanced on the M1 atoms; a declared charge that is not the integer nearest to
+    the removed charge is most likely a mistake and is flagged as such.
+    """
     if abs(defect) <= 0.01:
         return
     removed = qm_charge + defect
+    nearest = round(removed)
+    if nearest != qm_charge:
+        verdict = f"the nearest integer is {nearest}: check the declared charge"
+    elif m1_atoms:
+        verdict = "expected for a cut through a residue"
+    else:
+        verdict = "the force-field charges of the QM atoms are not integral"
     where = (
-        "it is added to the boundary atom(s) " + ", ".join(describe_atom(a) for a in m1_atoms)
+        "; the difference is added to the boundary atom(s) " + ", ".join(describe_atom(a) for a in m1_atoms)
         + " before redistribution, so the total charge is conserved"
         if m1_atoms
-        else "the total charge of the QM/MM model differs from the reference System's by this amount"
+        else "; the total charge of the QM/MM model differs from the reference System's by this amount"
     )
     logger.warning(
-        "declared QM charge %d differs from the sum %.4f e of the MM charges of the QM atoms (difference %+.4f e); %s",
-        qm_charge, removed, defect, where,
+        "declared QM charge %d vs %.4f e of MM charges removed with the QM atoms (difference %+.4f e; %s)%s",
+        qm_charge, removed, defect, verdict, where,
     )

@@ -21,6 +21,12 @@ from bioqmmm.units import positions_nm
 
 _SPEC = re.compile(r"^(?:(?P<chain>[^:]+):)?(?P<name>[A-Za-z][A-Za-z0-9]*?)?(?P<id>-?\d+[A-Za-z]?)$")
 
+#: Terminal caps, taken whole by :func:`residues`.
+CAPS = frozenset({"ACE", "NME", "NMA"})
+
+#: Backbone atom names (a metal ligand among them brings its peptide group, not the side chain).
+BACKBONE = frozenset({"N", "H", "CA", "HA", "C", "O", "OXT", "H1", "H2", "H3"})
+
 #: Elements that coordinate metals in proteins.
 LIGATING_ELEMENTS = frozenset({"N", "O", "S", "Se"})
 
@@ -95,7 +101,8 @@ def residues(topology: app.Topology, specs: Iterable[ResidueSpec]) -> list[int]:
 
     Peptide bonds are never cut: where the residue before a selected one is not selected, its
     C=O joins the QM region; where the residue after is not selected, this residue's C=O stays
-    MM. Consecutive selected residues are whole; ligands, waters and ions are taken whole.
+    MM. Consecutive selected residues are whole; an ACE/NME cap next to a selected residue is
+    taken whole (it has no Cα to cut at); ligands, waters and ions are taken whole.
     """
     chosen = [find_residue(topology, s) for s in specs]
     selected = {r.index for r in chosen}
@@ -104,19 +111,27 @@ def residues(topology: app.Topology, specs: Iterable[ResidueSpec]) -> list[int]:
         atoms |= {a.index for a in res.atoms()}
         before = _peptide_partner(res, "N", "C")
         if before is not None and before.index not in selected:
-            atoms |= {_atom(before, "C").index, _atom(before, "O").index}
+            if before.name in CAPS:
+                atoms |= {a.index for a in before.atoms()}
+            else:
+                atoms |= {_atom(before, "C").index, _atom(before, "O").index}
         after = _peptide_partner(res, "C", "N")
         if after is not None and after.index not in selected:
-            atoms -= {_atom(res, "C").index, _atom(res, "O").index}
+            if after.name in CAPS:
+                atoms |= {a.index for a in after.atoms()}
+            else:
+                atoms -= {_atom(res, "C").index, _atom(res, "O").index}
     return sorted(atoms)
 
 
 def metal_site(topology: app.Topology, positions, metal: ResidueSpec, cutoff: float = 0.28) -> list[int]:
     """A metal ion with the side chains (or whole small molecules) that coordinate it.
 
-    Ligand atoms are N, O, S, Se within ``cutoff`` (nm) of the metal in ``positions``; the choice
-    of residues may use distances, the cut bonds never do. Amino-acid ligands contribute their
-    side chain (Cα–Cβ cut), or the residue itself (:func:`residues`) for a backbone ligand.
+    Ligand atoms are N, O, S, Se within ``cutoff`` (nm) of the metal in ``positions`` (plain
+    distances: give positions with the site whole); the choice of residues may use distances,
+    the cut bonds never do. A side-chain ligand contributes its side chain (Cα–Cβ cut); a
+    backbone carbonyl O its residue and the next (so the C=O is QM, :func:`residues`), a
+    backbone N its residue.
     """
     res = find_residue(topology, metal)
     metal_atoms = list(res.atoms())
@@ -139,9 +154,11 @@ def metal_site(topology: app.Topology, positions, metal: ResidueSpec, cutoff: fl
     selected = {metal_atoms[0].index}
     for atom in ligands:
         owner = atom.residue
-        if {"N", "CA", "C"} <= {a.name for a in owner.atoms()}:
-            side = sidechain(topology, owner) if any(a.name == "CB" for a in owner.atoms()) else []
-            selected |= set(side) if atom.index in side else set(residues(topology, [owner]))
-        else:
+        if not {"N", "CA", "C"} <= {a.name for a in owner.atoms()}:
             selected |= {a.index for a in owner.atoms()}
+        elif atom.name not in BACKBONE:
+            selected |= set(sidechain(topology, owner))
+        else:
+            after = _peptide_partner(owner, "C", "N") if atom.name in ("O", "OXT") else None
+            selected |= set(residues(topology, [owner] + ([after] if after is not None else [])))
     return sorted(selected)

@@ -45,8 +45,9 @@ class QMMMSystem:
         How the charge of each MM boundary atom is handed to its neighbours in the QM
         Hamiltonian: ``"RCD"`` (default), ``"RC"`` or ``"shift"`` (:mod:`bioqmmm.boundary`).
     allow_polar_cut:
-        Allow the QM region to cut polar single bonds (C–N, C–O, metal–ligand). Cuts through
-        rings, double, aromatic and peptide bonds and bonds to hydrogen are always refused.
+        Allow the QM region to cut polar single bonds (C–N, C–O, metal–ligand; the last also
+        need ``link_ratios``). Cuts through rings, double, aromatic and peptide bonds and bonds
+        to hydrogen are always refused.
     link_ratios:
         ``{(qm_element, mm_element): g}`` overriding the standard link-atom placement ratio.
     """

@@ -99,7 +99,32 @@ def test_declared_charge_mismatch_is_reported_with_the_numbers(lysozyme, caplog)
     with caplog.at_level(logging.WARNING, logger="bioqmmm.boundary"):
         build_boundary(top, sidechain(top, "ASP66"), mm_charges(system), -1)
     assert "-0.8581 e" in caplog.text and "+0.1419 e" in caplog.text and "ASP66:CA" in caplog.text
+    assert "expected for a cut" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bioqmmm.boundary"):
+        build_boundary(top, sidechain(top, "ASP66"), mm_charges(system), 0)  # forgot the carboxylate charge
+    assert "the nearest integer is -1: check the declared charge" in caplog.text
 
+
+@pytest.mark.parametrize(("scheme", "keeps_dipole"), [("RCD", True), ("shift", True), ("RC", False)])
+def test_boundary_charge_schemes_and_bond_dipoles(lysozyme, scheme, keeps_dipole):
+    """RCD and charge shift keep the charge and dipole of M1 + M2 (Lin & Truhlar 2005); RC keeps the charge."""
+    top, system, pos = lysozyme
+    charges = mm_charges(system)
+    boundary = build_boundary(top, sidechain(top, "ASP66"), charges, -1, scheme=scheme)
+    ca = _atom(top, "ASP66", "CA")
+    group = [ca] + [_atom(top, "ASP66", n) for n in ("N", "C", "HA")]
+    q_ref = charges[group].copy()
+    q_ref[0] += boundary.charge_defect
+    x = pos[list(boundary.particles)]
+    sites = boundary.charge_sites.positions(x)
+    owners = np.asarray(boundary.particles)[boundary.charge_sites.atoms]
+    n_atoms = len(owners)
+    in_group = np.concatenate([np.isin(owners, group), np.ones(len(sites) - n_atoms, dtype=bool)])
+    q_new, r_new = boundary.site_charges[in_group], sites[in_group]
+    assert q_new.sum() == pytest.approx(q_ref.sum(), abs=1e-12)
+    dipole_ref, dipole_new = q_ref @ pos[group], q_new @ r_new
+    assert np.allclose(dipole_new, dipole_ref, atol=1e-12) == keeps_dipole
 
 def test_forces_match_finite_differences_across_the_cut(asp66, lysozyme):
     top, _, pos = lysozyme
@@ -168,6 +193,19 @@ def test_cuts_through_rings_double_amide_polar_and_hydrogen_bonds_are_refused(ly
     assert allowed.links[0].ratio == pytest.approx(0.1010 / 0.1470)
     with pytest.raises(TopologyError, match=r"bond to hydrogen"):
         build_boundary(top, [i for i in sidechain(top, "ASP66") if i != _atom(top, "ASP66", "HB2")], charges, -1)
+    kekule = app.Topology()  # a writer that marks the peptide bond single does not make it cuttable
+    for chain in top.chains():
+        new_chain = kekule.addChain(chain.id)
+        for residue in chain.residues():
+            new_residue = kekule.addResidue(residue.name, new_chain, residue.id)
+            for atom in residue.atoms():
+                kekule.addAtom(atom.name, atom.element, new_residue)
+    atoms = list(kekule.atoms())
+    for bond in top.bonds():
+        order = 1 if {bond[0].name, bond[1].name} == {"C", "N"} else None
+        kekule.addBond(atoms[bond[0].index], atoms[bond[1].index], order=order)
+    with pytest.raises(TopologyError, match="peptide bond"):
+        build_boundary(kekule, whole_asp, charges, -1, allow_polar_cut=True)
     with pytest.raises(InputError, match="unknown boundary charge scheme 'RDC'"):
         build_boundary(top, sidechain(top, "ASP66"), charges, -1, scheme="RDC")
 
@@ -275,3 +313,30 @@ def test_link_atoms_and_boundary_charges_follow_minimum_image(solvated_alanine_s
         e1, f1 = kernel.evaluate(wrapped, box, None)
         assert e1 == pytest.approx(e0, rel=1e-10), name
         np.testing.assert_allclose(f1, f0, atol=1e-2)  # SCF-convergence noise, 2e-7 Eh/Bohr
+
+
+def test_metal_site_with_backbone_carbonyl_ligands(lysozyme):
+    """A backbone O ligand brings its peptide group (the next residue's N side), never a lone C=O cut."""
+    top, system, pos = lysozyme
+    modeller = app.Modeller(top, pos * unit.nanometer)
+    ions = app.Topology()
+    chain = ions.addChain("X")
+    for resid in ("901", "902"):
+        ions.addAtom("NA", app.element.sodium, ions.addResidue("NA", chain, resid))
+    near = []
+    for name in ("THR40", "PRO70"):
+        o, c = pos[_atom(top, name, "O")], pos[_atom(top, name, "C")]
+        near.append(o + 0.23 * (o - c) / np.linalg.norm(o - c))
+    modeller.add(ions, np.array(near) * unit.nanometer)
+    new_top = modeller.topology
+    xyz = np.array(modeller.positions.value_in_unit(unit.nanometer))
+    atoms = list(new_top.atoms())
+    residues_ = list(new_top.residues())
+    for ion, residue in (("NA901", "THR40"), ("NA902", "PRO70")):
+        following = residues_[find_residue(new_top, residue).index + 1]
+        after = following.name + following.id
+        site = metal_site(new_top, xyz, ion)
+        names = {(atoms[i].residue.name + atoms[i].residue.id, atoms[i].name) for i in site}
+        assert {(residue, "C"), (residue, "O"), (after, "N"), (after, "CA")} <= names
+        charges = np.zeros(new_top.getNumAtoms())
+        build_boundary(new_top, [i for i in site if atoms[i].residue.name != "NA"], charges, 0)
