@@ -67,6 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=None, help="seed for the velocities and the Langevin noise (default: random)")
     add("--no-progress", action="store_true", help="do not show the progress bar")
     quickstart.set_defaults(handler=_quickstart)
+
+    run = subparsers.add_parser(
+        "run",
+        help="run a protocol file (md, optimize, ...)",
+        description=(
+            "Validate the protocol file (every key, type and required value, before any computation), build "
+            "the QM/MM model and run the protocol. Writes result.json, summary.txt and plots into the output "
+            "folder; a rerun into the same folder resumes from its checkpoint."
+        ),
+    )
+    run.add_argument("protocol_file", help="protocol file (YAML); see protocols/ for one per protocol")
+    run.add_argument("-o", "--output", default=None, help="output folder (overrides the file's 'output')")
+    run.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    run.set_defaults(handler=_run)
     return parser
 
 
@@ -82,6 +96,15 @@ def _quickstart(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(format_summary(summary))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bioqmmm.run.results import format_summary as format_result
+    from bioqmmm.run.runner import run_protocol
+
+    record = run_protocol(args.protocol_file, output=args.output, progress=not args.no_progress)
+    print(format_result(record))
     return 0
 
 

@@ -29,6 +29,11 @@ class QMForceKernel:
     ``last`` holds the last successful :class:`EmbeddingResult` and ``last_step`` its OpenMM
     step count, ``last_error`` the typed error of the last failed call, ``overhead`` the seconds
     spent outside the engine in the last call.
+
+    A call with exactly the positions and box of the previous one returns the previous result
+    without a QM calculation (``cache_hits`` counts them; ``evaluations`` counts real ones). So
+    an energy report at step k costs nothing extra: the integrator's force call for step k + 1
+    is at the same positions. :meth:`clear_cache` forgets it (e.g. after changing the engine).
     """
 
     def __init__(self, region: QMRegionSpec, boundary: Boundary, engine: QMEngine, embedding) -> None:
@@ -40,17 +45,58 @@ class QMForceKernel:
         self.last_error: BaseException | None = None
         self.last_step: int | None = None
         self.overhead = 0.0
+        self.evaluations = 0
+        self.cache_hits = 0
+        self._cache: tuple[np.ndarray, np.ndarray | None, float, np.ndarray] | None = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.update(last=None, last_error=None)
+        state.update(last=None, last_error=None, _cache=None)
         return state
+
+    def clear_cache(self) -> None:
+        """Forget the cached result, so the next call runs the QM calculation."""
+        self._cache = None
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Arrays that restore the cache exactly (for checkpoints)."""
+        if self._cache is None:
+            return {}
+        positions, box, energy, forces = self._cache
+        state = {"positions": positions, "energy": np.array(energy), "forces": forces}
+        if box is not None:
+            state["box"] = box
+        return state
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Inverse of :meth:`get_state`."""
+        if not state:
+            self._cache = None
+            return
+        box = state.get("box")
+        self._cache = (np.array(state["positions"]), None if box is None else np.array(box),
+                       float(state["energy"]), np.array(state["forces"]))
+
+    def _cached(self, positions: np.ndarray, box: np.ndarray | None) -> tuple[float, np.ndarray] | None:
+        if self._cache is None:
+            return None
+        old_positions, old_box, energy, forces = self._cache
+        same_box = (box is None and old_box is None) or (
+            box is not None and old_box is not None and np.array_equal(box, old_box)
+        )
+        if same_box and np.array_equal(positions, old_positions):
+            self.cache_hits += 1
+            return energy, forces.copy()
+        return None
 
     def evaluate(self, positions: np.ndarray, box: np.ndarray | None, step: int | None) -> tuple[float, np.ndarray]:
         """E_QM (kJ/mol) and forces (kJ/mol/nm) for the force's particles."""
         start = time.perf_counter()
         if not np.all(np.isfinite(positions)):
             raise CalculationError(f"non-finite coordinates reached the QM force at step {step}")
+        cached = self._cached(positions, box)
+        if cached is not None:
+            return cached
         sites = self.boundary
         result = self.embedding.evaluate(
             self.engine,
@@ -64,6 +110,8 @@ class QMForceKernel:
         n = len(positions)
         forces = sites.qm_sites.spread(result.qm_forces, n) + sites.charge_sites.spread(result.mm_forces, n)
         self.last = result
+        self.evaluations += 1
+        self._cache = (positions.copy(), None if box is None else box.copy(), result.energy, forces.copy())
         self.overhead = time.perf_counter() - start - result.qm.info.wall_time
         return result.energy, forces
 

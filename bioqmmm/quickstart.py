@@ -34,6 +34,7 @@ from openmm import app, unit
 from bioqmmm.errors import CalculationError, InputError
 from bioqmmm.examples import alanine_dipeptide
 from bioqmmm.qm import PySCFEngine
+from bioqmmm.run.reporters import close_reporter
 from bioqmmm.system import QMMMSystem
 
 #: The QM region: the whole dipeptide (residues ACE, ALA, NME).
@@ -297,15 +298,8 @@ def _row(qmmm: QMMMSystem, step: int, time_ps: float, mm_energy: float) -> dict:
 
 
 def _close_reporters(simulation: app.Simulation) -> None:
-    """Flush and close the DCD file (DCDReporter has no public close before OpenMM 8.2)."""
     for reporter in simulation.reporters:
-        close = getattr(reporter, "close", None)
-        if close is not None:
-            close()
-        else:
-            handle = getattr(reporter, "_out", None)
-            if handle is not None:
-                handle.close()
+        close_reporter(reporter)
     simulation.reporters.clear()
 
 

@@ -147,6 +147,15 @@ class QMMMSystem:
         forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
         return float(energy), np.asarray(forces)
 
+    def constrained(self, positions, box_vectors=None, tolerance: float = 1e-8) -> np.ndarray:
+        """``positions`` (nm) with the System's distance constraints applied (SHAKE-like projection)."""
+        context = self._get_context()
+        if box_vectors is not None:
+            context.setPeriodicBoxVectors(*positions_nm(box_vectors))
+        context.setPositions(positions_nm(positions))
+        context.applyConstraints(tolerance)
+        return np.asarray(context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+
     @contextlib.contextmanager
     def typed_errors(self) -> Iterator[None]:
         """Re-raise a failure inside the QM force as its typed bioqmmm error.

@@ -73,6 +73,7 @@ class QMResult:
     info: QMInfo
     mm_potentials: np.ndarray = field(default_factory=lambda: np.zeros(0))
     moments: QMMoments | None = None
+    atomic_charges: np.ndarray | None = None  # Mulliken charges of the QM atoms (link atoms included), e
 
 
 @runtime_checkable
@@ -105,3 +106,9 @@ class QMEngine(Protocol):
         ``step`` labels the call in errors. Never returns unconverged results: raises
         :class:`bioqmmm.errors.SCFConvergenceError` instead.
         """
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Arrays that restore the engine's run-to-run state (e.g. the SCF guess) for a checkpoint."""
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`get_state` returned."""

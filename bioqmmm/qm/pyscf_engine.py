@@ -10,6 +10,7 @@ enters as a second-order polynomial operator; its Hellmann-Feynman and basis-fun
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -83,6 +84,21 @@ class PySCFEngine:
         state = self.__dict__.copy()
         state["_guess"] = None
         return state
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """The SCF guess (density matrix and the atoms/charge/multiplicity it belongs to), for checkpoints."""
+        if self._guess is None:
+            return {}
+        (symbols, charge, multiplicity), dm = self._guess
+        return {"guess_key": np.array(json.dumps([list(symbols), charge, multiplicity])), "guess_dm": dm}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Inverse of :meth:`get_state`."""
+        if not state:
+            self._guess = None
+            return
+        symbols, charge, multiplicity = json.loads(str(state["guess_key"]))
+        self._guess = ((tuple(symbols), charge, multiplicity), np.array(state["guess_dm"]))
 
     # ----------------------------------------------------------------- validation
     def restricted_for(self, multiplicity: int) -> bool:
@@ -168,6 +184,7 @@ class PySCFEngine:
             info=info,
             mm_potentials=potentials * HARTREE_KJMOL,
             moments=moments,
+            atomic_charges=_mulliken_charges(mol, dm_total),
         )
 
     def _molecule(self, symbols, coords_bohr, charge, multiplicity) -> gto.Mole:
@@ -306,6 +323,15 @@ def _polynomial_pulay(mol: gto.Mole, dm: np.ndarray, ext) -> np.ndarray:
     for atom, (_, _, p0, p1) in enumerate(mol.aoslice_by_atom()):
         grad[atom] = per_ao[p0:p1].sum(axis=0)
     return grad
+
+
+def _mulliken_charges(mol: gto.Mole, dm: np.ndarray) -> np.ndarray:
+    """Mulliken atomic charges (e): Z_A − Σ_{μ on A} (D S)_μμ."""
+    population = np.einsum("pq,qp->p", dm, mol.intor_symmetric("int1e_ovlp"))
+    charges = mol.atom_charges().astype(float)
+    for atom, (_, _, p0, p1) in enumerate(mol.aoslice_by_atom()):
+        charges[atom] -= population[p0:p1].sum()
+    return charges
 
 
 def _potentials(mol: gto.Mole, dm: np.ndarray, points_bohr: np.ndarray) -> np.ndarray:

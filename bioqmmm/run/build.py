@@ -1,0 +1,101 @@
+"""From a validated protocol file to a QMMMSystem and its start positions (no QM computation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import openmm
+from openmm import app, unit
+
+from bioqmmm.embedding import PeriodicEmbedding
+from bioqmmm.errors import InputError
+from bioqmmm.examples import alanine_dipeptide, water_box
+from bioqmmm.protein import residues, sidechain
+from bioqmmm.qm import PySCFEngine
+from bioqmmm.run.environment import mm_context
+from bioqmmm.run.protocol import ProtocolFile, QMSection, SystemSection
+from bioqmmm.selection import resolve_qm_atoms
+from bioqmmm.system import QMMMSystem
+
+#: MM relaxation of a freshly built example (solvation leaves clashes): tolerance kJ/mol/nm, iterations.
+EXAMPLE_RELAX_TOLERANCE = 10.0
+EXAMPLE_RELAX_MAX_ITERATIONS = 1000
+
+
+def build_model(section: SystemSection, base: Path | None = None):
+    """(topology, reference System, positions nm, box vectors nm or None) of the ``system`` block.
+
+    Examples are freshly solvated, so they are relaxed with the MM force field first (a short
+    L-BFGS minimisation of the reference System); a ``pdb`` is used as given.
+    """
+    if section.example is not None:
+        build = alanine_dipeptide if section.example == "alanine_dipeptide" else water_box
+        top, system, pos = build(section.box_size_nm, section.nonbonded_cutoff_nm)
+        context = mm_context(system)
+        context.setPositions(pos)
+        openmm.LocalEnergyMinimizer.minimize(context, EXAMPLE_RELAX_TOLERANCE, EXAMPLE_RELAX_MAX_ITERATIONS)
+        pos = context.getState(getPositions=True).getPositions(asNumpy=True)
+    else:
+        path = Path(section.pdb)
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        if not path.exists():
+            raise InputError(f"system pdb file {path} does not exist")
+        structure = app.PDBxFile(str(path)) if path.suffix.lower() in (".cif", ".mmcif") else app.PDBFile(str(path))
+        top, pos = structure.topology, structure.positions
+        periodic = top.getPeriodicBoxVectors() is not None
+        try:
+            forcefield = app.ForceField(*section.forcefield)
+            system = forcefield.createSystem(
+                top,
+                nonbondedMethod=app.PME if periodic else app.NoCutoff,
+                nonbondedCutoff=section.nonbonded_cutoff_nm * unit.nanometer,
+                constraints=app.HBonds if section.constraints == "hbonds" else None,
+                rigidWater=True,
+            )
+        except (ValueError, KeyError) as exc:  # OpenMM: missing template, unknown file
+            raise InputError(f"cannot parametrise {path} with {', '.join(section.forcefield)}: {exc}") from exc
+    box = top.getPeriodicBoxVectors()
+    box_nm = None if box is None else np.array(box.value_in_unit(unit.nanometer))
+    return top, system, np.array(pos.value_in_unit(unit.nanometer)), box_nm
+
+
+def qm_selection(topology: app.Topology, section: QMSection) -> list[int]:
+    """Union of ``atoms``, ``sidechains`` and ``residues`` of the ``qm`` block (Topology indices)."""
+    atoms: set[int] = set()
+    if section.atoms is not None:
+        selection = section.atoms if isinstance(section.atoms, str) else list(section.atoms)
+        atoms |= set(resolve_qm_atoms(topology, selection))
+    for spec in section.sidechains:
+        atoms |= set(sidechain(topology, spec))
+    if section.residues:
+        atoms |= set(residues(topology, section.residues))
+    return sorted(atoms)
+
+
+def build_qmmm(config: ProtocolFile) -> tuple[QMMMSystem, np.ndarray, np.ndarray | None]:
+    """The QMMMSystem of a protocol file, its start positions (nm) and box (nm, or None)."""
+    base = config.source.parent if config.source is not None else None
+    top, system, positions, box = build_model(config.system, base)
+    qm = config.qm
+    options = dict(qm.options)
+    if config.resources.threads is not None:
+        options.setdefault("threads", config.resources.threads)
+    engine = PySCFEngine(qm.method, qm.basis, **options)
+    embedding = None
+    if system.usesPeriodicBoundaryConditions():
+        embedding = PeriodicEmbedding(cutoff=qm.embedding.cutoff_nm, switch_width=qm.embedding.switch_width_nm)
+    qmmm = QMMMSystem(
+        top,
+        system,
+        qm_selection(top, qm),
+        charge=qm.charge,
+        multiplicity=qm.multiplicity,
+        engine=engine,
+        embedding=embedding,
+        platform=config.resources.platform,
+        boundary_charges=qm.boundary_charges,
+        allow_polar_cut=qm.allow_polar_cut,
+    )
+    return qmmm, positions, box

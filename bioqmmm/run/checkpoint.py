@@ -1,0 +1,76 @@
+"""Checkpoints: OpenMM's own checkpoint and every piece of Python-side state, in one file.
+
+One ``.npz`` holds the OpenMM checkpoint (positions, velocities, box, step count, time,
+integrator random state), the engine state (SCF guess), the QM force's cached result and a
+JSON ``meta`` record (protocol fingerprint, step, anything the protocol adds). It is written
+to a temporary file, flushed to disk and renamed over the previous checkpoint: a run killed
+at any moment leaves either the old or the new checkpoint, never a partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openmm
+
+from bioqmmm.errors import InputError
+
+FORMAT_VERSION = 1
+
+
+def write_checkpoint(path: str | Path, context: openmm.Context, qmmm, meta: dict[str, Any]) -> None:
+    """Atomically write the checkpoint of ``context`` and ``qmmm`` (a QMMMSystem) to ``path``."""
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {"openmm": np.frombuffer(context.createCheckpoint(), dtype=np.uint8)}
+    arrays.update({f"engine.{k}": v for k, v in qmmm.engine.get_state().items()})
+    arrays.update({f"kernel.{k}": v for k, v in qmmm.kernel.get_state().items()})
+    arrays["meta"] = np.array(json.dumps({"format": FORMAT_VERSION, **meta}))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_directory(path.parent)
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The JSON record of a checkpoint, without touching any Context."""
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(str(data["meta"]))
+
+
+def read_checkpoint(path: str | Path, context: openmm.Context, qmmm) -> dict[str, Any]:
+    """Restore ``context`` and ``qmmm`` from ``path``; return the checkpoint's ``meta`` record."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            if meta.get("format") != FORMAT_VERSION:
+                raise InputError(f"checkpoint {path} has format {meta.get('format')}, expected {FORMAT_VERSION}")
+            context.loadCheckpoint(data["openmm"].tobytes())
+            qmmm.engine.set_state(_section(data, "engine."))
+            qmmm.kernel.set_state(_section(data, "kernel."))
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"cannot read checkpoint {path}: {exc}") from exc
+    return meta
+
+
+def _section(data, prefix: str) -> dict[str, np.ndarray]:
+    return {key[len(prefix):]: data[key] for key in data.files if key.startswith(prefix)}
+
+
+def _fsync_directory(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,151 @@
+"""The MM environment model used between QM steps: the QM region frozen, its charges fixed.
+
+During MM relaxation (microiterations, or relaxing a fresh structure before MD) the QM force
+is replaced by fixed point charges on the QM atoms (their ESP charges, or zero), so the MM
+environment moves in the electrostatic field of a frozen QM density at MM cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import openmm
+from openmm import unit
+
+
+def environment_system(qmmm, qm_charges: np.ndarray | None = None, frozen: Iterable[int] = ()) -> openmm.System:
+    """``qmmm.system`` without its QM force; QM atoms, ``frozen`` and every atom constrained to one
+    of them get zero mass (fixed; OpenMM allows no constraint to a massless particle).
+
+    ``qm_charges`` (e, one per QM atom) are put on the QM atoms in the NonbondedForce; QM–MM
+    exception pairs (1-2, 1-3 excluded, 1-4 scaled) keep zero charge products.
+    """
+    system = openmm.System()
+    fixed = fixed_atoms(qmmm.system, set(qmmm.qm_atoms) | {int(i) for i in frozen})
+    for i in range(qmmm.system.getNumParticles()):
+        system.addParticle(0.0 if i in fixed else qmmm.system.getParticleMass(i))
+    for k in range(qmmm.system.getNumConstraints()):
+        i, j, length = qmmm.system.getConstraintParameters(k)
+        if not (i in fixed and j in fixed):
+            system.addConstraint(i, j, length)
+    box = qmmm.system.getDefaultPeriodicBoxVectors()
+    system.setDefaultPeriodicBoxVectors(*box)
+    for force in qmmm.system.getForces():
+        if isinstance(force, openmm.PythonForce):
+            continue
+        if isinstance(force, (openmm.MonteCarloBarostat, openmm.CMMotionRemover)):
+            continue
+        clone = openmm.XmlSerializer.clone(force)
+        if isinstance(clone, openmm.NonbondedForce) and qm_charges is not None:
+            for atom, charge in zip(qmmm.qm_atoms, qm_charges, strict=True):
+                _, sigma, epsilon = clone.getParticleParameters(atom)
+                clone.setParticleParameters(atom, float(charge) * unit.elementary_charge, sigma, epsilon)
+        system.addForce(clone)
+    return system
+
+
+def mm_context(system: openmm.System, platform: str = "CPU") -> openmm.Context:
+    """A Context for MM-only work (minimisation). On the CPU platform it uses one thread and
+    deterministic forces: multithreaded PME sums are not reproducible bit for bit, and a rebuilt
+    run must start from the same positions."""
+    properties = {"DeterministicForces": "true", "Threads": "1"} if platform == "CPU" else {}
+    return openmm.Context(
+        system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform), properties
+    )
+
+
+def fixed_atoms(system: openmm.System, seeds: set[int]) -> set[int]:
+    """``seeds`` closed under the System's constraints (a constrained pair moves or stays together)."""
+    partners: dict[int, list[int]] = {}
+    for k in range(system.getNumConstraints()):
+        i, j, _ = system.getConstraintParameters(k)
+        partners.setdefault(i, []).append(j)
+        partners.setdefault(j, []).append(i)
+    fixed, stack = set(seeds), list(seeds)
+    while stack:
+        for j in partners.get(stack.pop(), ()):
+            if j not in fixed:
+                fixed.add(j)
+                stack.append(j)
+    return fixed
+
+
+def relax_environment(
+    qmmm,
+    positions: np.ndarray,
+    *,
+    qm_charges: np.ndarray | None = None,
+    frozen: Iterable[int] = (),
+    tolerance: float = 10.0,
+    max_iterations: int = 0,
+    box: np.ndarray | None = None,
+    platform: str = "CPU",
+) -> tuple[np.ndarray, int]:
+    """Minimise the MM environment (QM atoms fixed) with OpenMM's L-BFGS minimiser.
+
+    ``tolerance``: RMS force criterion, kJ/mol/nm; ``max_iterations`` 0 means until converged.
+    Returns the new positions (nm) and the number of energy evaluations the minimiser made.
+    """
+    system = environment_system(qmmm, qm_charges, frozen)
+    counter = _EvaluationCounter()
+    context = mm_context(system, platform)
+    if box is not None:
+        context.setPeriodicBoxVectors(*box)
+    context.setPositions(positions)
+    openmm.LocalEnergyMinimizer.minimize(context, tolerance, max_iterations, counter)
+    relaxed = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    return np.asarray(relaxed), counter.calls
+
+
+class _EvaluationCounter(openmm.MinimizationReporter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def report(self, iteration, x, grad, args):
+        self.calls += 1
+        return False
+
+
+class ConstraintProjector:
+    """Removes from forces the components that the System's distance constraints cancel.
+
+    With constraints c_k(x) = |x_i − x_j| − d_k and Jacobian A (rows ∂c_k/∂x), the force that can
+    do work is P F with P = 1 − Aᵀ (A Aᵀ)⁻¹ A. Constraints form small clusters (a rigid water, an
+    X–H group), so P is applied cluster by cluster. Forces in kJ/mol/nm, positions in nm.
+    """
+
+    def __init__(self, system: openmm.System) -> None:
+        pairs = [system.getConstraintParameters(k)[:2] for k in range(system.getNumConstraints())]
+        root = list(range(system.getNumParticles()))
+
+        def find(i: int) -> int:
+            while root[i] != i:
+                root[i] = root[root[i]]
+                i = root[i]
+            return i
+
+        for i, j in pairs:
+            root[find(i)] = find(j)
+        clusters: dict[int, list[tuple[int, int]]] = {}
+        for i, j in pairs:
+            clusters.setdefault(find(i), []).append((i, j))
+        self.clusters = [np.array(c, dtype=int) for c in clusters.values()]
+
+    def __call__(self, forces: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        projected = np.array(forces, dtype=float, copy=True)
+        for pairs in self.clusters:
+            atoms, local = np.unique(pairs, return_inverse=True)
+            local = local.reshape(-1, 2)
+            u = positions[pairs[:, 0]] - positions[pairs[:, 1]]
+            u /= np.linalg.norm(u, axis=1)[:, None]
+            jacobian = np.zeros((len(pairs), len(atoms), 3))
+            rows = np.arange(len(pairs))
+            jacobian[rows, local[:, 0]] = u
+            jacobian[rows, local[:, 1]] = -u
+            jacobian = jacobian.reshape(len(pairs), -1)
+            f = projected[atoms].ravel()
+            multipliers = np.linalg.solve(jacobian @ jacobian.T, jacobian @ f)
+            projected[atoms] = (f - jacobian.T @ multipliers).reshape(-1, 3)
+        return projected

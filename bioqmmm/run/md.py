@@ -1,0 +1,191 @@
+"""QM/MM molecular dynamics with checkpoints, reporters and a resumable output folder.
+
+``run_md`` drives a stock ``openmm.app.Simulation`` over ``qmmm.system``: LangevinMiddle (NVT)
+or Verlet (NVE) with an optional Monte Carlo barostat. Every ``checkpoint_interval`` steps it
+writes ``checkpoint.npz`` atomically (:mod:`bioqmmm.run.checkpoint`); a rerun into the same
+folder resumes from it, bit-for-bit on the Reference and CPU platforms (the SCF guess and the
+QM force's cached result are part of the checkpoint). A failed SCF or a non-finite energy stops
+the run with the step named; the last checkpoint is the last good state.
+
+Files: ``topology.pdb`` (start structure), ``trajectory.dcd``/``.xtc``, ``energies.csv``
+(:class:`~bioqmmm.run.reporters.QMMMReporter`), ``checkpoint.npz``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import openmm
+from openmm import app, unit
+
+from bioqmmm.errors import BioQMMMError, CalculationError, InputError
+from bioqmmm.run.checkpoint import read_checkpoint, read_meta, write_checkpoint
+from bioqmmm.run.environment import relax_environment
+from bioqmmm.run.protocol import MDProtocol
+from bioqmmm.run.reporters import QMMMReporter, close_reporter
+
+#: MM relaxation of a fresh start structure (QM atoms fixed): RMS force tolerance (kJ/mol/nm) and
+#: iteration cap (removes solvation clashes; a full minimisation is the optimize protocol's job).
+START_RELAX_TOLERANCE = 10.0
+START_RELAX_MAX_ITERATIONS = 500
+
+
+@dataclass
+class MDOutcome:
+    """What :func:`run_md` did: final step, positions (nm), wall time (s), QM evaluation counts."""
+
+    steps: int
+    resumed_from: int
+    positions: np.ndarray
+    wall_s: float
+    qm_evaluations: int
+    files: dict[str, Path]
+
+
+def _integrator(settings: MDProtocol) -> openmm.Integrator:
+    dt = settings.timestep_fs * 1e-3 * unit.picosecond
+    if settings.integrator == "verlet":
+        return openmm.VerletIntegrator(dt)
+    integrator = openmm.LangevinMiddleIntegrator(
+        settings.temperature_k * unit.kelvin, settings.friction_per_ps / unit.picosecond, dt
+    )
+    if settings.seed is not None:
+        integrator.setRandomNumberSeed(settings.seed)
+    return integrator
+
+
+def fingerprint(*parts) -> str:
+    """A short hash of the settings a checkpoint belongs to (steps excluded by the caller)."""
+    text = json.dumps([asdict(p) if hasattr(p, "__dataclass_fields__") else p for p in parts], sort_keys=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_md(
+    qmmm,
+    positions: np.ndarray,
+    settings: MDProtocol,
+    outdir: str | Path,
+    *,
+    box: np.ndarray | None = None,
+    platform: str = "CPU",
+    threads: int | None = None,
+    identity: str = "",
+    progress: bool = True,
+) -> MDOutcome:
+    """Run (or resume) ``settings.steps`` steps of QM/MM MD into ``outdir``.
+
+    ``identity`` identifies the model and settings (e.g. :func:`fingerprint` of the protocol
+    file): a checkpoint in ``outdir`` with another identity is refused rather than resumed.
+    """
+    from tqdm import tqdm
+
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "topology": out / "topology.pdb",
+        "trajectory": out / f"trajectory.{settings.trajectory_format}",
+        "energies": out / "energies.csv",
+        "checkpoint": out / "checkpoint.npz",
+    }
+    identity = identity or fingerprint(settings.__class__.__name__, settings.timestep_fs, settings.integrator)
+    resume = files["checkpoint"].exists()
+    if resume:
+        meta = read_meta(files["checkpoint"])
+        if meta.get("identity") != identity:
+            raise InputError(
+                f"{out} holds a checkpoint of a different run (other system or settings): "
+                "use another output folder or remove the old one"
+            )
+    if settings.pressure_bar is not None and not any(
+        isinstance(f, openmm.MonteCarloBarostat) for f in qmmm.system.getForces()
+    ):
+        qmmm.system.addForce(openmm.MonteCarloBarostat(settings.pressure_bar * unit.bar, settings.temperature_k))
+    properties = {"Threads": str(threads)} if threads is not None and platform == "CPU" else {}
+    simulation = app.Simulation(
+        qmmm.topology, qmmm.system, _integrator(settings), openmm.Platform.getPlatformByName(platform), properties
+    )
+    context = simulation.context
+    start_step = 0
+    if resume:
+        start_step = int(read_checkpoint(files["checkpoint"], context, qmmm)["step"])
+        simulation.currentStep = start_step
+    else:
+        if box is not None:
+            context.setPeriodicBoxVectors(*box)
+        if settings.minimize_mm_first:
+            positions, _ = relax_environment(
+                qmmm, positions, tolerance=START_RELAX_TOLERANCE, max_iterations=START_RELAX_MAX_ITERATIONS,
+                box=box, platform="CPU" if platform == "Reference" else platform,
+            )
+        context.setPositions(positions)
+        with qmmm.typed_errors():
+            context.setVelocitiesToTemperature(settings.temperature_k * unit.kelvin, settings.seed or 0)
+        state = context.getState(getPositions=True, enforcePeriodicBox=True)
+        with open(files["topology"], "w") as handle:
+            app.PDBFile.writeFile(qmmm.topology, state.getPositions(), handle)
+        write_checkpoint(files["checkpoint"], context, qmmm, {"identity": identity, "step": 0})
+
+    trajectory = _trajectory_reporter(files["trajectory"], settings, resume, start_step, qmmm.topology)
+    energies = QMMMReporter(files["energies"], settings.report_interval, qmmm, append=resume, resume_step=start_step)
+    simulation.reporters += [trajectory, energies]
+    evaluations = qmmm.kernel.evaluations
+    wall = time.perf_counter()
+    step = start_step
+    try:
+        with tqdm(total=settings.steps, initial=min(step, settings.steps), unit="step", disable=not progress,
+                  desc="QM/MM MD") as bar:
+            while step < settings.steps:
+                chunk = min(settings.checkpoint_interval - step % settings.checkpoint_interval, settings.steps - step)
+                try:
+                    with qmmm.typed_errors():
+                        simulation.step(chunk)
+                except BioQMMMError as exc:
+                    raise CalculationError(
+                        f"MD stopped near step {simulation.currentStep}: {exc}; the last good state is "
+                        f"{files['checkpoint']} (step {step}); rerun to resume from it"
+                    ) from exc
+                step = simulation.currentStep
+                write_checkpoint(files["checkpoint"], context, qmmm, {"identity": identity, "step": step})
+                bar.update(chunk)
+    finally:
+        for reporter in simulation.reporters:
+            close_reporter(reporter)
+        simulation.reporters.clear()
+    final = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    return MDOutcome(
+        steps=step,
+        resumed_from=start_step,
+        positions=np.asarray(final),
+        wall_s=time.perf_counter() - wall,
+        qm_evaluations=qmmm.kernel.evaluations - evaluations,
+        files=files,
+    )
+
+
+def _trajectory_reporter(path: Path, settings: MDProtocol, resume: bool, start_step: int, topology):
+    """DCD/XTC reporter; on resume, frames written after the checkpoint are dropped first."""
+    interval = settings.trajectory_interval
+    if resume and path.exists():
+        _truncate_trajectory(path, topology, start_step // interval)
+    append = resume and path.exists()
+    if settings.trajectory_format == "xtc":
+        return app.XTCReporter(str(path), interval, append=append, enforcePeriodicBox=True)
+    return app.DCDReporter(str(path), interval, append=append, enforcePeriodicBox=True)
+
+
+def _truncate_trajectory(path: Path, topology, n_frames: int) -> None:
+    import mdtraj
+
+    md_top = mdtraj.Topology.from_openmm(topology)
+    traj = mdtraj.load(str(path), top=md_top)
+    if traj.n_frames > n_frames:
+        if n_frames == 0:
+            path.unlink()
+        else:
+            traj[:n_frames].save(str(path))

@@ -1,0 +1,301 @@
+"""QM/MM geometry optimisation with microiterations.
+
+Macro cycles alternate two phases. *Environment*: every atom that is neither inner nor beyond
+``freeze_beyond_nm`` is relaxed by OpenMM's L-BFGS minimiser with the inner atoms fixed and the
+QM region represented by its Mulliken charges from the last QM calculation
+(:mod:`bioqmmm.run.environment`), at MM cost; one QM/MM evaluation follows. *Inner*: the inner
+atoms (QM atoms, link-atom MM hosts and their bonded neighbours, optionally every atom within
+``active_radius_nm`` of the QM region) move by L-BFGS on the true QM/MM energy with the
+environment fixed, until their forces are below the criterion; an uphill step is rejected and
+the step length halved. Acceptance never compares energies across an environment relaxation,
+which minimises an approximate (fixed-charge) model.
+
+Forces are the ones that can do work under the System's distance constraints (the components
+the constraints cancel are projected out), and every trial step is made to satisfy them.
+Converged when an inner phase ends with the largest force on an inner atom below
+``fmax_kjmol_nm`` and a last step that changed the energy by less than ``energy_change_kjmol``,
+and the environment relaxation before it changed the QM/MM energy by less than that too. The
+largest true QM/MM force on the environment is reported too (the environment is converged on
+the fixed-charge model).
+State (positions, iteration, history) is checkpointed after every accepted step; a rerun
+resumes from it (the L-BFGS memory restarts).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from openmm import app, unit
+
+from bioqmmm.errors import BioQMMMError, CalculationError
+from bioqmmm.run.environment import ConstraintProjector, fixed_atoms, relax_environment
+from bioqmmm.run.protocol import OptimizeProtocol
+from bioqmmm.run.results import new_figure, quantity
+
+#: Initial inverse-Hessian guess of L-BFGS, nm^2 mol/kJ (stiff bonds ~ 1e5 kJ/mol/nm^2).
+INITIAL_INVERSE_HESSIAN = 1.0 / 1.0e5
+#: ``phase`` column of the history: a QM/MM step after an environment relaxation, or an inner L-BFGS step.
+ENVIRONMENT_PHASE, INNER_PHASE = 0, 1
+LBFGS_MEMORY = 10
+
+
+@dataclass
+class OptimizationOutcome:
+    """Result of :func:`run_optimization` (energies kJ/mol, forces kJ/mol/nm, positions nm)."""
+
+    converged: bool
+    iterations: int
+    qm_evaluations: int
+    mm_relaxation_evaluations: int
+    initial_energy: float
+    final_energy: float
+    max_force_inner: float
+    max_force_environment: float
+    positions: np.ndarray
+    history: list[dict] = field(default_factory=list)
+    microiterations: bool = True
+
+    def figures(self) -> dict:
+        """Key figures for ``result.json``."""
+        return {
+            "converged": self.converged,
+            "microiterations": self.microiterations,
+            "iterations": self.iterations,
+            "qm_evaluations": self.qm_evaluations,
+            "mm_relaxation_evaluations": self.mm_relaxation_evaluations,
+            "initial_energy": quantity(self.initial_energy, "kJ/mol"),
+            "final_energy": quantity(self.final_energy, "kJ/mol"),
+            "energy_change": quantity(self.final_energy - self.initial_energy, "kJ/mol"),
+            "max_force_inner_atoms": quantity(self.max_force_inner, "kJ/mol/nm"),
+            "max_force_environment": quantity(self.max_force_environment, "kJ/mol/nm"),
+        }
+
+
+def inner_atoms(qmmm, positions: np.ndarray, radius: float) -> np.ndarray:
+    """QM atoms, link-atom MM hosts and their bonded neighbours, every atom within ``radius`` nm of
+    a QM atom, and their constraint partners (a constrained X–H pair moves together).
+
+    The hosts' neighbours are inner because the stiff host–neighbour bonds would otherwise make
+    the host's force depend on how tightly the environment was relaxed.
+    """
+    hosts = {link.mm_host for link in qmmm.links}
+    chosen = set(qmmm.qm_atoms) | hosts
+    for bond in qmmm.topology.bonds():
+        a, b = bond[0].index, bond[1].index
+        if a in hosts or b in hosts:
+            chosen |= {a, b}
+    if radius > 0:
+        qm_xyz = positions[list(qmmm.qm_atoms)]
+        distance = np.min(np.linalg.norm(positions[:, None, :] - qm_xyz[None], axis=2), axis=1)
+        chosen |= set(np.flatnonzero(distance < radius).tolist())
+    return np.array(sorted(fixed_atoms(qmmm.system, chosen)), dtype=int)
+
+
+def frozen_atoms(qmmm, positions: np.ndarray, radius: float | None) -> np.ndarray:
+    """Atoms farther than ``radius`` nm from every QM atom (none when ``radius`` is None)."""
+    if radius is None:
+        return np.zeros(0, dtype=int)
+    qm_xyz = positions[list(qmmm.qm_atoms)]
+    distance = np.min(np.linalg.norm(positions[:, None, :] - qm_xyz[None], axis=2), axis=1)
+    return np.flatnonzero(distance > radius)
+
+
+class _LBFGS:
+    """Two-loop L-BFGS direction on a flat coordinate vector (Nocedal & Wright, Alg. 7.4)."""
+
+    def __init__(self, memory: int = LBFGS_MEMORY) -> None:
+        self.pairs: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=memory)
+
+    def update(self, s: np.ndarray, y: np.ndarray) -> None:
+        if s @ y > 1e-12:  # keep the inverse Hessian positive definite
+            self.pairs.append((s, y))
+
+    def direction(self, gradient: np.ndarray) -> np.ndarray:
+        q = gradient.copy()
+        alphas = []
+        for s, y in reversed(self.pairs):
+            alpha = (s @ q) / (y @ s)
+            alphas.append(alpha)
+            q -= alpha * y
+        gamma = (self.pairs[-1][0] @ self.pairs[-1][1]) / (self.pairs[-1][1] @ self.pairs[-1][1]) if self.pairs \
+            else INITIAL_INVERSE_HESSIAN
+        r = gamma * q
+        for (s, y), alpha in zip(self.pairs, reversed(alphas), strict=True):
+            beta = (y @ r) / (y @ s)
+            r += s * (alpha - beta)
+        return -r
+
+
+def _max_atom_force(forces: np.ndarray, atoms: np.ndarray) -> float:
+    return float(np.linalg.norm(forces[atoms], axis=1).max()) if len(atoms) else 0.0
+
+
+def _qm_charges_on_atoms(qmmm) -> np.ndarray:
+    """Mulliken charges of the QM atoms, each link atom's charge added to its QM host."""
+    result = qmmm.last_qm.qm
+    charges = np.array(result.atomic_charges[: len(qmmm.qm_atoms)], dtype=float)
+    index = {atom: k for k, atom in enumerate(qmmm.qm_atoms)}
+    for link, q in zip(qmmm.links, result.atomic_charges[len(qmmm.qm_atoms):], strict=True):
+        charges[index[link.qm_host]] += q
+    return charges
+
+
+def run_optimization(
+    qmmm,
+    positions: np.ndarray,
+    settings: OptimizeProtocol,
+    outdir: str | Path,
+    *,
+    box: np.ndarray | None = None,
+    platform: str = "CPU",
+    progress: bool = True,
+) -> OptimizationOutcome:
+    """Optimise ``positions`` (nm) of ``qmmm``; write the trajectory of accepted steps and plots to ``outdir``."""
+    from tqdm import tqdm
+
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / "optimization_checkpoint.npz"
+    x = np.array(positions, dtype=float)
+    history: list[dict] = []
+    if checkpoint.exists():
+        with np.load(checkpoint, allow_pickle=False) as data:
+            x = np.array(data["positions"])
+            history = [dict(zip(data["history_keys"].tolist(), row, strict=True)) for row in data["history"]]
+    inner = inner_atoms(qmmm, x, settings.active_radius_nm)
+    frozen = frozen_atoms(qmmm, x, settings.freeze_beyond_nm)
+    environment = np.setdiff1d(np.arange(len(x)), np.concatenate([inner, frozen]))
+    moving_env = len(environment) > 0 and settings.microiterations
+    qm_calls = qmmm.kernel.evaluations
+    mm_calls = int(history[-1]["mm_evaluations"]) if history else 0
+
+    projector = ConstraintProjector(qmmm.system)
+
+    def evaluate(coords):
+        """Energy and the forces that can do work under the constraints."""
+        try:
+            energy, forces = qmmm.energy_and_forces(coords, box)
+        except BioQMMMError as exc:
+            raise CalculationError(f"optimisation step {len(history)}: {exc}") from exc
+        return energy, projector(forces, coords)
+
+    energy, forces = evaluate(x)
+    if not history:
+        history.append(_row(0, energy, forces, inner, environment, mm_calls, 0.0, ENVIRONMENT_PHASE))
+    initial_energy = float(history[0]["energy"])
+    converged = False
+    start = time.perf_counter()
+    fmax = settings.fmax_kjmol_nm
+
+    def record(step_length: float, phase: int) -> None:
+        history.append(_row(len(history), energy, forces, inner, environment, mm_calls, step_length, phase))
+        _save_checkpoint(checkpoint, x, history)
+        bar.update(1)
+        bar.set_postfix(E=f"{energy:.2f}", fmax=f"{history[-1]['fmax_inner']:.1f}")
+
+    with tqdm(total=settings.max_steps, initial=len(history) - 1, unit="step", disable=not progress,
+              desc="QM/MM optimisation") as bar:
+        while len(history) - 1 < settings.max_steps:
+            # environment phase: relax everything outer in the field of the frozen QM charges
+            env_change = 0.0
+            if moving_env:
+                relaxed, calls = relax_environment(
+                    qmmm, x, qm_charges=_qm_charges_on_atoms(qmmm), frozen=np.concatenate([inner, frozen]),
+                    tolerance=settings.mm_tolerance_kjmol_nm, box=box, platform=platform,
+                )
+                mm_calls += calls
+                before = energy
+                energy, forces = evaluate(relaxed)
+                x, env_change = relaxed, energy - before
+                record(0.0, ENVIRONMENT_PHASE)
+            # inner phase: L-BFGS on the inner atoms, environment fixed, on the true QM/MM energy
+            lbfgs, max_step, previous = _LBFGS(), settings.max_step_nm, np.inf
+            while len(history) - 1 < settings.max_steps:
+                if _max_atom_force(forces, inner) < fmax and abs(previous - energy) < settings.energy_change_kjmol:
+                    break
+                step = lbfgs.direction(-forces[inner].ravel()).reshape(-1, 3)
+                longest = np.linalg.norm(step, axis=1).max()
+                step *= min(1.0, max_step / longest)
+                trial = x.copy()
+                trial[inner] += step
+                trial = qmmm.constrained(trial, box)
+                trial_energy, trial_forces = evaluate(trial)
+                if trial_energy > energy + 1e-6:  # uphill: shorter steps, fresh curvature
+                    max_step *= 0.5
+                    lbfgs = _LBFGS()
+                    if max_step < 1e-6:
+                        break
+                    continue
+                lbfgs.update((trial[inner] - x[inner]).ravel(), (forces[inner] - trial_forces[inner]).ravel())
+                max_step = min(settings.max_step_nm, max_step * 1.5)
+                previous = energy
+                x, energy, forces = trial, trial_energy, trial_forces
+                record(float(min(longest, max_step)), INNER_PHASE)
+            inner_done = _max_atom_force(forces, inner) < fmax and abs(previous - energy) < settings.energy_change_kjmol
+            if not moving_env or (inner_done and abs(env_change) < settings.energy_change_kjmol):
+                converged = inner_done
+                break
+    outcome = OptimizationOutcome(
+        converged=converged,
+        iterations=len(history) - 1,
+        qm_evaluations=qmmm.kernel.evaluations - qm_calls,
+        mm_relaxation_evaluations=mm_calls,
+        initial_energy=initial_energy,
+        final_energy=float(energy),
+        max_force_inner=_max_atom_force(forces, inner),
+        max_force_environment=_max_atom_force(forces, environment),
+        positions=x,
+        history=history,
+        microiterations=settings.microiterations,
+    )
+    _write_files(out, qmmm, outcome, box, time.perf_counter() - start)
+    return outcome
+
+
+def _row(iteration, energy, forces, inner, environment, mm_calls, step, phase) -> dict:
+    return {
+        "iteration": iteration,
+        "phase": phase,
+        "energy": float(energy),
+        "fmax_inner": _max_atom_force(forces, inner),
+        "fmax_environment": _max_atom_force(forces, environment),
+        "mm_evaluations": mm_calls,
+        "step_nm": step,
+    }
+
+
+def _save_checkpoint(path: Path, positions: np.ndarray, history: list[dict]) -> None:
+    keys = list(history[0])
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, positions=positions, history_keys=np.array(keys),
+                 history=np.array([[row.get(k, 0.0) for k in keys] for row in history], dtype=float))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _write_files(out: Path, qmmm, outcome: OptimizationOutcome, box, wall: float) -> None:
+    with open(out / "optimization.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(outcome.history[0]), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(outcome.history)
+    topology = qmmm.topology
+    with open(out / "optimized.pdb", "w") as handle:
+        app.PDBFile.writeFile(topology, outcome.positions * unit.nanometer, handle)
+    iterations = [row["iteration"] for row in outcome.history]
+    fig, (energy, force) = new_figure(2, 2.6)
+    energy.plot(iterations, [row["energy"] - outcome.initial_energy for row in outcome.history], marker="o")
+    energy.set_ylabel("E − E$_0$ / kJ mol$^{-1}$")
+    energy.set_title(f"QM/MM optimisation ({wall:.0f} s)", fontsize="medium")
+    force.semilogy(iterations, [row["fmax_inner"] for row in outcome.history], marker="o", label="inner atoms")
+    force.set_ylabel("max |F| / kJ mol$^{-1}$ nm$^{-1}$")
+    force.set_xlabel("QM/MM step")
+    force.legend(fontsize="small")
+    fig.savefig(out / "optimization.png", dpi=120)

@@ -1,0 +1,163 @@
+"""The protocol file: what ``bioqmmm run FILE.yaml`` reads.
+
+    system:    where the molecular system comes from (a shipped example or a ready PDB)
+    qm:        the QM region (selection, charge, multiplicity) and its level of theory
+    protocol:  what to do, chosen by ``type`` (``md``, ``optimize``)
+    output:    the output folder (relative paths are relative to the protocol file)
+    resources: threads and OpenMM platform
+
+Keys carry their unit in the name where they have one (``timestep_fs``, ``fmax_kjmol_nm``).
+A misspelt or unknown key, a value of the wrong type or a missing required key is a
+:class:`~bioqmmm.run.schema.ProtocolError` naming the key and its line, raised before any
+computation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from bioqmmm.qm.pyscf_engine import PySCFOptions
+from bioqmmm.run.schema import FieldError, load_yaml_dataclass
+
+#: PySCFOptions fields that are not ``qm.options`` keys (set elsewhere in the file, or not from YAML).
+_NOT_OPTIONS = ("method", "basis", "ladder")
+
+
+@dataclass(frozen=True)
+class SystemSection:
+    """The molecular system: ``example`` (shipped, built on the fly) or ``pdb`` (simulation-ready, with H)."""
+
+    example: Literal["alanine_dipeptide", "water_box"] | None = None
+    pdb: str | None = None
+    forcefield: tuple[str, ...] = ("amber14-all.xml", "amber14/tip3p.xml")
+    box_size_nm: float | None = None
+    nonbonded_cutoff_nm: float = 0.9
+    constraints: Literal["hbonds", "none"] = "hbonds"
+
+    def __post_init__(self) -> None:
+        if (self.example is None) == (self.pdb is None):
+            raise FieldError("example" if self.example else "pdb", "give exactly one of 'example' and 'pdb'")
+        if self.box_size_nm is not None and self.box_size_nm <= 2 * self.nonbonded_cutoff_nm:
+            raise FieldError("box_size_nm", f"must exceed twice nonbonded_cutoff_nm ({2 * self.nonbonded_cutoff_nm})")
+        if self.example == "water_box" and self.box_size_nm is None:
+            raise FieldError("example", "the water_box example needs box_size_nm")
+
+
+@dataclass(frozen=True)
+class EmbeddingSection:
+    """Periodic embedding: exact charges within ``cutoff_nm`` (switched over ``switch_width_nm``)."""
+
+    cutoff_nm: float = 1.2
+    switch_width_nm: float = 0.2
+
+
+@dataclass(frozen=True)
+class QMSection:
+    """The QM region and its level of theory.
+
+    The region is ``atoms`` (an mdtraj selection string or Topology indices), and/or
+    ``sidechains`` / ``residues`` (residue names such as ``ASP66``; see :mod:`bioqmmm.protein`).
+    """
+
+    charge: int
+    multiplicity: int
+    atoms: str | tuple[int, ...] | None = None
+    sidechains: tuple[str, ...] = ()
+    residues: tuple[str, ...] = ()
+    method: str = "b3lyp"
+    basis: str = "6-31g*"
+    engine: Literal["pyscf"] = "pyscf"
+    options: dict = field(default_factory=dict, metadata={"schema": PySCFOptions, "exclude": _NOT_OPTIONS})
+    embedding: EmbeddingSection = EmbeddingSection()
+    boundary_charges: Literal["RCD", "RC", "shift"] = "RCD"
+    allow_polar_cut: bool = False
+
+    def __post_init__(self) -> None:
+        if self.atoms is None and not self.sidechains and not self.residues:
+            raise FieldError("atoms", "the QM region is empty: give 'atoms', 'sidechains' or 'residues'")
+        if self.multiplicity < 1:
+            raise FieldError("multiplicity", "must be a positive integer")
+
+
+@dataclass(frozen=True)
+class MDProtocol:
+    """QM/MM molecular dynamics: Langevin (NVT, LangevinMiddle) or Verlet (NVE), optional barostat."""
+
+    type: Literal["md"]
+    steps: int
+    timestep_fs: float = 0.5
+    integrator: Literal["langevin", "verlet"] = "langevin"
+    temperature_k: float = 300.0
+    friction_per_ps: float = 1.0
+    pressure_bar: float | None = None
+    seed: int | None = None
+    minimize_mm_first: bool = True
+    report_interval: int = 1
+    trajectory_interval: int = 1
+    trajectory_format: Literal["dcd", "xtc"] = "dcd"
+    checkpoint_interval: int = 10
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "report_interval", "trajectory_interval", "checkpoint_interval"):
+            if getattr(self, key) < 1:
+                raise FieldError(key, "must be a positive integer")
+        if self.timestep_fs <= 0:
+            raise FieldError("timestep_fs", "must be positive")
+        if self.pressure_bar is not None and self.integrator == "verlet":
+            raise FieldError("pressure_bar", "a barostat needs a thermostat: use integrator 'langevin'")
+
+
+@dataclass(frozen=True)
+class OptimizeProtocol:
+    """QM/MM geometry optimisation with microiterations (see :mod:`bioqmmm.run.optimize`)."""
+
+    type: Literal["optimize"]
+    fmax_kjmol_nm: float = 25.0
+    energy_change_kjmol: float = 0.5
+    max_steps: int = 200
+    microiterations: bool = True
+    active_radius_nm: float = 0.0
+    freeze_beyond_nm: float | None = None
+    mm_tolerance_kjmol_nm: float = 1.0
+    max_step_nm: float = 0.02
+
+    def __post_init__(self) -> None:
+        for key in ("fmax_kjmol_nm", "energy_change_kjmol", "max_step_nm", "mm_tolerance_kjmol_nm"):
+            if getattr(self, key) <= 0:
+                raise FieldError(key, "must be positive")
+        if self.max_steps < 1:
+            raise FieldError("max_steps", "must be a positive integer")
+
+
+@dataclass(frozen=True)
+class ResourcesSection:
+    """Threads for PySCF and OpenMM (None: their defaults) and the OpenMM platform."""
+
+    threads: int | None = None
+    platform: Literal["CPU", "Reference", "CUDA", "OpenCL"] = "CPU"
+
+
+@dataclass(frozen=True)
+class ProtocolFile:
+    """A whole protocol file."""
+
+    system: SystemSection
+    qm: QMSection
+    protocol: MDProtocol | OptimizeProtocol
+    output: str
+    resources: ResourcesSection = ResourcesSection()
+    source: Any = field(default=None, compare=False, repr=False, init=False)
+
+    def output_dir(self) -> Path:
+        """The output folder, relative paths taken from the protocol file's folder."""
+        out = Path(self.output)
+        return out if out.is_absolute() or self.source is None else Path(self.source).parent / out
+
+
+def load_protocol(path: str | Path) -> ProtocolFile:
+    """Read and validate a protocol file (no computation happens here)."""
+    config = load_yaml_dataclass(ProtocolFile, path)
+    object.__setattr__(config, "source", Path(path).resolve())
+    return config

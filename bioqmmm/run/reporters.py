@@ -1,0 +1,123 @@
+"""QM/MM reporters: plain OpenMM reporters (``simulation.reporters.append(...)``).
+
+:class:`QMMMReporter` writes one CSV row per report: energy components, temperature, SCF
+cycles, ⟨S²⟩ and timings. Its energy request evaluates the QM force at the reported
+structure; the QM force caches that result, so the integrator's next step reuses it and the
+report costs no extra QM calculation.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+
+import openmm
+from openmm import unit
+
+from bioqmmm.errors import CalculationError
+
+COLUMNS = (
+    "step",
+    "time_ps",
+    "potential_kjmol",
+    "qm_kjmol",
+    "mm_kjmol",
+    "kinetic_kjmol",
+    "temperature_k",
+    "scf_cycles",
+    "spin_square",
+    "qm_wall_s",
+    "wall_per_step_s",
+)
+
+
+def degrees_of_freedom(system: openmm.System) -> int:
+    """3 N(moving) − constraints − 3 if the centre of mass motion is removed."""
+    moving = sum(1 for i in range(system.getNumParticles()) if system.getParticleMass(i).value_in_unit(unit.dalton) > 0)
+    dof = 3 * moving - system.getNumConstraints()
+    if any(isinstance(f, openmm.CMMotionRemover) for f in system.getForces()):
+        dof -= 3
+    return dof
+
+
+class QMMMReporter:
+    """Append a CSV row every ``interval`` steps (columns :data:`COLUMNS`; kJ/mol, K, ps, s).
+
+    ``append=True`` keeps the rows already in the file (a resumed run), dropping any row past
+    ``resume_step`` (written after the checkpoint the run resumes from).
+    """
+
+    def __init__(self, path: str | Path, interval: int, qmmm, *, append: bool = False, resume_step: int = 0) -> None:
+        self.path = Path(path)
+        self.interval = int(interval)
+        self.qmmm = qmmm
+        self._dof = degrees_of_freedom(qmmm.system)
+        kept = _rows_up_to(self.path, resume_step) if append and self.path.exists() else []
+        self._handle = open(self.path, "w", newline="")
+        self._writer = csv.DictWriter(self._handle, fieldnames=COLUMNS)
+        self._writer.writeheader()
+        self._writer.writerows(kept)
+        self._handle.flush()
+        self._clock: tuple[int, float] | None = None
+
+    def describeNextReport(self, simulation):  # noqa: N802 (OpenMM reporter API)
+        steps = self.interval - simulation.currentStep % self.interval
+        return steps, False, False, False, True, False
+
+    def report(self, simulation, state: openmm.State) -> None:
+        step = simulation.currentStep
+        potential = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        kinetic = state.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
+        if not (math.isfinite(potential) and math.isfinite(kinetic)):
+            raise CalculationError(f"non-finite energy at step {step} (potential {potential}, kinetic {kinetic})")
+        last = self.qmmm.last_qm
+        if last is None or self.qmmm.last_qm_step != step:
+            raise CalculationError(f"internal error: no QM result for the reported step {step}")
+        now = time.perf_counter()
+        per_step = (now - self._clock[1]) / max(step - self._clock[0], 1) if self._clock else float("nan")
+        self._clock = (step, now)
+        info = last.qm.info
+        temperature = 2 * kinetic / (self._dof * unit.MOLAR_GAS_CONSTANT_R.value_in_unit(
+            unit.kilojoule_per_mole / unit.kelvin))
+        self._writer.writerow({
+            "step": step,
+            "time_ps": state.getTime().value_in_unit(unit.picosecond),
+            "potential_kjmol": potential,
+            "qm_kjmol": last.energy,
+            "mm_kjmol": potential - last.energy,
+            "kinetic_kjmol": kinetic,
+            "temperature_k": temperature,
+            "scf_cycles": info.scf_cycles,
+            "spin_square": "" if info.spin_square is None else info.spin_square,
+            "qm_wall_s": info.wall_time,
+            "wall_per_step_s": per_step,
+        })
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def read_rows(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a :class:`QMMMReporter` CSV as numbers (empty cells become NaN)."""
+    with open(path, newline="") as handle:
+        return [{k: float(v) if v != "" else math.nan for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def _rows_up_to(path: Path, step: int) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return [row for row in csv.DictReader(handle) if int(float(row["step"])) <= step]
+
+
+def close_reporter(reporter) -> None:
+    """Flush and close a reporter's file (DCDReporter and XTCReporter have no public close)."""
+    close = getattr(reporter, "close", None)
+    if close is not None:
+        close()
+        return
+    for name in ("_out", "_dcd", "_xtc"):
+        handle = getattr(reporter, name, None)
+        if hasattr(handle, "close"):
+            handle.close()

@@ -1,0 +1,74 @@
+"""What every protocol leaves in its output folder: ``result.json``, ``summary.txt`` and PNG plots.
+
+``result.json`` holds key figures as ``{"value": ..., "unit": ...}`` records (plain numbers for
+counts), written atomically; ``summary.txt`` is the same as an aligned table for people.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def quantity(value: float, unit: str) -> dict[str, Any]:
+    """A number with its unit, as stored in ``result.json``."""
+    return {"value": float(value), "unit": unit}
+
+
+def write_results(outdir: str | Path, protocol: str, figures: dict[str, Any]) -> dict[str, Any]:
+    """Write ``result.json`` and ``summary.txt`` into ``outdir``; return the JSON record."""
+    out = Path(outdir)
+    record = {"protocol": protocol, **figures}
+    tmp = out / "result.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    os.replace(tmp, out / "result.json")
+    (out / "summary.txt").write_text(format_summary(record) + "\n")
+    return record
+
+
+def format_summary(record: dict[str, Any]) -> str:
+    """``key  value unit`` lines, aligned."""
+    lines = []
+    for key, value in record.items():
+        if isinstance(value, dict) and set(value) == {"value", "unit"}:
+            number = value["value"]
+            text = f"{number:.6g} {value['unit']}" if isinstance(number, float) else f"{number} {value['unit']}"
+        else:
+            text = str(value)
+        lines.append((key.replace("_", " "), text))
+    width = max(len(k) for k, _ in lines)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
+
+
+def new_figure(rows: int = 1, height: float = 3.2):
+    """A matplotlib Figure on the Agg canvas (whatever pyplot's backend) and its axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, height * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
+
+
+def plot_md(rows: list[dict[str, float]], path: str | Path, title: str) -> None:
+    """Energy components relative to the first report, temperature and SCF cycles against time."""
+    import numpy as np
+
+    t = np.array([r["time_ps"] for r in rows])
+    fig, (energy, temperature, scf) = new_figure(3, 2.4)
+    for key, label in (("qm_kjmol", "QM"), ("mm_kjmol", "MM"), ("potential_kjmol", "potential")):
+        values = np.array([r[key] for r in rows])
+        energy.plot(t, values - values[0], marker="o", markersize=2, label=label)
+    total = np.array([r["potential_kjmol"] + r["kinetic_kjmol"] for r in rows])
+    energy.plot(t, total - total[0], color="k", label="total")
+    energy.set_ylabel("ΔE / kJ mol$^{-1}$")
+    energy.legend(fontsize="small", ncol=4)
+    energy.set_title(title, fontsize="medium")
+    temperature.plot(t, [r["temperature_k"] for r in rows])
+    temperature.set_ylabel("T / K")
+    scf.plot(t, [r["scf_cycles"] for r in rows], drawstyle="steps-mid")
+    scf.set_ylabel("SCF cycles")
+    scf.set_xlabel("time / ps")
+    fig.savefig(path, dpi=120)

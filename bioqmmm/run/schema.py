@@ -1,0 +1,195 @@
+"""YAML → frozen dataclasses, with every error naming the key and the line.
+
+A schema is a tree of frozen dataclasses: field names are the keys, type hints the allowed
+types (``int``, ``float``, ``str``, ``bool``, ``Literal``, ``list[...]``, unions, ``dict`` and
+nested dataclasses), defaults make keys optional. A ``dict`` field whose metadata holds
+``"schema"`` (a dataclass) and optionally ``"exclude"`` (names) is a mapping of some of that
+dataclass's fields, each checked against its type hint. Cross-field checks
+live in ``__post_init__`` and raise :class:`FieldError` naming the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from bioqmmm.errors import InputError
+
+
+class ProtocolError(InputError):
+    """A protocol file that does not fit the schema (message: ``FILE:LINE: problem``)."""
+
+
+class FieldError(ValueError):
+    """Raised by a schema dataclass's ``__post_init__``: ``key`` is the field at fault."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def load_yaml_dataclass(cls: type, path: str | Path):
+    """Parse ``path`` into an instance of the dataclass ``cls``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ProtocolError(f"cannot read protocol file {path}: {exc.strerror}") from exc
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ProtocolError(f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if node is None:
+        raise ProtocolError(f"{path}: the protocol file is empty")
+    return _Builder(path).build(cls, node, "the file")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-8`` (no dot, YAML 1.2 style) as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+class _Builder:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._loader = _Loader("")
+
+    def error(self, node: yaml.Node, message: str) -> ProtocolError:
+        return ProtocolError(f"{self.path}:{_line(node)}: {message}")
+
+    def build(self, cls: type, node: yaml.Node, where: str):
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, f"{where} must be a mapping of keys to values")
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        key_nodes: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in key_nodes:
+                raise self.error(key_node, f"key {key!r} appears twice in {where}")
+            if key not in fields:
+                hint = difflib.get_close_matches(key, list(fields), n=1)
+                suggestion = f" (did you mean {hint[0]!r}?)" if hint else f"; known keys: {', '.join(fields)}"
+                raise self.error(key_node, f"unknown key {key!r} in {where}{suggestion}")
+            key_nodes[key] = key_node
+            values[key] = self.convert(hints[key], value_node, f"{key!r}", fields[key])
+        for name, f in fields.items():
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if required and name not in values:
+                raise self.error(node, f"missing required key {name!r} in {where}")
+        try:
+            return cls(**values)
+        except FieldError as exc:
+            raise self.error(key_nodes.get(exc.key, node), f"{exc.key!r}: {exc}") from None
+
+    def convert(self, hint, node: yaml.Node, where: str, f: dataclasses.Field | None = None):
+        origin = typing.get_origin(hint)
+        if origin in (Union, types.UnionType):
+            arms = typing.get_args(hint)
+            if all(dataclasses.is_dataclass(arm) for arm in arms):
+                return self.build(self._tagged(arms, node, where), node, where)
+            for arm in arms:
+                try:
+                    return self.convert(arm, node, where, f)
+                except ProtocolError:
+                    continue
+            raise self.error(node, f"{where} must be {_describe(hint)}")
+        if hint is type(None):
+            value = self._scalar(node)
+            if value is not None:
+                raise self.error(node, f"{where} must be null")
+            return None
+        if origin is Literal:
+            value = self._scalar(node)
+            choices = typing.get_args(hint)
+            if value not in choices:
+                raise self.error(node, f"{where} must be one of {', '.join(map(repr, choices))}, not {value!r}")
+            return value
+        if dataclasses.is_dataclass(hint):
+            return self.build(hint, node, where)
+        if origin in (list, tuple):
+            if not isinstance(node, yaml.SequenceNode):
+                raise self.error(node, f"{where} must be a list")
+            (item,) = typing.get_args(hint)[:1]
+            return tuple(self.convert(item, child, f"an item of {where}") for child in node.value)
+        if hint is dict or origin is dict:
+            if not isinstance(node, yaml.MappingNode):
+                raise self.error(node, f"{where} must be a mapping")
+            schema = f.metadata.get("schema") if f is not None else None
+            if schema is None:
+                return self._loader.construct_object(node, deep=True)
+            hints = typing.get_type_hints(schema)
+            allowed = sorted(set(hints) - set(f.metadata.get("exclude", ())))
+            out = {}
+            for key_node, value_node in node.value:
+                key = key_node.value
+                if key not in allowed:
+                    close = difflib.get_close_matches(key, allowed, n=1)
+                    more = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(allowed)}"
+                    raise self.error(key_node, f"unknown key {key!r} in {where}{more}")
+                out[key] = self.convert(hints[key], value_node, f"{key!r}")
+            return out
+        value = self._scalar(node)
+        if hint is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if hint in (int, float, str, bool) and (type(value) is not hint):
+            raise self.error(node, f"{where} must be {_describe(hint)}, not {_show(value)}")
+        return value
+
+    def _tagged(self, arms, node: yaml.Node, where: str) -> type:
+        """The dataclass among ``arms`` whose Literal ``type`` field matches the mapping's ``type`` key."""
+        by_tag = {typing.get_args(typing.get_type_hints(arm)["type"])[0]: arm for arm in arms}
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, f"{where} must be a mapping")
+        for key_node, value_node in node.value:
+            if key_node.value == "type":
+                tag = self._scalar(value_node)
+                if tag not in by_tag:
+                    raise self.error(value_node, f"unknown {where} type {tag!r}; known: {', '.join(by_tag)}")
+                return by_tag[tag]
+        raise self.error(node, f"missing required key 'type' in {where} (one of {', '.join(by_tag)})")
+
+    def _scalar(self, node: yaml.Node):
+        if not isinstance(node, yaml.ScalarNode):
+            raise ProtocolError(f"{self.path}:{_line(node)}: expected a single value")
+        return self._loader.construct_object(node, deep=True)
+
+
+def _show(value) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _describe(hint) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    if origin in (list, tuple):
+        item = typing.get_args(hint)[0]
+        plural = {int: "integers", float: "numbers", str: "strings"}
+        return f"a list of {plural.get(item, _describe(item))}"
+    if dataclasses.is_dataclass(hint):
+        return "a mapping"
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
