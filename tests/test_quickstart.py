@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import shutil
 import subprocess
@@ -12,16 +11,17 @@ import pytest
 
 from bioqmmm.cli import main
 from bioqmmm.errors import InputError
-from bioqmmm.quickstart import CSV_COLUMNS, format_summary, run_quickstart
+from bioqmmm.quickstart import format_summary, run_quickstart
+from bioqmmm.run.reporters import COLUMNS
+from bioqmmm.run.reporters import read_rows as read_report
 
 SMALL_BOX = 2.2  # nm, about 1,000 atoms; the QM cost is the same as in the default box
 
 
 def read_rows(path):
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        assert tuple(reader.fieldnames) == CSV_COLUMNS
-        return list(reader)
+    rows = read_report(path)
+    assert all(tuple(row) == COLUMNS for row in rows)
+    return rows
 
 
 def test_run_quickstart_writes_consistent_files(tmp_path):
@@ -31,7 +31,7 @@ def test_run_quickstart_writes_consistent_files(tmp_path):
     for name in ("topology.pdb", "trajectory.dcd", "energies.csv", "energies.png"):
         assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
     assert set(files.values()) == {tmp_path / n for n in ("topology.pdb", "trajectory.dcd", "energies.csv",
-                                                          "energies.png")}
+                                                          "energies.png", "checkpoint.npz")}
     assert (tmp_path / "energies.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     rows = read_rows(tmp_path / "energies.csv")
@@ -39,13 +39,13 @@ def test_run_quickstart_writes_consistent_files(tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
     assert [float(r["time_ps"]) for r in rows] == pytest.approx([0.0005, 0.001, 0.0015])
     for r in rows:
-        qm, mm, total = (float(r[k]) for k in ("qm_energy_kjmol", "mm_energy_kjmol", "total_energy_kjmol"))
+        qm, mm, total = (r[k] for k in ("qm_kjmol", "mm_kjmol", "potential_kjmol"))
         assert all(math.isfinite(x) for x in (qm, mm, total))
         assert total == pytest.approx(qm + mm, abs=1e-6)
         assert int(r["scf_cycles"]) > 0
         assert float(r["qm_wall_s"]) > 0
     # consecutive 0.5 fs steps: the potential energy moves smoothly (no blow-up from a hot start)
-    totals = [float(r["total_energy_kjmol"]) for r in rows]
+    totals = [r["potential_kjmol"] for r in rows]
     assert max(totals) - min(totals) < 500.0
 
     # one DCD frame per CSV row, same atoms as the PDB, QM region = the 22 dipeptide atoms
@@ -108,7 +108,7 @@ def test_console_script_help():
 
 
 def test_cli_reports_scf_failure_during_md(tmp_path, monkeypatch, capsys):
-    """A failure inside the QM force reaches main as its typed error: one line, exit 1, files so far kept."""
+    """A failure inside the QM force reaches main as its typed error: one line naming the step, exit 1."""
     from bioqmmm.errors import SCFAttempt, SCFConvergenceError
     from bioqmmm.qm.pyscf_engine import PySCFEngine
 
@@ -120,5 +120,4 @@ def test_cli_reports_scf_failure_during_md(tmp_path, monkeypatch, capsys):
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and "SCF did not converge at step 0" in lines[0]
-    assert (tmp_path / "topology.pdb").is_file()
-    assert read_rows(tmp_path / "energies.csv") == []
+    assert "Traceback" not in captured.err
