@@ -65,6 +65,10 @@ def _write(tmp_path: Path, text: str, name: str = "protocol.yaml") -> Path:
         (("  type: md", "  type: dynamics"), r"yaml:13: unknown 'protocol' type 'dynamics'; known: md, optimize"),
         (("  box_size_nm: 2.4", "  box_size_nm: [2.4"), r"protocol.yaml:\d+: not valid YAML"),
         (("  steps: 5", "  steps: 0"), r"protocol.yaml:14: 'steps': must be a positive integer"),
+        (("  seed: 11", "  seed: 0"), r"protocol.yaml:15: 'seed': must be a positive integer \(omit it"),
+        (("  checkpoint_interval: 10", "  report_interval: 50"), r"yaml:\d+: 'report_interval': must not exceed steps"),
+        (("  multiplicity: 1", "  multiplicity: true"), r"protocol.yaml:7: 'multiplicity' must be an integer"),
+        (("    conv_tol: 1e-9", "    conv_tol: [1e-9]"), r"yaml:11: 'conv_tol' must be a single value"),
     ],
 )
 def test_malformed_protocol_fails_before_any_computation_naming_key_and_line(tmp_path, edit, message):
@@ -171,7 +175,7 @@ def test_microiterations_reach_the_force_criterion_below_the_frozen_environment_
     micro = json.loads((tmp_path / "micro" / "result.json").read_text())
     frozen = json.loads((tmp_path / "frozen" / "result.json").read_text())
     assert micro["converged"] and micro["max_force_inner_atoms"]["value"] < fmax
-    assert micro["mm_relaxation_evaluations"] > 0 and frozen["mm_relaxation_evaluations"] == 0
+    assert micro["mm_relaxation_steps"] > 0 and frozen["mm_relaxation_steps"] == 0
     assert micro["final_energy"]["value"] < frozen["final_energy"]["value"]
     for name in ("optimized.pdb", "optimization.csv", "optimization.png", "summary.txt"):
         assert (tmp_path / "micro" / name).stat().st_size > 0

@@ -24,18 +24,10 @@ EXAMPLE_RELAX_MAX_ITERATIONS = 1000
 
 
 def build_model(section: SystemSection, base: Path | None = None):
-    """(topology, reference System, positions nm, box vectors nm or None) of the ``system`` block.
-
-    Examples are freshly solvated, so they are relaxed with the MM force field first (a short
-    L-BFGS minimisation of the reference System); a ``pdb`` is used as given.
-    """
+    """(topology, reference System, positions nm, box vectors nm or None) of the ``system`` block, as built."""
     if section.example is not None:
         build = alanine_dipeptide if section.example == "alanine_dipeptide" else water_box
         top, system, pos = build(section.box_size_nm, section.nonbonded_cutoff_nm)
-        context = mm_context(system)
-        context.setPositions(pos)
-        openmm.LocalEnergyMinimizer.minimize(context, EXAMPLE_RELAX_TOLERANCE, EXAMPLE_RELAX_MAX_ITERATIONS)
-        pos = context.getState(getPositions=True).getPositions(asNumpy=True)
     else:
         path = Path(section.pdb)
         if not path.is_absolute() and base is not None:
@@ -61,6 +53,14 @@ def build_model(section: SystemSection, base: Path | None = None):
     return top, system, np.array(pos.value_in_unit(unit.nanometer)), box_nm
 
 
+def relax_example(system: openmm.System, positions: np.ndarray) -> np.ndarray:
+    """A freshly solvated example relaxed with its MM force field (short L-BFGS), nm."""
+    context = mm_context(system)
+    context.setPositions(positions)
+    openmm.LocalEnergyMinimizer.minimize(context, EXAMPLE_RELAX_TOLERANCE, EXAMPLE_RELAX_MAX_ITERATIONS)
+    return np.asarray(context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+
+
 def qm_selection(topology: app.Topology, section: QMSection) -> list[int]:
     """Union of ``atoms``, ``sidechains`` and ``residues`` of the ``qm`` block (Topology indices)."""
     atoms: set[int] = set()
@@ -75,7 +75,11 @@ def qm_selection(topology: app.Topology, section: QMSection) -> list[int]:
 
 
 def build_qmmm(config: ProtocolFile) -> tuple[QMMMSystem, np.ndarray, np.ndarray | None]:
-    """The QMMMSystem of a protocol file, its start positions (nm) and box (nm, or None)."""
+    """The QMMMSystem of a protocol file, its start positions (nm) and box (nm, or None).
+
+    Everything is validated (selection, boundary, charge and multiplicity, basis) before the
+    only computation here, the MM relaxation of a freshly solvated example.
+    """
     base = config.source.parent if config.source is not None else None
     top, system, positions, box = build_model(config.system, base)
     qm = config.qm
@@ -98,4 +102,6 @@ def build_qmmm(config: ProtocolFile) -> tuple[QMMMSystem, np.ndarray, np.ndarray
         boundary_charges=qm.boundary_charges,
         allow_polar_cut=qm.allow_polar_cut,
     )
+    if config.system.example is not None:
+        positions = relax_example(system, positions)
     return qmmm, positions, box

@@ -40,8 +40,11 @@ def write_checkpoint(path: str | Path, context: openmm.Context, qmmm, meta: dict
 
 def read_meta(path: str | Path) -> dict[str, Any]:
     """The JSON record of a checkpoint, without touching any Context."""
-    with np.load(path, allow_pickle=False) as data:
-        return json.loads(str(data["meta"]))
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return json.loads(str(data["meta"]))
+    except Exception as exc:  # zipfile.BadZipFile, KeyError, JSON errors: not a usable checkpoint
+        raise InputError(f"cannot read checkpoint {path}: {exc}") from exc
 
 
 def read_checkpoint(path: str | Path, context: openmm.Context, qmmm) -> dict[str, Any]:
@@ -54,8 +57,10 @@ def read_checkpoint(path: str | Path, context: openmm.Context, qmmm) -> dict[str
             context.loadCheckpoint(data["openmm"].tobytes())
             qmmm.engine.set_state(_section(data, "engine."))
             qmmm.kernel.set_state(_section(data, "kernel."))
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"cannot read checkpoint {path}: {exc}") from exc
+    except InputError:
+        raise
+    except Exception as exc:  # BadZipFile, KeyError, OpenMMException (e.g. another platform's checkpoint)
+        raise InputError(f"cannot restore checkpoint {path}: {exc}") from exc
     return meta
 
 

@@ -1,7 +1,7 @@
 """The MM environment model used between QM steps: the QM region frozen, its charges fixed.
 
 During MM relaxation (microiterations, or relaxing a fresh structure before MD) the QM force
-is replaced by fixed point charges on the QM atoms (their ESP charges, or zero), so the MM
+is replaced by fixed point charges on the QM atoms (their Mulliken charges, or zero), so the MM
 environment moves in the electrostatic field of a frozen QM density at MM cost.
 """
 
@@ -85,10 +85,10 @@ def relax_environment(
     """Minimise the MM environment (QM atoms fixed) with OpenMM's L-BFGS minimiser.
 
     ``tolerance``: RMS force criterion, kJ/mol/nm; ``max_iterations`` 0 means until converged.
-    Returns the new positions (nm) and the number of energy evaluations the minimiser made.
+    Returns the new positions (nm) and the number of minimiser iterations (MM relaxation steps).
     """
     system = environment_system(qmmm, qm_charges, frozen)
-    counter = _EvaluationCounter()
+    counter = _IterationCounter()
     context = mm_context(system, platform)
     if box is not None:
         context.setPeriodicBoxVectors(*box)
@@ -98,7 +98,7 @@ def relax_environment(
     return np.asarray(relaxed), counter.calls
 
 
-class _EvaluationCounter(openmm.MinimizationReporter):
+class _IterationCounter(openmm.MinimizationReporter):
     def __init__(self) -> None:
         super().__init__()
         self.calls = 0

@@ -4,7 +4,8 @@
 or Verlet (NVE) with an optional Monte Carlo barostat. Every ``checkpoint_interval`` steps it
 writes ``checkpoint.npz`` atomically (:mod:`bioqmmm.run.checkpoint`); a rerun into the same
 folder resumes from it, bit-for-bit on the Reference and CPU platforms (the SCF guess and the
-QM force's cached result are part of the checkpoint). A failed SCF or a non-finite energy stops
+QM force's cached result are part of the checkpoint; the CPU platform runs with deterministic
+force sums). A failed SCF or a non-finite energy stops
 the run with the step named; the last checkpoint is the last good state.
 
 Files: ``topology.pdb`` (start structure), ``trajectory.dcd``/``.xtc``, ``energies.csv``
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -105,8 +107,13 @@ def run_md(
     if settings.pressure_bar is not None and not any(
         isinstance(f, openmm.MonteCarloBarostat) for f in qmmm.system.getForces()
     ):
-        qmmm.system.addForce(openmm.MonteCarloBarostat(settings.pressure_bar * unit.bar, settings.temperature_k))
-    properties = {"Threads": str(threads)} if threads is not None and platform == "CPU" else {}
+        barostat = openmm.MonteCarloBarostat(settings.pressure_bar * unit.bar, settings.temperature_k)
+        if settings.seed is not None:
+            barostat.setRandomNumberSeed(settings.seed)
+        qmmm.system.addForce(barostat)
+    properties = {}
+    if platform == "CPU":  # reproducible force sums, so that a resumed run continues bit for bit
+        properties = {"DeterministicForces": "true", **({"Threads": str(threads)} if threads else {})}
     simulation = app.Simulation(
         qmmm.topology, qmmm.system, _integrator(settings), openmm.Platform.getPlatformByName(platform), properties
     )
@@ -180,12 +187,17 @@ def _trajectory_reporter(path: Path, settings: MDProtocol, resume: bool, start_s
 
 
 def _truncate_trajectory(path: Path, topology, n_frames: int) -> None:
+    """Keep the first ``n_frames`` frames (written before the checkpoint), replacing the file atomically."""
     import mdtraj
 
-    md_top = mdtraj.Topology.from_openmm(topology)
-    traj = mdtraj.load(str(path), top=md_top)
+    try:
+        traj = mdtraj.load(str(path), top=mdtraj.Topology.from_openmm(topology))
+    except Exception as exc:  # a frame cut short by a kill
+        raise InputError(f"cannot read {path} to resume: {exc}; remove it to start the trajectory afresh") from exc
     if traj.n_frames > n_frames:
         if n_frames == 0:
             path.unlink()
-        else:
-            traj[:n_frames].save(str(path))
+            return
+        tmp = path.with_name(f"rewind.{path.name}")
+        traj[:n_frames].save(str(tmp))
+        os.replace(tmp, path)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from openmm import app, unit
 
-from bioqmmm.errors import BioQMMMError, CalculationError
+from bioqmmm.errors import BioQMMMError, CalculationError, InputError
 from bioqmmm.run.environment import ConstraintProjector, fixed_atoms, relax_environment
 from bioqmmm.run.protocol import OptimizeProtocol
 from bioqmmm.run.results import new_figure, quantity
@@ -43,6 +43,9 @@ INITIAL_INVERSE_HESSIAN = 1.0 / 1.0e5
 #: ``phase`` column of the history: a QM/MM step after an environment relaxation, or an inner L-BFGS step.
 ENVIRONMENT_PHASE, INNER_PHASE = 0, 1
 LBFGS_MEMORY = 10
+#: An inner step may raise the energy by this much (kJ/mol) and still count as downhill: SCF
+#: convergence noise at conv_tol 1e-9 Eh is ~3e-6 kJ/mol, and steps near the minimum gain less.
+UPHILL_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -52,7 +55,7 @@ class OptimizationOutcome:
     converged: bool
     iterations: int
     qm_evaluations: int
-    mm_relaxation_evaluations: int
+    mm_relaxation_steps: int
     initial_energy: float
     final_energy: float
     max_force_inner: float
@@ -68,7 +71,7 @@ class OptimizationOutcome:
             "microiterations": self.microiterations,
             "iterations": self.iterations,
             "qm_evaluations": self.qm_evaluations,
-            "mm_relaxation_evaluations": self.mm_relaxation_evaluations,
+            "mm_relaxation_steps": self.mm_relaxation_steps,
             "initial_energy": quantity(self.initial_energy, "kJ/mol"),
             "final_energy": quantity(self.final_energy, "kJ/mol"),
             "energy_change": quantity(self.final_energy - self.initial_energy, "kJ/mol"),
@@ -154,9 +157,13 @@ def run_optimization(
     *,
     box: np.ndarray | None = None,
     platform: str = "CPU",
+    identity: str = "",
     progress: bool = True,
 ) -> OptimizationOutcome:
-    """Optimise ``positions`` (nm) of ``qmmm``; write the trajectory of accepted steps and plots to ``outdir``."""
+    """Optimise ``positions`` (nm) of ``qmmm``; write the history, the final structure and plots to ``outdir``.
+
+    ``identity`` names the model and settings; a checkpoint in ``outdir`` with another one is refused.
+    """
     from tqdm import tqdm
 
     out = Path(outdir)
@@ -165,15 +172,22 @@ def run_optimization(
     x = np.array(positions, dtype=float)
     history: list[dict] = []
     if checkpoint.exists():
-        with np.load(checkpoint, allow_pickle=False) as data:
-            x = np.array(data["positions"])
-            history = [dict(zip(data["history_keys"].tolist(), row, strict=True)) for row in data["history"]]
+        try:
+            with np.load(checkpoint, allow_pickle=False) as data:
+                if str(data["identity"]) != identity or data["positions"].shape != x.shape:
+                    raise InputError(
+                        f"{out} holds an optimisation checkpoint of a different run: use another output folder"
+                    )
+                x = np.array(data["positions"])
+                history = [dict(zip(data["history_keys"].tolist(), row, strict=True)) for row in data["history"]]
+        except (OSError, KeyError, ValueError) as exc:
+            raise InputError(f"cannot read {checkpoint}: {exc}") from exc
     inner = inner_atoms(qmmm, x, settings.active_radius_nm)
     frozen = frozen_atoms(qmmm, x, settings.freeze_beyond_nm)
     environment = np.setdiff1d(np.arange(len(x)), np.concatenate([inner, frozen]))
     moving_env = len(environment) > 0 and settings.microiterations
     qm_calls = qmmm.kernel.evaluations
-    mm_calls = int(history[-1]["mm_evaluations"]) if history else 0
+    mm_calls = int(history[-1]["mm_steps"]) if history else 0
 
     projector = ConstraintProjector(qmmm.system)
 
@@ -195,7 +209,7 @@ def run_optimization(
 
     def record(step_length: float, phase: int) -> None:
         history.append(_row(len(history), energy, forces, inner, environment, mm_calls, step_length, phase))
-        _save_checkpoint(checkpoint, x, history)
+        _save_checkpoint(checkpoint, x, history, identity)
         bar.update(1)
         bar.set_postfix(E=f"{energy:.2f}", fmax=f"{history[-1]['fmax_inner']:.1f}")
 
@@ -215,7 +229,8 @@ def run_optimization(
                 x, env_change = relaxed, energy - before
                 record(0.0, ENVIRONMENT_PHASE)
             # inner phase: L-BFGS on the inner atoms, environment fixed, on the true QM/MM energy
-            lbfgs, max_step, previous = _LBFGS(), settings.max_step_nm, np.inf
+            lbfgs, max_step = _LBFGS(), settings.max_step_nm
+            previous = energy if _max_atom_force(forces, inner) < fmax else np.inf  # already there: no step needed
             while len(history) - 1 < settings.max_steps:
                 if _max_atom_force(forces, inner) < fmax and abs(previous - energy) < settings.energy_change_kjmol:
                     break
@@ -226,17 +241,18 @@ def run_optimization(
                 trial[inner] += step
                 trial = qmmm.constrained(trial, box)
                 trial_energy, trial_forces = evaluate(trial)
-                if trial_energy > energy + 1e-6:  # uphill: shorter steps, fresh curvature
+                if trial_energy > energy + UPHILL_TOLERANCE:  # uphill: shorter steps, fresh curvature
                     max_step *= 0.5
                     lbfgs = _LBFGS()
                     if max_step < 1e-6:
                         break
                     continue
                 lbfgs.update((trial[inner] - x[inner]).ravel(), (forces[inner] - trial_forces[inner]).ravel())
+                taken = float(min(longest, max_step))
                 max_step = min(settings.max_step_nm, max_step * 1.5)
                 previous = energy
                 x, energy, forces = trial, trial_energy, trial_forces
-                record(float(min(longest, max_step)), INNER_PHASE)
+                record(taken, INNER_PHASE)
             inner_done = _max_atom_force(forces, inner) < fmax and abs(previous - energy) < settings.energy_change_kjmol
             if not moving_env or (inner_done and abs(env_change) < settings.energy_change_kjmol):
                 converged = inner_done
@@ -245,7 +261,7 @@ def run_optimization(
         converged=converged,
         iterations=len(history) - 1,
         qm_evaluations=qmmm.kernel.evaluations - qm_calls,
-        mm_relaxation_evaluations=mm_calls,
+        mm_relaxation_steps=mm_calls,
         initial_energy=initial_energy,
         final_energy=float(energy),
         max_force_inner=_max_atom_force(forces, inner),
@@ -265,16 +281,16 @@ def _row(iteration, energy, forces, inner, environment, mm_calls, step, phase) -
         "energy": float(energy),
         "fmax_inner": _max_atom_force(forces, inner),
         "fmax_environment": _max_atom_force(forces, environment),
-        "mm_evaluations": mm_calls,
+        "mm_steps": mm_calls,
         "step_nm": step,
     }
 
 
-def _save_checkpoint(path: Path, positions: np.ndarray, history: list[dict]) -> None:
+def _save_checkpoint(path: Path, positions: np.ndarray, history: list[dict], identity: str) -> None:
     keys = list(history[0])
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as handle:
-        np.savez(handle, positions=positions, history_keys=np.array(keys),
+        np.savez(handle, positions=positions, identity=np.array(identity), history_keys=np.array(keys),
                  history=np.array([[row.get(k, 0.0) for k in keys] for row in history], dtype=float))
         handle.flush()
         os.fsync(handle.fileno())

@@ -25,6 +25,13 @@ from bioqmmm.run.schema import FieldError, load_yaml_dataclass
 _NOT_OPTIONS = ("method", "basis", "ladder")
 
 
+def _positive(section, key: str) -> None:
+    """A finite positive number (NaN and inf refused)."""
+    value = getattr(section, key)
+    if not (0 < value < float("inf")):
+        raise FieldError(key, f"must be a positive number, not {value}")
+
+
 @dataclass(frozen=True)
 class SystemSection:
     """The molecular system: ``example`` (shipped, built on the fly) or ``pdb`` (simulation-ready, with H)."""
@@ -37,6 +44,9 @@ class SystemSection:
     constraints: Literal["hbonds", "none"] = "hbonds"
 
     def __post_init__(self) -> None:
+        _positive(self, "nonbonded_cutoff_nm")
+        if self.box_size_nm is not None:
+            _positive(self, "box_size_nm")
         if (self.example is None) == (self.pdb is None):
             raise FieldError("example" if self.example else "pdb", "give exactly one of 'example' and 'pdb'")
         if self.box_size_nm is not None and self.box_size_nm <= 2 * self.nonbonded_cutoff_nm:
@@ -51,6 +61,11 @@ class EmbeddingSection:
 
     cutoff_nm: float = 1.2
     switch_width_nm: float = 0.2
+
+    def __post_init__(self) -> None:
+        _positive(self, "cutoff_nm")
+        if not 0 < self.switch_width_nm < self.cutoff_nm:
+            raise FieldError("switch_width_nm", "must lie between 0 and cutoff_nm")
 
 
 @dataclass(frozen=True)
@@ -75,8 +90,10 @@ class QMSection:
     allow_polar_cut: bool = False
 
     def __post_init__(self) -> None:
-        if self.atoms is None and not self.sidechains and not self.residues:
+        if not self.atoms and not self.sidechains and not self.residues:
             raise FieldError("atoms", "the QM region is empty: give 'atoms', 'sidechains' or 'residues'")
+        if not isinstance(self.atoms, str) and self.atoms is not None and min(self.atoms) < 0:
+            raise FieldError("atoms", "atom indices must be non-negative")
         if self.multiplicity < 1:
             raise FieldError("multiplicity", "must be a positive integer")
 
@@ -103,8 +120,16 @@ class MDProtocol:
         for key in ("steps", "report_interval", "trajectory_interval", "checkpoint_interval"):
             if getattr(self, key) < 1:
                 raise FieldError(key, "must be a positive integer")
-        if self.timestep_fs <= 0:
-            raise FieldError("timestep_fs", "must be positive")
+        for key in ("timestep_fs", "temperature_k"):
+            _positive(self, key)
+        if not self.friction_per_ps >= 0:
+            raise FieldError("friction_per_ps", "must be zero or positive")
+        if self.pressure_bar is not None:
+            _positive(self, "pressure_bar")
+        if self.seed is not None and self.seed < 1:
+            raise FieldError("seed", "must be a positive integer (omit it for a random seed)")
+        if self.report_interval > self.steps:
+            raise FieldError("report_interval", f"must not exceed steps ({self.steps})")
         if self.pressure_bar is not None and self.integrator == "verlet":
             raise FieldError("pressure_bar", "a barostat needs a thermostat: use integrator 'langevin'")
 
@@ -125,8 +150,11 @@ class OptimizeProtocol:
 
     def __post_init__(self) -> None:
         for key in ("fmax_kjmol_nm", "energy_change_kjmol", "max_step_nm", "mm_tolerance_kjmol_nm"):
-            if getattr(self, key) <= 0:
-                raise FieldError(key, "must be positive")
+            _positive(self, key)
+        if self.active_radius_nm < 0:
+            raise FieldError("active_radius_nm", "must be zero or positive")
+        if self.freeze_beyond_nm is not None:
+            _positive(self, "freeze_beyond_nm")
         if self.max_steps < 1:
             raise FieldError("max_steps", "must be a positive integer")
 
@@ -137,6 +165,10 @@ class ResourcesSection:
 
     threads: int | None = None
     platform: Literal["CPU", "Reference", "CUDA", "OpenCL"] = "CPU"
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise FieldError("threads", "must be a positive integer")
 
 
 @dataclass(frozen=True)
@@ -149,6 +181,10 @@ class ProtocolFile:
     output: str
     resources: ResourcesSection = ResourcesSection()
     source: Any = field(default=None, compare=False, repr=False, init=False)
+
+    def __post_init__(self) -> None:
+        if not self.output.strip():
+            raise FieldError("output", "must name a folder")
 
     def output_dir(self) -> Path:
         """The output folder, relative paths taken from the protocol file's folder."""

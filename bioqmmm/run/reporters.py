@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import time
 from pathlib import Path
 
@@ -55,11 +56,14 @@ class QMMMReporter:
         self.qmmm = qmmm
         self._dof = degrees_of_freedom(qmmm.system)
         kept = _rows_up_to(self.path, resume_step) if append and self.path.exists() else []
-        self._handle = open(self.path, "w", newline="")
+        tmp = self.path.with_name(self.path.name + ".tmp")  # rewind atomically: a kill keeps the old file
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(kept)
+        os.replace(tmp, self.path)
+        self._handle = open(self.path, "a", newline="")
         self._writer = csv.DictWriter(self._handle, fieldnames=COLUMNS)
-        self._writer.writeheader()
-        self._writer.writerows(kept)
-        self._handle.flush()
         self._clock: tuple[int, float] | None = None
 
     def describeNextReport(self, simulation):  # noqa: N802 (OpenMM reporter API)
@@ -107,8 +111,17 @@ def read_rows(path: str | Path) -> list[dict[str, float]]:
 
 
 def _rows_up_to(path: Path, step: int) -> list[dict[str, str]]:
+    """Complete rows with step <= ``step`` (a row cut short by a kill is dropped)."""
+    kept = []
     with open(path, newline="") as handle:
-        return [row for row in csv.DictReader(handle) if int(float(row["step"])) <= step]
+        for row in csv.DictReader(handle):
+            try:
+                complete = None not in row.values() and int(float(row["step"])) <= step
+            except (TypeError, ValueError):
+                complete = False
+            if complete:
+                kept.append(row)
+    return kept
 
 
 def close_reporter(reporter) -> None:

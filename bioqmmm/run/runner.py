@@ -43,7 +43,8 @@ def run_protocol(path: str | Path, *, output: str | Path | None = None, progress
         return _md(config, settings, qmmm, positions, box, out, common, progress)
     if isinstance(settings, OptimizeProtocol):
         outcome = run_optimization(
-            qmmm, positions, settings, out, box=box, platform=config.resources.platform, progress=progress
+            qmmm, positions, settings, out, box=box, platform=config.resources.platform, progress=progress,
+            identity=fingerprint(config.system, config.qm, dataclasses.replace(settings, max_steps=1)),
         )
         return write_results(out, "optimize", {**common, **outcome.figures()})
     raise AssertionError(f"unhandled protocol {type(settings).__name__}")  # the schema admits no other type

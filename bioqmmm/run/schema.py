@@ -84,6 +84,8 @@ class _Builder:
         values: dict[str, Any] = {}
         key_nodes: dict[str, yaml.Node] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise self.error(key_node, f"keys in {where} must be plain names")
             key = key_node.value
             if key in key_nodes:
                 raise self.error(key_node, f"key {key!r} appears twice in {where}")
@@ -115,12 +117,12 @@ class _Builder:
                     continue
             raise self.error(node, f"{where} must be {_describe(hint)}")
         if hint is type(None):
-            value = self._scalar(node)
+            value = self._scalar(node, where)
             if value is not None:
                 raise self.error(node, f"{where} must be null")
             return None
         if origin is Literal:
-            value = self._scalar(node)
+            value = self._scalar(node, where)
             choices = typing.get_args(hint)
             if value not in choices:
                 raise self.error(node, f"{where} must be one of {', '.join(map(repr, choices))}, not {value!r}")
@@ -143,13 +145,15 @@ class _Builder:
             out = {}
             for key_node, value_node in node.value:
                 key = key_node.value
+                if key in out:
+                    raise self.error(key_node, f"key {key!r} appears twice in {where}")
                 if key not in allowed:
                     close = difflib.get_close_matches(key, allowed, n=1)
                     more = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(allowed)}"
                     raise self.error(key_node, f"unknown key {key!r} in {where}{more}")
                 out[key] = self.convert(hints[key], value_node, f"{key!r}")
             return out
-        value = self._scalar(node)
+        value = self._scalar(node, where)
         if hint is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         if hint in (int, float, str, bool) and (type(value) is not hint):
@@ -163,15 +167,15 @@ class _Builder:
             raise self.error(node, f"{where} must be a mapping")
         for key_node, value_node in node.value:
             if key_node.value == "type":
-                tag = self._scalar(value_node)
+                tag = self._scalar(value_node, "'type'")
                 if tag not in by_tag:
                     raise self.error(value_node, f"unknown {where} type {tag!r}; known: {', '.join(by_tag)}")
                 return by_tag[tag]
         raise self.error(node, f"missing required key 'type' in {where} (one of {', '.join(by_tag)})")
 
-    def _scalar(self, node: yaml.Node):
+    def _scalar(self, node: yaml.Node, where: str):
         if not isinstance(node, yaml.ScalarNode):
-            raise ProtocolError(f"{self.path}:{_line(node)}: expected a single value")
+            raise self.error(node, f"{where} must be a single value, not a list or mapping")
         return self._loader.construct_object(node, deep=True)
 
 
