@@ -30,10 +30,11 @@ class QMForceKernel:
     step count, ``last_error`` the typed error of the last failed call, ``overhead`` the seconds
     spent outside the engine in the last call.
 
-    A call with exactly the positions and box of the previous one returns the previous result
-    without a QM calculation (``cache_hits`` counts them; ``evaluations`` counts real ones). So
-    an energy report at step k costs nothing extra: the integrator's force call for step k + 1
-    is at the same positions. :meth:`clear_cache` forgets it (e.g. after changing the engine).
+    A call with exactly the positions and box of the previous one, and unchanged engine options,
+    returns the previous result without a QM calculation (``cache_hits`` counts them;
+    ``evaluations`` counts real ones). So an energy report at step k costs nothing extra: the
+    integrator's force call for step k + 1 is at the same positions. :meth:`clear_cache`
+    forgets it.
     """
 
     def __init__(self, region: QMRegionSpec, boundary: Boundary, engine: QMEngine, embedding) -> None:
@@ -48,6 +49,7 @@ class QMForceKernel:
         self.evaluations = 0
         self.cache_hits = 0
         self._cache: tuple[np.ndarray, np.ndarray | None, float, np.ndarray] | None = None
+        self._cache_options = getattr(engine, "options", None)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -76,6 +78,7 @@ class QMForceKernel:
         box = state.get("box")
         self._cache = (np.array(state["positions"]), None if box is None else np.array(box),
                        float(state["energy"]), np.array(state["forces"]))
+        self._cache_options = getattr(self.engine, "options", None)
 
     def _cached(self, positions: np.ndarray, box: np.ndarray | None) -> tuple[float, np.ndarray] | None:
         if self._cache is None:
@@ -84,7 +87,8 @@ class QMForceKernel:
         same_box = (box is None and old_box is None) or (
             box is not None and old_box is not None and np.array_equal(box, old_box)
         )
-        if same_box and np.array_equal(positions, old_positions):
+        same_engine = getattr(self.engine, "options", None) == self._cache_options
+        if same_box and same_engine and np.array_equal(positions, old_positions):
             self.cache_hits += 1
             return energy, forces.copy()
         return None
@@ -112,6 +116,7 @@ class QMForceKernel:
         self.last = result
         self.evaluations += 1
         self._cache = (positions.copy(), None if box is None else box.copy(), result.energy, forces.copy())
+        self._cache_options = getattr(self.engine, "options", None)
         self.overhead = time.perf_counter() - start - result.qm.info.wall_time
         return result.energy, forces
 
