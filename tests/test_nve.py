@@ -11,6 +11,8 @@ from bioqmmm import QMMMSystem
 from bioqmmm.examples import alanine_dipeptide, water_box
 from bioqmmm.protein import sidechain
 from bioqmmm.qm import PySCFEngine
+from bioqmmm.run.build import relax_example
+from bioqmmm.units import positions_nm
 
 STEPS = 2000  # 1 ps at 0.5 fs
 
@@ -63,9 +65,14 @@ def test_nve_drift_of_qm_water_in_tip3p():
 
 @pytest.mark.slow
 def test_nve_drift_with_a_cut_bond():
-    """Ala side chain of solvated alanine dipeptide in QM: link atom on Cα–Cβ, RCD charges, PME box."""
+    """Ala side chain of solvated alanine dipeptide in QM: link atom on Cα–Cβ, RCD charges, PME box.
+
+    The freshly solvated box is MM-relaxed first: its clashes otherwise make the first
+    picoseconds' Verlet error a transient jump that is not what this test measures.
+    """
     top, system, pos = alanine_dipeptide(box_size=2.4)
     _smooth_mm(system)
+    pos = relax_example(system, positions_nm(pos))
     engine = PySCFEngine("hf", "sto-3g", conv_tol=1e-10)
     qmmm = QMMMSystem(top, system, sidechain(top, "ALA2"), charge=0, multiplicity=1, engine=engine)
     assert len(qmmm.links) == 1
