@@ -81,7 +81,85 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", default=None, help="output folder (overrides the file's 'output')")
     run.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     run.set_defaults(handler=_run)
+
+    prepare = subparsers.add_parser(
+        "prepare",
+        help="prepare a PDB/mmCIF entry: fix, protonate, parameterise, solvate",
+        description=(
+            "Resolve altlocs, strip deposited hydrogens, build missing atoms and short gaps, cap or terminate "
+            "chain breaks, add hydrogens at pH, parameterise ligands (QM-only template or GAFF2/AM1-BCC), add "
+            "solvent, and write structure.pdb/.cif, system.xml, prepare.json and report.txt into DIR."
+        ),
+    )
+    add = prepare.add_argument
+    add("structure", help="input .pdb/.ent/.cif/.mmcif file")
+    add("-o", "--output", required=True, metavar="DIR", help="output folder")
+    add("--ph", type=float, default=7.0, help="pH for protonation states (default: %(default)s)")
+    add("--solvent", choices=("explicit", "implicit", "vacuum"), default="explicit", help="(default: %(default)s)")
+    add("--forcefield", choices=("amber14", "charmm36"), default="amber14", help="(default: %(default)s)")
+    add("--padding", type=_positive_float, default=1.0, metavar="NM", help="water padding, nm (default: %(default)s)")
+    add("--box-shape", choices=("cube", "dodecahedron", "octahedron"), default="cube", help="(default: %(default)s)")
+    add("--ionic-strength", type=float, default=0.15, metavar="MOLAR", help="NaCl, mol/L (default: %(default)s)")
+    add("--keep-water", action=argparse.BooleanOptionalAction, default=None,
+        help="keep crystal waters (default: only with explicit solvent)")
+    add("--keep-additives", action="store_true", help="keep crystallisation additives (FMT, GOL, SO4, ...)")
+    add("--max-gap", type=int, default=10, help="longest run of missing residues to build (default: %(default)s)")
+    add("--long-gaps", choices=("error", "cap"), default="error", help="(default: %(default)s)")
+    add("--chain-breaks", choices=("cap", "termini"), default="cap", help="(default: %(default)s)")
+    add("--qm-residue", action="append", default=[], metavar="SEL",
+        help="residue that will be entirely QM (R47, A:301 or A:R47301); repeatable")
+    add("--ligand-charge", action="append", default=[], metavar="RES=Q", help="net charge of a ligand; repeatable")
+    add("--ligand-smiles", action="append", default=[], metavar="RES=SMILES",
+        help="bond orders and protonation of a ligand whose hydrogens are missing; repeatable")
+    add("--ffxml", action="append", default=[], metavar="FILE", help="extra OpenMM force-field XML; repeatable")
+    add("--seed", type=int, default=0,
+        help="seed for the placement of built atoms, hydrogens and ions (default: %(default)s)")
+    prepare.set_defaults(handler=_prepare)
     return parser
+
+
+def _pairs(items: list[str], convert, what: str) -> dict:
+    pairs = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise BioQMMMError(f"{what} {item!r} is not RES=VALUE")
+        try:
+            pairs[name] = convert(value)
+        except ValueError:
+            raise BioQMMMError(f"{what} {item!r}: bad value {value!r}") from None
+    return pairs
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bioqmmm.preparation import prepare
+
+    output = Path(args.output)
+    prepared = prepare(
+        args.structure,
+        ph=args.ph,
+        solvent=args.solvent,
+        forcefield=args.forcefield,
+        padding_nm=args.padding,
+        box_shape=args.box_shape,
+        ionic_strength_molar=args.ionic_strength,
+        keep_water=args.keep_water,
+        keep_additives=args.keep_additives,
+        max_gap=args.max_gap,
+        long_gaps=args.long_gaps,
+        chain_breaks=args.chain_breaks,
+        qm_residues=args.qm_residue,
+        ligand_charges=_pairs(args.ligand_charge, int, "--ligand-charge"),
+        ligand_smiles=_pairs(args.ligand_smiles, str, "--ligand-smiles"),
+        forcefield_files=args.ffxml,
+        cache_dir=output / "forcefields" / "cache",
+        seed=args.seed,
+    )
+    prepared.save(output)
+    print(f"{prepared.report}\n\n{prepared.topology.getNumAtoms()} atoms; written to {output}/")
+    return 0
 
 
 def _quickstart(args: argparse.Namespace) -> int:

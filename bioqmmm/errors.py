@@ -53,3 +53,10 @@ class SCFConvergenceError(CalculationError):
         tried = "; ".join(f"{a.strategy}: {a.cycles} cycles, E={a.energy:.10f} Eh" for a in self.attempts)
         at = f"step {step}" if step is not None else "an unnumbered call"
         super().__init__(f"SCF did not converge at {at}{where} after every ladder strategy ({tried})")
+
+
+class PreparationError(InputError):
+    """A structure that cannot be prepared: unreadable file, gap too long, residue without parameters.
+
+    The message names the file, the line where known, and the residue.
+    """

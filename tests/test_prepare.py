@@ -1,0 +1,345 @@
+"""Preparation: each fix on a small hand-made structure, bad input, solvent, save/load, rerun, CLI.
+
+The base structure is a 10-residue peptide built by PDBFixer itself (not by the code under test) from
+two alanines and a SEQRES record; each test edits its PDB lines to create one flaw.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import openmm
+import pytest
+from openmm import app, unit
+from pdbfixer import PDBFixer
+
+from bioqmmm import load_prepared, prepare
+from bioqmmm.cli import main
+from bioqmmm.errors import InputError, PreparationError
+from bioqmmm.preparation import freeze_beyond
+
+SEQUENCE = "ALA SER HIS CYS ASP GLY LYS GLU MET ALA".split()
+ETHANOL = [  # name, element, x, y, z (Angstrom, relative)
+    ("C1", "C", 0.0, 0.0, 0.0), ("C2", "C", 1.52, 0.0, 0.0), ("O", "O", 2.03, 1.216, 0.0),
+    ("H1", "H", 0.363, -0.514, 0.89), ("H2", "H", 0.363, -0.514, -0.89), ("H3", "H", -1.09, 0.028, 0.0),
+    ("H4", "H", 1.883, -0.514, 0.89), ("H5", "H", 1.883, -0.514, -0.89), ("H6", "H", 2.99, 1.19, 0.0),
+]
+
+
+def _ethanol(x: float = 10.0) -> str:
+    return "".join(f"HETATM{900 + i:5d}  {n:<3s} LIG B 201    {x + dx:8.3f}{15 + dy:8.3f}{5 + dz:8.3f}  1.00  0.00"
+                   f"          {e:>2s}\n" for i, (n, e, dx, dy, dz) in enumerate(ETHANOL))
+
+
+@pytest.fixture(scope="module")
+def peptide_lines() -> list[str]:
+    """ATOM lines (no hydrogens, no SEQRES) of A:ALA1..ALA10, built by PDBFixer."""
+
+    def alanine(number: int, serial: int, dx: float) -> str:
+        rows = [("N", 0, 0, 0), ("CA", 1.458, 0, 0), ("C", 2.009, 1.42, 0), ("O", 1.251, 2.39, 0),
+                ("CB", 1.988, -0.773, -1.199)]
+        return "".join(f"ATOM  {serial + i:5d}  {n:<3s} ALA A{number:4d}    {x + dx:8.3f}{y:8.3f}{z:8.3f}  1.00  0.00"
+                       f"           {n[0]}\n" for i, (n, x, y, z) in enumerate(rows))
+
+    text = f"SEQRES   1 A   10  {' '.join(SEQUENCE)}\n{alanine(1, 1, 0.0)}{alanine(10, 6, 20.0)}END\n"
+    fixer = PDBFixer(pdbfile=io.StringIO(text))
+    fixer.findMissingResidues()
+    fixer.findMissingAtoms()
+    fixer.addMissingAtoms(seed=0)
+    out = io.StringIO()
+    app.PDBFile.writeFile(fixer.topology, fixer.positions, out)
+    return [line for line in out.getvalue().splitlines(keepends=True) if line.startswith("ATOM")]
+
+
+def _write(tmp_path, lines, name="input.pdb", header="") -> str:
+    path = tmp_path / name
+    path.write_text(header + "".join(lines) + "END\n")
+    return str(path)
+
+
+def _residue_lines(lines, number):
+    return [line for line in lines if int(line[22:26]) == number]
+
+
+def _vacuum(path, **options):
+    return prepare(path, solvent="vacuum", **options)
+
+
+def _energy(prepared) -> float:
+    context = openmm.Context(prepared.system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("CPU"))
+    context.setPositions(prepared.positions)
+    return context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+
+
+def _names(prepared, residue_id: str, chain: str = "A") -> set[str]:
+    residue = next(r for r in prepared.topology.residues() if r.id == residue_id and r.chain.id == chain)
+    return {a.name for a in residue.atoms()}
+
+
+def test_clean_peptide_gets_hydrogens_and_termini(tmp_path, peptide_lines):
+    prepared = _vacuum(_write(tmp_path, peptide_lines))
+    assert prepared.report.kinds() == {"hydrogens-added"}
+    assert "OXT" in _names(prepared, "10")
+    assert {"H", "H2", "H3"} <= _names(prepared, "1")
+    charge = sum(prepared.system.getForce(i).getParticleParameters(j)[0].value_in_unit(unit.elementary_charge)
+                 for i in range(prepared.system.getNumForces())
+                 if isinstance(prepared.system.getForce(i), openmm.NonbondedForce)
+                 for j in range(prepared.system.getNumParticles()))
+    assert charge == pytest.approx(-1.0, abs=1e-6)  # Lys+ Asp- Glu- N+ C-
+    assert np.isfinite(_energy(prepared))
+
+
+def test_altloc_keeps_the_most_occupied_conformer(tmp_path, peptide_lines):
+    lines = []
+    for line in peptide_lines:
+        if int(line[22:26]) == 2 and line[12:16].strip() == "OG":
+            x = float(line[30:38])
+            lines.append(line[:16] + "A" + line[17:30] + f"{x:8.3f}" + line[38:54] + "  0.30" + line[60:])
+            lines.append(line[:16] + "B" + line[17:30] + f"{x + 0.5:8.3f}" + line[38:54] + "  0.70" + line[60:])
+        else:
+            lines.append(line)
+    prepared = _vacuum(_write(tmp_path, lines))
+    entry = next(e for e in prepared.report.changes if e.kind == "altloc")
+    assert entry.residues == ("A:SER2",) and "kept conformer B (occupancy 0.70)" in entry.detail
+    og = next(a for a in prepared.topology.atoms() if a.residue.id == "2" and a.name == "OG")
+    x_b = float(next(line for line in lines if line[12:16].strip() == "OG" and line[16] == "B")[30:38]) / 10
+    assert prepared.positions[og.index][0] == pytest.approx(x_b, abs=1e-4)
+
+
+def test_partial_deposited_hydrogens_are_stripped_and_rebuilt(tmp_path, peptide_lines):
+    lines = list(peptide_lines)
+    n_line = next(line for line in lines if int(line[22:26]) == 5 and line[12:16].strip() == "N")
+    lines.append(n_line[:12] + " HA " + n_line[16:30] + f"{float(n_line[30:38]) + 1.0:8.3f}" + n_line[38:76] + " H\n")
+    prepared = _vacuum(_write(tmp_path, lines))
+    stripped = next(e for e in prepared.report.changes if e.kind == "hydrogens-stripped")
+    assert stripped.residues == ("A:ASP5(1)",)
+    assert {"H", "HA", "HB2", "HB3"} <= _names(prepared, "5")
+
+
+def test_missing_side_chain_atoms_are_built(tmp_path, peptide_lines):
+    lines = [line for line in peptide_lines if not (int(line[22:26]) == 7 and line[12:16].strip() in ("CE", "NZ"))]
+    prepared = _vacuum(_write(tmp_path, lines))
+    entry = next(e for e in prepared.report.changes if e.kind == "missing-atoms" and e.residues == ("A:LYS7",))
+    assert "CE" in entry.detail and "NZ" in entry.detail
+    assert {"CE", "NZ", "HZ1", "HZ2", "HZ3"} <= _names(prepared, "7")
+
+
+SEQRES = f"SEQRES   1 A   10  {' '.join(SEQUENCE)}\n"
+
+
+def test_short_internal_gap_is_built_from_the_sequence(tmp_path, peptide_lines):
+    lines = [line for line in peptide_lines if int(line[22:26]) not in (5, 6)]
+    prepared = _vacuum(_write(tmp_path, lines, header=SEQRES))
+    entry = next(e for e in prepared.report.changes if e.kind == "missing-residues")
+    assert "ASP-GLY" in entry.detail
+    assert [r.name for r in prepared.topology.residues()] == SEQUENCE
+    atoms = {(a.residue.id, a.name): a.index for a in prepared.topology.atoms()}
+    for i in range(4, 7):
+        d = np.linalg.norm(prepared.positions[atoms[(str(i), "C")]] - prepared.positions[atoms[(str(i + 1), "N")]])
+        assert d < 0.2  # built residues are bonded to their neighbours
+
+
+def test_long_gap_is_an_error_naming_it_unless_capped(tmp_path, peptide_lines):
+    lines = [line for line in peptide_lines if int(line[22:26]) not in (4, 5, 6)]
+    path = _write(tmp_path, lines, header=SEQRES)
+    with pytest.raises(PreparationError, match=r"gap of 3 missing residues between A:HIS3 and A:LYS7.*max_gap=2"):
+        _vacuum(path, max_gap=2)
+    prepared = _vacuum(path, max_gap=2, long_gaps="cap")
+    assert [r.name for r in prepared.topology.residues()][2:6] == ["HIS", "NME", "ACE", "LYS"]
+    assert prepared.topology.getNumChains() == 2
+
+
+def test_chain_break_without_sequence_is_capped_or_terminated(tmp_path, peptide_lines):
+    lines = [line for line in peptide_lines if int(line[22:26]) not in (5, 6)]
+    path = _write(tmp_path, lines)
+    capped = _vacuum(path)
+    assert "cap" in capped.report.kinds()
+    assert [r.name for r in capped.topology.residues()][3:7] == ["CYS", "NME", "ACE", "LYS"]
+    termini = _vacuum(path, chain_breaks="termini")
+    assert "chain-break" in termini.report.kinds()
+    assert "OXT" in _names(termini, "4") and {"H2", "H3"} <= _names(termini, "7")
+
+
+def test_ter_inside_a_bonded_chain_is_ignored(tmp_path, peptide_lines):
+    index = max(i for i, line in enumerate(peptide_lines) if int(line[22:26]) == 5)
+    lines = peptide_lines[: index + 1] + ["TER\n"] + peptide_lines[index + 1 :]
+    prepared = _vacuum(_write(tmp_path, lines))
+    assert prepared.topology.getNumChains() == 1
+    assert next(e for e in prepared.report.changes if e.kind == "chain-merged").residues == ("A:ASP5", "A:GLY6")
+
+
+def test_nonstandard_residue_is_mapped_to_its_parent(tmp_path, peptide_lines):
+    lines = []
+    for line in peptide_lines:
+        if int(line[22:26]) == 9:
+            line = "HETATM" + line[6:17] + "MSE" + line[20:]
+            if line[12:16].strip() == "SD":
+                line = line[:12] + "SE  " + line[16:76] + "SE\n"
+        lines.append(line)
+    prepared = _vacuum(_write(tmp_path, lines))
+    entry = next(e for e in prepared.report.changes if e.kind == "nonstandard")
+    assert entry.residues == ("A:MSE9",) and "MET" in entry.detail
+    assert "SD" in _names(prepared, "9")
+
+
+def _zinc_near_cys_sg(lines) -> str:
+    sg = next(line for line in lines if int(line[22:26]) == 4 and line[12:16].strip() == "SG")
+    x, y, z = (float(sg[c : c + 8]) for c in (30, 38, 46))
+    return f"HETATM 1000 ZN    ZN A 301    {x + 2.3:8.3f}{y:8.3f}{z:8.3f}  1.00  0.00          ZN\n"
+
+
+def test_metal_bound_cysteine_is_a_thiolate_and_the_ion_is_kept(tmp_path, peptide_lines):
+    prepared = _vacuum(_write(tmp_path, peptide_lines + [_zinc_near_cys_sg(peptide_lines)]))
+    assert "HG" not in _names(prepared, "4")
+    assert any(e.kind == "protonation" and "SG binds Zn" in e.detail for e in prepared.report.decisions)
+    zinc = next(a for a in prepared.topology.atoms() if a.element == app.element.zinc)
+    nonbonded = next(f for f in prepared.system.getForces() if isinstance(f, openmm.NonbondedForce))
+    assert nonbonded.getParticleParameters(zinc.index)[0].value_in_unit(unit.elementary_charge) == pytest.approx(2.0)
+
+
+def test_waters_kept_in_explicit_solvent_removed_in_vacuum(tmp_path, peptide_lines):
+    water = "HETATM 2000  O   HOH A 401      30.000  30.000  30.000  1.00  0.00           O\n"
+    path = _write(tmp_path, peptide_lines + [water])
+    assert "waters-removed" in _vacuum(path).report.kinds()
+    explicit = prepare(path, solvent="explicit", padding_nm=0.8)
+    assert any(r.name == "HOH" and r.id == "401" for r in explicit.topology.residues())
+    kept = _vacuum(path, keep_water=True)
+    assert any(r.name == "HOH" for r in kept.topology.residues())
+
+
+FORMATE = """\
+HETATM 3000  C   FMT A 501      25.000  25.000  25.000  1.00  0.00           C
+HETATM 3001  O1  FMT A 501      26.200  25.000  25.000  1.00  0.00           O
+HETATM 3002  O2  FMT A 501      24.400  26.040  25.000  1.00  0.00           O
+"""
+
+
+def test_additives_are_removed_and_a_ligand_without_hydrogens_is_an_error(tmp_path, peptide_lines):
+    path = _write(tmp_path, peptide_lines + [FORMATE])
+    prepared = _vacuum(path)
+    assert next(e for e in prepared.report.changes if e.kind == "additives-removed").residues == ("A:FMT501",)
+    line = len(peptide_lines) + 1
+    with pytest.raises(PreparationError, match=rf"input.pdb:{line}: residue A:FMT501 has no template and no hydrogens"):
+        _vacuum(path, keep_additives=True)
+    smiles = _vacuum(path, keep_additives=True, ligand_smiles={"FMT": "[O-]C=O"}, cache_dir=tmp_path / "cache")
+    assert "ligand-hydrogens" in smiles.report.kinds()
+    assert sum(a.element == app.element.hydrogen for a in next(
+        r for r in smiles.topology.residues() if r.name == "FMT").atoms()) == 1
+
+
+def test_ligand_in_qm_region_gets_a_charge_free_template_else_gaff2(tmp_path, peptide_lines):
+    path = _write(tmp_path, peptide_lines + [_ethanol()])
+    qm = _vacuum(path, qm_residues=["LIG"], cache_dir=tmp_path / "cache")
+    nonbonded = next(f for f in qm.system.getForces() if isinstance(f, openmm.NonbondedForce))
+    ligand = [a.index for a in qm.topology.atoms() if a.residue.name == "LIG"]
+    assert len(ligand) == 9
+    assert all(nonbonded.getParticleParameters(i)[0].value_in_unit(unit.elementary_charge) == 0 for i in ligand)
+    gaff = _vacuum(path, cache_dir=tmp_path / "cache")
+    nonbonded = next(f for f in gaff.system.getForces() if isinstance(f, openmm.NonbondedForce))
+    charges = [nonbonded.getParticleParameters(i)[0].value_in_unit(unit.elementary_charge) for i in ligand]
+    assert sum(charges) == pytest.approx(0.0, abs=1e-6) and max(map(abs, charges)) > 0.1
+    assert any(e.kind == "ligand-parameters" and "GAFF2" in e.detail for e in gaff.report.decisions)
+
+
+def test_user_xml_wins_over_generated_parameters(tmp_path, peptide_lines):
+    path = _write(tmp_path, peptide_lines + [_ethanol()])
+    first = _vacuum(path, qm_residues=["LIG"], cache_dir=tmp_path / "cache")
+    user = tmp_path / "eoh.xml"
+    user.write_text(first.forcefield.extra["LIG-qm-only.xml"])
+    prepared = _vacuum(path, forcefield_files=[user], cache_dir=tmp_path / "cache")
+    assert not any(e.kind == "ligand-parameters" for e in prepared.report.decisions)
+    assert _energy(prepared) == pytest.approx(_energy(first), rel=1e-9)
+
+
+def test_explicit_solvent_is_neutral_with_the_requested_salt(tmp_path, peptide_lines):
+    prepared = prepare(_write(tmp_path, peptide_lines), padding_nm=1.0, ionic_strength_molar=0.15)
+    counts = {n: sum(r.name == n for r in prepared.topology.residues()) for n in ("HOH", "NA", "CL")}
+    assert counts["NA"] - counts["CL"] == 1  # peptide charge -1
+    expected_pairs = 0.15 * counts["HOH"] / 55.4  # mol/L of NaCl relative to water (OpenMM's rule)
+    assert counts["CL"] == pytest.approx(expected_pairs, abs=1.0)
+    assert prepared.system.usesPeriodicBoundaryConditions()
+    assert any(e.kind == "solvent" for e in prepared.report.changes)
+
+
+def test_implicit_solvent_and_charmm36(tmp_path, peptide_lines):
+    path = _write(tmp_path, peptide_lines)
+    implicit = prepare(path, solvent="implicit")
+    assert any(isinstance(f, openmm.CustomGBForce) for f in implicit.system.getForces())
+    assert not implicit.system.usesPeriodicBoundaryConditions()
+    charmm = _vacuum(path, forcefield="charmm36")
+    assert np.isfinite(_energy(charmm))
+    with pytest.raises(InputError, match="implicit solvent is available with amber14 only"):
+        prepare(path, solvent="implicit", forcefield="charmm36")
+
+
+def test_save_load_and_rerun_changes_nothing(tmp_path, peptide_lines):
+    path = _write(tmp_path, peptide_lines + [_ethanol(), _zinc_near_cys_sg(peptide_lines)])
+    first = prepare(path, padding_nm=0.8, cache_dir=tmp_path / "cache")
+    first.save(tmp_path / "out")
+    loaded = load_prepared(tmp_path / "out")
+    assert loaded.topology.getNumAtoms() == first.topology.getNumAtoms()
+    assert loaded.topology.getNumBonds() == first.topology.getNumBonds()
+    assert _energy(loaded) == pytest.approx(_energy(first), rel=1e-6)
+    assert [e.kind for e in loaded.report.changes] == [e.kind for e in first.report.changes]
+    again = prepare(tmp_path / "out" / "structure.pdb", padding_nm=0.8, cache_dir=tmp_path / "cache")
+    assert again.report.changes == []
+    assert again.topology.getNumAtoms() == first.topology.getNumAtoms()
+    assert np.abs(again.positions - first.positions).max() < 2e-4  # PDB coordinates carry 1e-4 nm
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "the file is empty"),
+        ("ATOM      1  N   ALA A   1      11.104   6.134\n", r"input.pdb:1: truncated or malformed ATOM record"),
+        ("REMARK nothing here\nEND\n", "no atom records"),
+    ],
+)
+def test_bad_files_are_named_with_the_line(tmp_path, content, message):
+    path = tmp_path / "input.pdb"
+    path.write_text(content)
+    with pytest.raises(PreparationError, match=message):
+        prepare(path)
+
+
+def test_unknown_option_and_bad_values_fail_before_reading(tmp_path):
+    missing = tmp_path / "absent.pdb"  # never read: options are checked first
+    with pytest.raises(InputError, match=r"unknown preparation option\(s\) 'padding' \(did you mean 'padding_nm'\?\)"):
+        prepare(missing, padding=1.0)
+    with pytest.raises(InputError, match="solvent='water' is not one of explicit, implicit, vacuum"):
+        prepare(missing, solvent="water")
+    with pytest.raises(PreparationError, match="no such file"):
+        prepare(missing)
+
+
+def test_freeze_beyond_by_mass_and_by_restraint(tmp_path, peptide_lines):
+    prepared = _vacuum(_write(tmp_path, peptide_lines))
+    qm = [a.index for a in prepared.topology.atoms() if a.residue.id == "1"]
+    system = openmm.XmlSerializer.clone(prepared.system)
+    frozen = freeze_beyond(system, prepared.topology, prepared.positions, qm, 0.6)
+    assert frozen and not set(frozen) & set(qm)
+    assert all(system.getParticleMass(i).value_in_unit(unit.dalton) == 0 for i in frozen)
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("CPU"))
+    context.setPositions(prepared.positions)
+    openmm.LocalEnergyMinimizer.minimize(context, 10, 50)
+    moved = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    assert np.abs(moved[frozen] - prepared.positions[frozen]).max() == 0.0
+    assert np.abs(moved[qm] - prepared.positions[qm]).max() > 1e-4
+    restrained = openmm.XmlSerializer.clone(prepared.system)
+    assert freeze_beyond(restrained, prepared.topology, prepared.positions, qm, 0.6, method="restraint") == frozen
+    assert restrained.getNumForces() == prepared.system.getNumForces() + 1
+
+
+def test_cli_prepare_writes_the_folder_and_fails_in_one_line(tmp_path, peptide_lines, capsys):
+    path = _write(tmp_path, peptide_lines)
+    assert main(["prepare", path, "-o", str(tmp_path / "out"), "--solvent", "vacuum"]) == 0
+    for name in ("structure.pdb", "structure.cif", "system.xml", "prepare.json", "report.txt"):
+        assert (tmp_path / "out" / name).exists()
+    assert main(["prepare", path, "-o", str(tmp_path / "x"), "--solvent", "water"]) == 2
+    empty = tmp_path / "empty.pdb"
+    empty.write_text("")
+    capsys.readouterr()
+    assert main(["prepare", str(empty), "-o", str(tmp_path / "y")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "the file is empty" in err
