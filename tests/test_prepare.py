@@ -143,7 +143,9 @@ def test_short_internal_gap_is_built_from_the_sequence(tmp_path, peptide_lines):
 def test_long_gap_is_an_error_naming_it_unless_capped(tmp_path, peptide_lines):
     lines = [line for line in peptide_lines if int(line[22:26]) not in (4, 5, 6)]
     path = _write(tmp_path, lines, header=SEQRES)
-    with pytest.raises(PreparationError, match=r"gap of 3 missing residues between A:HIS3 and A:LYS7.*max_gap=2"):
+    line = 2 + next(i for i, text in enumerate(lines) if int(text[22:26]) == 7)  # SEQRES is line 1
+    with pytest.raises(PreparationError, match=rf"input.pdb:{line}: gap of 3 missing residues between A:HIS3 and "
+                       r"A:LYS7.*max_gap=2"):
         _vacuum(path, max_gap=2)
     prepared = _vacuum(path, max_gap=2, long_gaps="cap")
     assert [r.name for r in prepared.topology.residues()][2:6] == ["HIS", "NME", "ACE", "LYS"]
@@ -343,3 +345,19 @@ def test_cli_prepare_writes_the_folder_and_fails_in_one_line(tmp_path, peptide_l
     assert main(["prepare", str(empty), "-o", str(tmp_path / "y")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "the file is empty" in err
+
+
+def test_protocol_file_runs_from_a_prepared_folder(tmp_path, peptide_lines):
+    """``system: prepared: DIR`` in a protocol file: QM/MM MD of the ligand (QM-only template) in the peptide."""
+    path = _write(tmp_path, peptide_lines + [_ethanol()])
+    _vacuum(path, qm_residues=["LIG"], cache_dir=tmp_path / "cache").save(tmp_path / "prepared")
+    protocol = tmp_path / "md.yaml"
+    protocol.write_text(
+        "system:\n  prepared: prepared\n"
+        "qm:\n  atoms: resname LIG\n  charge: 0\n  multiplicity: 1\n  method: hf\n  basis: sto-3g\n"
+        "protocol:\n  type: md\n  steps: 2\n  timestep_fs: 0.5\n  seed: 7\n  report_interval: 1\n"
+        "output: md_out\n"
+    )
+    assert main(["run", str(protocol), "--no-progress"]) == 0
+    rows = (tmp_path / "md_out" / "energies.csv").read_text().splitlines()
+    assert len(rows) == 3  # header + 2 steps

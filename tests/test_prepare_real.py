@@ -105,6 +105,16 @@ def test_cm_chains_named_and_amber_histidines_kept(prepared_cases):
     assert amber and amber <= chosen
 
 
+def test_1vfb_deposited_hydrogens_and_disulfides(prepared_cases):
+    prepared, _, _ = prepared_cases("1VFB.cif")
+    assert len(_changes(prepared, "hydrogens-stripped")[0].residues) > 300  # the old partial polar-H set
+    bonds = {tuple(sorted((int(a.residue.id), int(b.residue.id)))) + (a.residue.chain.id,)
+             for a, b in prepared.topology.bonds()
+             if a.name == "SG" and b.name == "SG"}
+    assert len(bonds) == len(_decisions(prepared, "disulfide")) == 6
+    assert (30, 115, "C") in bonds  # lysozyme Cys30-Cys115
+
+
 def test_2pvb_acetyl_cap_ions_and_additives(prepared_cases):
     prepared, _, _ = prepared_cases("2PVB.pdb")
     first = next(prepared.topology.residues())

@@ -178,7 +178,9 @@ def _fragments(source, chain_id, polymer, sequence, options, report) -> list[Dra
         return []
     fragments = [DraftChain(chain_id, [polymer[0][0]])]
 
-    def missing_or_cap(where: str, names: list[str], insert_at: int, cap: str, fragment: DraftChain, label):
+    def missing_or_cap(where: str, names: list[str], insert_at: int, cap: str, fragment: DraftChain,
+                       at: DraftResidue):
+        label = at.label
         if len(names) <= options.max_gap:
             fragment.build[insert_at] = [_parent(n) for n in names]
             report.change("missing-residues", f"built {len(names)} missing residue(s) {where}: {'-'.join(names)}",
@@ -186,7 +188,7 @@ def _fragments(source, chain_id, polymer, sequence, options, report) -> list[Dra
             return
         if options.long_gaps != "cap":
             raise PreparationError(
-                f"{source.where(polymer[0][0].key)}: gap of {len(names)} missing residues {where} in chain "
+                f"{source.where(at.key)}: gap of {len(names)} missing residues {where} in chain "
                 f"{chain_id!r} is longer than max_gap={options.max_gap}; raise max_gap or use long_gaps='cap'"
             )
         fragment.build[insert_at] = [cap]
@@ -194,7 +196,7 @@ def _fragments(source, chain_id, polymer, sequence, options, report) -> list[Dra
 
     first, first_seq, _ = polymer[0]
     if sequence and first_seq and first_seq > 1 and first.name in AMINO_ACIDS:
-        missing_or_cap(f"before {first.label}", sequence[: first_seq - 1], 0, "ACE", fragments[0], first.label)
+        missing_or_cap(f"before {first.label}", sequence[: first_seq - 1], 0, "ACE", fragments[0], first)
     for (prev, prev_seq, ter), (res, seq, _) in zip(polymer, polymer[1:], strict=False):
         current = fragments[-1]
         if _bonded(prev, res):
@@ -206,10 +208,10 @@ def _fragments(source, chain_id, polymer, sequence, options, report) -> list[Dra
         if ter or prev.name == "NME" or res.name == "ACE":
             fragments.append(DraftChain(chain_id, [res]))  # a real chain end (TER) or an existing cap
         elif gap and len(gap) <= options.max_gap:
-            missing_or_cap(f"between {prev.label} and {res.label}", gap, len(current.residues), "", current, res.label)
+            missing_or_cap(f"between {prev.label} and {res.label}", gap, len(current.residues), "", current, res)
             current.residues.append(res)
         elif gap and options.long_gaps != "cap":
-            missing_or_cap(f"between {prev.label} and {res.label}", gap, 0, "", current, res.label)
+            missing_or_cap(f"between {prev.label} and {res.label}", gap, 0, "", current, res)
         else:
             nxt = DraftChain(chain_id, [res])
             if options.chain_breaks == "cap" or gap:
@@ -223,7 +225,7 @@ def _fragments(source, chain_id, polymer, sequence, options, report) -> list[Dra
     last, last_seq, _ = polymer[-1]
     if sequence and last_seq and last_seq < len(sequence) and last.name in AMINO_ACIDS:
         tail = fragments[-1]
-        missing_or_cap(f"after {last.label}", sequence[last_seq:], len(tail.residues), "NME", tail, last.label)
+        missing_or_cap(f"after {last.label}", sequence[last_seq:], len(tail.residues), "NME", tail, last)
     return fragments
 
 

@@ -11,6 +11,7 @@ from openmm import app, unit
 from bioqmmm.embedding import PeriodicEmbedding
 from bioqmmm.errors import InputError
 from bioqmmm.examples import alanine_dipeptide, water_box
+from bioqmmm.preparation import load_prepared
 from bioqmmm.protein import residues, sidechain
 from bioqmmm.qm import PySCFEngine
 from bioqmmm.run.environment import mm_context
@@ -28,6 +29,10 @@ def build_model(section: SystemSection, base: Path | None = None):
     if section.example is not None:
         build = alanine_dipeptide if section.example == "alanine_dipeptide" else water_box
         top, system, pos = build(section.box_size_nm, section.nonbonded_cutoff_nm)
+    elif section.prepared is not None:
+        folder = Path(section.prepared)
+        prepared = load_prepared(folder if folder.is_absolute() or base is None else base / folder)
+        return prepared.topology, prepared.system, prepared.positions, prepared.box
     else:
         path = Path(section.pdb)
         if not path.is_absolute() and base is not None:

@@ -34,10 +34,13 @@ def _positive(section, key: str) -> None:
 
 @dataclass(frozen=True)
 class SystemSection:
-    """The molecular system: ``example`` (shipped, built on the fly) or ``pdb`` (simulation-ready, with H)."""
+    """The molecular system: ``example`` (shipped, built on the fly), ``pdb`` (simulation-ready, with H)
+    or ``prepared`` (a folder written by ``bioqmmm prepare``; its System is used as it is, so
+    ``forcefield``, ``box_size_nm``, ``nonbonded_cutoff_nm`` and ``constraints`` do not apply)."""
 
     example: Literal["alanine_dipeptide", "water_box"] | None = None
     pdb: str | None = None
+    prepared: str | None = None
     forcefield: tuple[str, ...] = ("amber14-all.xml", "amber14/tip3p.xml")
     box_size_nm: float | None = None
     nonbonded_cutoff_nm: float = 0.9
@@ -47,8 +50,9 @@ class SystemSection:
         _positive(self, "nonbonded_cutoff_nm")
         if self.box_size_nm is not None:
             _positive(self, "box_size_nm")
-        if (self.example is None) == (self.pdb is None):
-            raise FieldError("example" if self.example else "pdb", "give exactly one of 'example' and 'pdb'")
+        given = [key for key in ("example", "pdb", "prepared") if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise FieldError(given[-1] if given else "example", "give exactly one of 'example', 'pdb' and 'prepared'")
         if self.box_size_nm is not None and self.box_size_nm <= 2 * self.nonbonded_cutoff_nm:
             raise FieldError("box_size_nm", f"must exceed twice nonbonded_cutoff_nm ({2 * self.nonbonded_cutoff_nm})")
         if self.example == "water_box" and self.box_size_nm is None:
