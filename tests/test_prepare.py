@@ -269,8 +269,9 @@ def test_implicit_solvent_and_charmm36(tmp_path, peptide_lines):
     implicit = prepare(path, solvent="implicit")
     assert any(isinstance(f, openmm.CustomGBForce) for f in implicit.system.getForces())
     assert not implicit.system.usesPeriodicBoundaryConditions()
-    charmm = _vacuum(path, forcefield="charmm36")
-    assert np.isfinite(_energy(charmm))
+    charmm = _vacuum(_write(tmp_path, peptide_lines + [_zinc_near_cys_sg(peptide_lines)], name="zn.pdb"),
+                     forcefield="charmm36")
+    assert np.isfinite(_energy(charmm))  # the zinc ion found its CHARMM template (ZN2) by element
     with pytest.raises(InputError, match="implicit solvent is available with amber14 only"):
         prepare(path, solvent="implicit", forcefield="charmm36")
 
@@ -361,3 +362,54 @@ def test_protocol_file_runs_from_a_prepared_folder(tmp_path, peptide_lines):
     assert main(["run", str(protocol), "--no-progress"]) == 0
     rows = (tmp_path / "md_out" / "energies.csv").read_text().splitlines()
     assert len(rows) == 3  # header + 2 steps
+
+
+def test_microheterogeneity_keeps_the_more_occupied_residue_type(tmp_path, peptide_lines):
+    lines = []
+    for line in peptide_lines:
+        if int(line[22:26]) != 2:
+            lines.append(line)
+            continue
+        lines.append(line[:16] + "A" + line[17:54] + "  0.60" + line[60:])
+        if line[12:16].strip() not in ("OG",):
+            lines.append(line[:16] + "BTHR" + line[20:54] + "  0.40" + line[60:])
+    prepared = _vacuum(_write(tmp_path, lines))
+    assert [r.name for r in prepared.topology.residues()][:3] == ["ALA", "SER", "HIS"]
+    assert any("kept residue SER (occupancy 0.60) over THR (0.40)" in e.detail for e in prepared.report.changes)
+
+
+def test_hybrid36_residue_numbers_beyond_9999_are_read(tmp_path, peptide_lines):
+    waters = "".join(f"HETATM{3000 + i:5d}  O   HOH W{number}    {30 + 3 * i:8.3f}  30.000  30.000  1.00  0.00"
+                     "           O\n" for i, number in enumerate(("9999", "A000", "A001")))
+    prepared = _vacuum(_write(tmp_path, peptide_lines + [waters]), keep_water=True)
+    assert [r.id for r in prepared.topology.residues() if r.name == "HOH"] == ["9999", "10000", "10001"]
+
+
+def test_copies_of_a_ligand_in_and_out_of_the_qm_region_all_get_gaff2(tmp_path, peptide_lines):
+    second = _ethanol(x=18.0).replace(" B 201 ", " B 202 ")
+    prepared = _vacuum(_write(tmp_path, peptide_lines + [_ethanol(), second]), qm_residues=["B:201"],
+                       cache_dir=tmp_path / "cache")
+    assert [e.detail.split(";")[0] for e in prepared.report.decisions if e.kind == "ligand-parameters"] == [
+        "LIG: GAFF2 + AM1-BCC (antechamber)"]
+    bonds = next(f for f in prepared.system.getForces() if isinstance(f, openmm.HarmonicBondForce))
+    mm_copy = {a.index for a in prepared.topology.atoms() if a.residue.id == "202"}
+    assert sum(bonds.getBondParameters(i)[0] in mm_copy for i in range(bonds.getNumBonds())) >= 2
+
+
+def test_same_seed_same_output_with_built_residues_and_solvent(tmp_path, peptide_lines):
+    lines = [line for line in peptide_lines if int(line[22:26]) not in (5, 6)
+             and not (int(line[22:26]) == 7 and line[12:16].strip() in ("CE", "NZ"))]
+    path = _write(tmp_path, lines, header=SEQRES)
+    first, second = (prepare(path, padding_nm=0.8, seed=3) for _ in range(2))
+    assert {"missing-residues", "missing-atoms", "solvent"} <= first.report.kinds()
+    assert np.array_equal(first.positions, second.positions)
+
+
+def test_dodecahedron_box_survives_a_rerun(tmp_path, peptide_lines):
+    first = prepare(_write(tmp_path, peptide_lines), padding_nm=0.8, box_shape="dodecahedron")
+    first.save(tmp_path / "out")
+    again = prepare(tmp_path / "out" / "structure.pdb", padding_nm=0.8, box_shape="dodecahedron")
+    assert again.report.changes == []
+    assert np.allclose(again.box[:2], first.box[:2], atol=1e-3)  # c may differ by a lattice vector (a + b)
+    difference = np.linalg.solve(first.box.T, again.box[2] - first.box[2])
+    assert np.allclose(difference, np.round(difference), atol=1e-3)

@@ -16,11 +16,14 @@ Everything here works on the file as deposited, before any atom is built:
 
 from __future__ import annotations
 
+import itertools
 import string
 from dataclasses import dataclass, field
 
 import gemmi
 import numpy as np
+from openmm import unit
+from openmm.app.internal.unitcell import computePeriodicBoxVectors
 
 from bioqmmm.errors import PreparationError
 from bioqmmm.preparation.reading import ResidueKey, Source
@@ -55,6 +58,7 @@ class DraftResidue:
     atoms: list[DraftAtom]
     category: str
     variant: str | None = None
+    origin: ResidueKey | None = None  # key as in the file (before chain renaming), for file:line messages
 
     @property
     def label(self) -> str:
@@ -101,7 +105,7 @@ def clean(source: Source, options: CleanupOptions, report: Report) -> tuple[list
         sequence = list(entity.full_sequence) if entity is not None else []
         polymer: list[tuple[DraftResidue, int | None, bool]] = []
         others: list[DraftResidue] = []
-        for residue in chain:
+        for residue in _one_per_position(chain, report):
             draft = _draft_residue(source, chain.name, residue, report)
             if draft.category == "ligand" and draft.name in ADDITIVES and not options.keep_additives:
                 removed["additive"].append(draft.label)
@@ -124,8 +128,29 @@ def clean(source: Source, options: CleanupOptions, report: Report) -> tuple[list
     _name_chains(chains, report)
     _strip_hydrogens(chains, report)
     cell = structure.cell
-    box = np.array(cell.orth.mat).T / 10.0 if cell.is_crystal() else None
+    box = None
+    if cell.is_crystal():  # OpenMM's reduced form, as OpenMM itself reads CRYST1
+        vectors = computePeriodicBoxVectors(cell.a / 10, cell.b / 10, cell.c / 10,
+                                            *(np.radians([cell.alpha, cell.beta, cell.gamma])))
+        box = np.array([v.value_in_unit(unit.nanometer) for v in vectors])
     return chains, box
+
+
+def _one_per_position(chain: gemmi.Chain, report: Report) -> list[gemmi.Residue]:
+    """Microheterogeneity (two residue types deposited at one position as altlocs): keep the more occupied."""
+    kept: list[gemmi.Residue] = []
+    for _, group in itertools.groupby(chain, key=lambda r: (r.seqid.num, r.seqid.icode)):
+        group = list(group)
+        if len(group) > 1 and len({r.name for r in group}) == len(group):
+            occupancy = [np.mean([a.occ for a in r]) for r in group]
+            best = int(np.argmax(occupancy))
+            others = ", ".join(f"{r.name} ({o:.2f})" for i, (r, o) in enumerate(zip(group, occupancy, strict=True))
+                               if i != best)
+            report.change("altloc", f"kept residue {group[best].name} (occupancy {occupancy[best]:.2f}) over {others}",
+                          [f"{chain.name}:{group[best].seqid.num}{group[best].seqid.icode.strip()}"])
+            group = [group[best]]
+        kept += group
+    return kept
 
 
 def _draft_residue(source: Source, chain_id: str, residue: gemmi.Residue, report: Report) -> DraftResidue:
@@ -140,7 +165,8 @@ def _draft_residue(source: Source, chain_id: str, residue: gemmi.Residue, report
         best = max(labels, key=lambda lab: (occupancy[lab], -labels.index(lab)))
         atoms = [a for a in atoms if a.altloc in ("\0", best)]
         others = ", ".join(f"{lab} ({occupancy[lab]:.2f})" for lab in labels if lab != best)
-        report.change("altloc", f"kept conformer {best} (occupancy {occupancy[best]:.2f}) over {others}",
+        over = f" over {others}" if others else " (the only one deposited)"
+        report.change("altloc", f"kept conformer {best} (occupancy {occupancy[best]:.2f}){over}",
                       [f"{chain_id}:{residue.name}{residue.seqid.num}{key[2]}"])
     drafted = []
     for atom in atoms:
@@ -152,7 +178,9 @@ def _draft_residue(source: Source, chain_id: str, residue: gemmi.Residue, report
                                  np.array([atom.pos.x, atom.pos.y, atom.pos.z]) / 10.0))
     heavy = [a for a in drafted if a.element != "H"]
     kind = category(name, len(heavy), heavy[0].element if heavy else "H")
-    return DraftResidue(key, name, drafted, kind, variant)
+    if kind == "ligand" and {"N", "CA", "C"} <= {a.name for a in heavy}:
+        kind = "polymer"  # an amino acid PDBFixer has no parent for (e.g. MLY): it stays in its chain
+    return DraftResidue(key, name, drafted, kind, variant, origin=key)
 
 
 def _bonded(a: DraftResidue, b: DraftResidue) -> bool:
@@ -205,7 +233,7 @@ def _fragments(source, chain_id, polymer, sequence, options, report) -> list[Dra
             current.residues.append(res)
             continue
         gap = sequence[prev_seq : seq - 1] if sequence and prev_seq and seq and seq - prev_seq > 1 else []
-        if ter or prev.name == "NME" or res.name == "ACE":
+        if (ter and not gap) or prev.name == "NME" or res.name == "ACE":
             fragments.append(DraftChain(chain_id, [res]))  # a real chain end (TER) or an existing cap
         elif gap and len(gap) <= options.max_gap:
             missing_or_cap(f"between {prev.label} and {res.label}", gap, len(current.residues), "", current, res)

@@ -18,6 +18,7 @@ import openmm
 from openmm import app, unit
 from pdbfixer import PDBFixer
 
+from bioqmmm.errors import PreparationError
 from bioqmmm.preparation.cleanup import DraftChain
 from bioqmmm.preparation.ligands import ligand_graph
 from bioqmmm.preparation.report import Report
@@ -26,7 +27,7 @@ from bioqmmm.preparation.residues import ION_ELEMENTS
 #: A ligand atom of a residue binds a metal ion when closer than this, nm (Zn-N 0.21, Fe-S 0.23, Ca-O 0.24).
 METAL_LIGAND_MAX = 0.28
 
-ResidueId = tuple[int, str, str]  # (chain index, residue id, insertion code)
+ResidueId = tuple[int, int]  # (chain index, position in the chain before residues are built)
 
 
 def label(residue: app.topology.Residue) -> str:
@@ -52,7 +53,7 @@ def to_topology(chains: list[DraftChain], box: np.ndarray | None):
                 topology.addAtom(atom.name, app.Element.getBySymbol(atom.element), residue)
                 positions.append(atom.xyz)
             if res.variant:
-                variants[(c, str(number), icode or " ")] = res.variant
+                variants[(c, residue.index - chain._residues[0].index)] = res.variant
             if res.category == "ligand":
                 ligands.append(residue)
     if box is not None:
@@ -68,10 +69,24 @@ def to_topology(chains: list[DraftChain], box: np.ndarray | None):
 
 def complete(topology: app.Topology, positions: np.ndarray, build: dict, report: Report, seed: int = 0) -> PDBFixer:
     """Replace non-standard residues, build the decided missing residues and all missing heavy atoms."""
-    text = io.StringIO()
-    app.PDBFile.writeFile(topology, positions * 10.0 * unit.angstrom, text, keepIds=True)
+    text = io.StringIO()  # PDBFixer reads files only; sequential ids survive the PDB format at any size
+    app.PDBFile.writeFile(topology, positions * 10.0 * unit.angstrom, text, keepIds=False)
     text.seek(0)
-    fixer = PDBFixer(pdbfile=text)
+    with reproducible(seed) as platform:  # PDBFixer relaxes built atoms with a short MD run
+        fixer = PDBFixer(pdbfile=text, platform=platform)
+        for new_chain, chain in zip(fixer.topology.chains(), topology.chains(), strict=True):
+            new_chain.id = chain.id
+            for new, residue in zip(new_chain.residues(), chain.residues(), strict=True):
+                new.id, new.insertionCode = residue.id, residue.insertionCode
+        unknown = sorted({n for names in build.values() for n in names} - set(fixer.templates))
+        if unknown:
+            raise PreparationError(f"missing residues {', '.join(unknown)} cannot be built (no PDBFixer template); "
+                                   "use long_gaps='cap' with max_gap below the gap length, or complete the file")
+        _complete(fixer, build, report, seed)
+    return fixer
+
+
+def _complete(fixer: PDBFixer, build: dict, report: Report, seed: int) -> None:
     fixer.missingResidues = dict(build)
     fixer.findNonstandardResidues()
     for residue, parent in fixer.nonstandardResidues:
@@ -83,7 +98,6 @@ def complete(topology: app.Topology, positions: np.ndarray, build: dict, report:
     for residue, atoms in fixer.missingTerminals.items():
         report.change("missing-atoms", f"added terminal {', '.join(atoms)}", [label(residue)])
     fixer.addMissingAtoms(seed=seed)
-    return fixer
 
 
 def metal_variants(topology: app.Topology, positions: np.ndarray, report: Report) -> dict[int, str]:
@@ -140,13 +154,20 @@ def reproducible(seed: int):
             platform.setPropertyDefaultValue(key, value)
 
 
-def add_hydrogens(fixer: PDBFixer, variants: dict[ResidueId, str], ph: float, report: Report,
+def add_hydrogens(fixer: PDBFixer, variants: dict[ResidueId, str], build: dict, ph: float, report: Report,
                   seed: int = 0) -> app.Modeller:
-    """Modeller with all hydrogens at ``ph``; given variants (input names, complete H sets, metals) are kept."""
+    """Modeller with all hydrogens at ``ph``; given variants (input names, complete H sets, metals) are kept.
+
+    ``variants`` are keyed by position before the residues in ``build`` were inserted."""
     topology, positions = fixer.topology, np.array(fixer.positions.value_in_unit(unit.nanometer))
     chosen: list[str | None] = [None] * topology.getNumResidues()
-    for residue in topology.residues():
-        chosen[residue.index] = variants.get((residue.chain.index, residue.id, residue.insertionCode or " "))
+    for chain in topology.chains():
+        residues = list(chain.residues())
+        shift = 0
+        for position in range(len(residues)):
+            shift += len(build.get((chain.index, position), ()))
+            if (chain.index, position) in variants:
+                chosen[residues[position + shift].index] = variants[(chain.index, position)]
     for index, variant in metal_variants(topology, positions, report).items():
         chosen[index] = chosen[index] or variant
     for a, b in (bond for bond in topology.bonds() if bond[0].name == "SG" and bond[1].name == "SG"):
@@ -156,7 +177,10 @@ def add_hydrogens(fixer: PDBFixer, variants: dict[ResidueId, str], ph: float, re
     hydrogens_before = {r.index: sum(a.element == app.element.hydrogen for a in r.atoms()) for r in topology.residues()}
     modeller = app.Modeller(topology, positions * unit.nanometer)
     with reproducible(seed) as platform:
-        used = modeller.addHydrogens(pH=ph, variants=chosen, platform=platform)
+        try:
+            used = modeller.addHydrogens(pH=ph, variants=chosen, platform=platform)
+        except ValueError as exc:  # Modeller: a residue with the wrong set of atoms
+            raise PreparationError(f"hydrogens cannot be added: {exc}") from exc
     added: list[str] = []
     states: dict[str, list[str]] = {}
     for residue in modeller.topology.residues():

@@ -75,6 +75,7 @@ def parameterize(
     cache_dir: Path,
     where: Callable[[app.topology.Residue], str],
     report,
+    amber: bool = True,
 ) -> ForceFieldSetup:
     """Templates for every residue of ``topology``, generating ligand parameters where needed."""
     setup = ForceFieldSetup(list(files))
@@ -84,27 +85,15 @@ def parameterize(
         forcefield = setup.forcefield()
     except Exception as exc:  # OpenMM: unreadable XML, clashing definitions
         raise PreparationError(f"cannot load force field files {files + [str(p) for p in user_files]}: {exc}") from exc
-    names = set(forcefield._templates)
-    for residue in topology.residues():
-        if len(list(residue.atoms())) == 1 and residue.name in names:
-            setup.templates[residue.index] = residue.name  # e.g. FE (Fe3+) rather than FE2: the name decides
-    done: set[str] = set()
+    setup.templates = _ion_templates(forcefield, topology, where)
+    plans: dict[str, list] = {}  # residue name -> [first residue, net charge, every copy in the QM region]
     for residue in _unmatched(forcefield, topology, set(setup.templates)):
-        if residue.name in done or residue.name in POLYMER_NAMES:
+        if residue.name in POLYMER_NAMES:
             continue  # standard residues (CHARMM termini match through patches, which this check ignores)
-        atoms = list(residue.atoms())
-        elements = {a.element.symbol for a in atoms if a.element is not None}
-        if len(atoms) == 1:
-            raise PreparationError(f"{where(residue)}: no force-field parameters for ion {label(residue)}; "
-                                   "supply an OpenMM XML template (forcefield_files)")
-        if any((a.residue is residue) != (b.residue is residue) for a, b in topology.bonds()
-               if residue in (a.residue, b.residue)):
-            raise PreparationError(f"{where(residue)}: non-standard residue {label(residue)} is bonded to its "
-                                   "neighbours and has no template; supply an OpenMM XML template for it")
-        if "H" not in elements:
-            raise PreparationError(f"{where(residue)}: residue {label(residue)} has no template and no hydrogens, so "
-                                   "it cannot be parameterised; give ligand_smiles (hydrogens are then placed) "
-                                   "or an OpenMM XML template")
+        if residue.name in plans:
+            plans[residue.name][2] &= is_qm(residue)
+            continue
+        _check_parameterisable(topology, residue, where)
         charge = ligand_charges.get(residue.name)
         if charge is None:
             try:
@@ -112,19 +101,65 @@ def parameterize(
             except InputError as exc:
                 raise PreparationError(f"{where(residue)}: {exc}; or give ligand_smiles so that its hydrogens "
                                        "are placed") from exc
-        if is_qm(residue):
-            name = f"{residue.name}-qm-only.xml"
-            setup.extra[name] = qm_only_template(residue, positions)
+        plans[residue.name] = [residue, charge, is_qm(residue)]
+    if plans and not amber:
+        first = next(iter(plans.values()))[0]
+        raise PreparationError(f"{where(first)}: ligand parameters are generated for amber14 only (GAFF2, Amber 1-4 "
+                               f"scaling); for charmm36 supply CGenFF-derived OpenMM XML for {', '.join(plans)}")
+    for name, (residue, charge, qm_only) in plans.items():
+        if qm_only:
+            file = f"{name}-qm-only.xml"
+            setup.extra[file] = qm_only_template(residue, positions)
             how = "inside the QM region: zero charges, element Lennard-Jones, no bonded terms"
-        else:
+        else:  # a copy outside the QM region needs real parameters; QMMMSystem zeroes those of QM copies
             path = gaff2_template(residue, positions, charge, cache_dir, label(residue))
-            name = path.name
-            setup.extra[name] = path.read_text()
+            file = path.name
+            setup.extra[file] = path.read_text()
             how = "GAFF2 + AM1-BCC (antechamber)"
-        report.decide("ligand-parameters", f"{residue.name}: {how}; net charge {charge:+d}", [label(residue)])
-        forcefield.loadFile(io.StringIO(setup.extra[name]))
-        done.add(residue.name)
+        report.decide("ligand-parameters", f"{name}: {how}; net charge {charge:+d}", [label(residue)])
+        forcefield.loadFile(io.StringIO(setup.extra[file]))
+    left = [r for r in _unmatched(forcefield, topology, set(setup.templates)) if r.name not in POLYMER_NAMES]
+    if left:
+        raise PreparationError(f"{where(left[0])}: {label(left[0])} does not match the template made from another "
+                               f"copy of {left[0].name} (different atoms or hydrogens); give the copies the same "
+                               "atoms, or different residue names")
     return setup
+
+
+def _check_parameterisable(topology: app.Topology, residue, where) -> None:
+    atoms = list(residue.atoms())
+    if len(atoms) == 1:
+        raise PreparationError(f"{where(residue)}: no force-field parameters for ion {label(residue)}; "
+                               "supply an OpenMM XML template (forcefield_files)")
+    if any((a.residue is residue) != (b.residue is residue) for a, b in topology.bonds()
+           if residue in (a.residue, b.residue)):
+        raise PreparationError(f"{where(residue)}: non-standard residue {label(residue)} is bonded to its "
+                               "neighbours and has no template; supply an OpenMM XML template for it")
+    if not any(a.element is not None and a.element.symbol == "H" for a in atoms):
+        raise PreparationError(f"{where(residue)}: residue {label(residue)} has no template and no hydrogens, so "
+                               "it cannot be parameterised; give ligand_smiles (hydrogens are then placed) "
+                               "or an OpenMM XML template")
+
+
+def _ion_templates(forcefield: app.ForceField, topology: app.Topology, where) -> dict[int, str]:
+    """Template of each one-atom residue whose element several templates match (FE: Fe3+, FE2: Fe2+): the
+    one named like the residue, else the only one of that element; ambiguity is an error."""
+    by_element: dict[str, list[str]] = {}
+    for name, template in forcefield._templates.items():
+        if len(template.atoms) == 1 and template.atoms[0].element is not None:
+            by_element.setdefault(template.atoms[0].element.symbol, []).append(name)
+    chosen: dict[int, str] = {}
+    for residue in topology.residues():
+        atoms = list(residue.atoms())
+        if len(atoms) != 1 or atoms[0].element is None:
+            continue
+        candidates = by_element.get(atoms[0].element.symbol, [])
+        if residue.name in candidates:
+            chosen[residue.index] = residue.name
+        elif len(candidates) > 1:
+            raise PreparationError(f"{where(residue)}: ion {label(residue)} matches templates {', '.join(candidates)}; "
+                                   "rename the residue to the one meant (e.g. FE for Fe3+, FE2 for Fe2+)")
+    return chosen
 
 
 def _unmatched(forcefield: app.ForceField, topology: app.Topology, templated: set[int]) -> list:

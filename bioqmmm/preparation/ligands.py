@@ -340,8 +340,8 @@ def gaff2_template(
 ) -> Path:
     """OpenMM ForceField XML with GAFF2 types and AM1-BCC charges for one ligand residue, cached.
 
-    ``antechamber -c bcc -at gaff2`` types the residue and assigns charges (AM1 by ``sqm``, with
-    the geometry minimised from the given coordinates), ``parmchk2 -s gaff2`` supplies missing
+    ``antechamber -c bcc -at gaff2`` types the residue and assigns charges (AM1 by ``sqm``, a single
+    point at the given coordinates: :data:`SQM_KEYWORDS`), ``parmchk2 -s gaff2`` supplies missing
     parameters and ParmEd writes gaff2.dat + frcmod as XML. ``sqm`` reports the AM1 charges to
     0.001 e, so the AM1-BCC charges can miss ``net_charge`` by a few 0.001 e; the residual is
     spread evenly over the atoms. Atom names are kept; atom types and classes are prefixed

@@ -23,6 +23,7 @@ from bioqmmm.preparation.ligand_hydrogens import protonate_from_smiles, smiles_c
 from bioqmmm.preparation.prepared import Prepared
 from bioqmmm.preparation.reading import read_source
 from bioqmmm.preparation.report import Report
+from bioqmmm.preparation.residues import CAPS
 from bioqmmm.preparation.solvent import BOX_SHAPES, SolventOptions, solvate
 
 SOLVENTS = ("explicit", "implicit", "vacuum")
@@ -88,12 +89,16 @@ def prepare(path: str | Path, **options) -> Prepared:
         CleanupOptions(keep_water, opts["keep_additives"], opts["max_gap"], opts["long_gaps"], opts["chain_breaks"]),
         report,
     )
-    lines = {r.label: source.where(r.key) for chain in chains for r in chain.residues}
+    lines = {r.label: source.where(r.origin or r.key) for chain in chains for r in chain.residues}
     _ligand_hydrogens(chains, dict(opts["ligand_smiles"] or {}), lines, report)
     topology, positions, variants, build = to_topology(chains, box)
     fixer = complete(topology, positions, build, report, seed=opts["seed"])
-    modeller = add_hydrogens(fixer, variants, opts["ph"], report, seed=opts["seed"])
+    modeller = add_hydrogens(fixer, variants, build, opts["ph"], report, seed=opts["seed"])
     positions = np.array(modeller.positions.value_in_unit(unit.nanometer))
+    caps = [label(r) for r in modeller.topology.residues() if r.name in CAPS]
+    if caps and opts["forcefield"] != "amber14":
+        raise PreparationError(f"{path}: {opts['forcefield']} in OpenMM has no ACE/NME cap residues "
+                               f"({', '.join(caps)}); use forcefield='amber14' or chain_breaks='termini'")
     qm = list(opts["qm_residues"])
     unused = [s for s in qm if not any(_selects(s, r) for r in modeller.topology.residues())]
     if unused:
@@ -108,22 +113,17 @@ def prepare(path: str | Path, **options) -> Prepared:
         Path(opts["cache_dir"] or DEFAULT_CACHE),
         lambda residue: lines.get(label(residue), str(path)),
         report,
+        amber=opts["forcefield"] == "amber14",
     )
     forcefield = setup.forcefield()
+    _create_system(forcefield, modeller.topology, setup, path, periodic=False)  # every template, before solvation
     with reproducible(opts["seed"]):
-        solvate(modeller, forcefield, setup.residue_templates(modeller.topology), _solvent_options(opts), report)
+        try:
+            solvate(modeller, forcefield, setup.residue_templates(modeller.topology), _solvent_options(opts), report)
+        except Exception as exc:  # OpenMM raises bare Exception/ValueError for template problems
+            raise PreparationError(f"{path}: solvation failed: {exc}") from exc
     periodic = modeller.topology.getPeriodicBoxVectors() is not None
-    try:
-        system = forcefield.createSystem(
-            modeller.topology,
-            nonbondedMethod=app.PME if periodic else app.NoCutoff,
-            nonbondedCutoff=NONBONDED_CUTOFF_NM * unit.nanometer,
-            constraints=app.HBonds,
-            rigidWater=True,
-            residueTemplates=setup.residue_templates(modeller.topology),
-        )
-    except ValueError as exc:  # OpenMM's template errors name the residue
-        raise PreparationError(f"{path}: the prepared structure cannot be parameterised: {exc}") from exc
+    system = _create_system(forcefield, modeller.topology, setup, path, periodic)
     recorded = {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items()}
     recorded["forcefield_files"] = [str(p) for p in user_files]
     recorded["cache_dir"] = str(recorded["cache_dir"]) if recorded["cache_dir"] else None
@@ -136,6 +136,20 @@ def prepare(path: str | Path, **options) -> Prepared:
         recorded,
         str(path),
     )
+
+
+def _create_system(forcefield: app.ForceField, topology: app.Topology, setup, path: Path, periodic: bool):
+    try:
+        return forcefield.createSystem(
+            topology,
+            nonbondedMethod=app.PME if periodic else app.NoCutoff,
+            nonbondedCutoff=NONBONDED_CUTOFF_NM * unit.nanometer,
+            constraints=app.HBonds,
+            rigidWater=True,
+            residueTemplates=setup.residue_templates(topology),
+        )
+    except Exception as exc:  # OpenMM's template errors (bare Exception or ValueError) name the residue
+        raise PreparationError(f"{path}: the prepared structure cannot be parameterised: {exc}") from exc
 
 
 def _ligand_hydrogens(chains, smiles: dict[str, str], lines: dict[str, str], report: Report) -> None:
@@ -154,7 +168,8 @@ def _selects(selector: str, residue: app.topology.Residue) -> bool:
     chain, _, rest = selector.rpartition(":")
     if not chain:
         return residue.name == selector
-    return residue.chain.id == chain and rest in (residue.id, f"{residue.name}{residue.id}")
+    number = f"{residue.id}{residue.insertionCode.strip()}"
+    return residue.chain.id == chain and rest in (number, f"{residue.name}{number}")
 
 
 def _solvent_options(opts: dict) -> SolventOptions:

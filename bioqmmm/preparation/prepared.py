@@ -54,6 +54,9 @@ class Prepared:
         _write(folder / "structure.pdb", lambda f: app.PDBFile.writeFile(self.topology, positions, f, keepIds=True))
         _write(folder / "structure.cif", lambda f: app.PDBxFile.writeFile(self.topology, positions, f, keepIds=True))
         _write(folder / "system.xml", lambda f: f.write(openmm.XmlSerializer.serialize(self.system)))
+        for stale in (folder / "forcefields").glob("*.xml"):
+            if stale.name not in self.forcefield.extra:
+                stale.unlink()  # prepare() reads forcefields/*.xml beside its input: no leftovers from an older run
         for name, text in self.forcefield.extra.items():
             _write(folder / "forcefields" / name, lambda f, text=text: f.write(text))
         meta = {

@@ -49,24 +49,45 @@ def read_source(path: str | Path) -> Source:
     if not text.strip():
         raise PreparationError(f"{path}: the file is empty")
     source = Source(path, gemmi.Structure())
+    order: list[ResidueKey] = []
     if suffix in PDB_SUFFIXES:
-        _scan_pdb(source, text)
+        text = _scan_pdb(source, text, order)
     else:
         _scan_cif(source, text)
     if not source.lines:
         raise PreparationError(f"{path}: no atom records (ATOM/HETATM) found")
     try:
-        source.structure = gemmi.read_structure(str(path))
+        source.structure = gemmi.read_pdb_string(text) if order else gemmi.read_structure(str(path))
     except Exception as exc:  # gemmi raises RuntimeError/ValueError with its own wording
         raise PreparationError(f"{path}: cannot be parsed: {exc}") from exc
+    if order:
+        _restore_numbers(source.structure, order)
     if len(source.structure) == 0 or source.structure[0].count_atom_sites() == 0:
         raise PreparationError(f"{path}: no atoms in the first model")
     return source
 
 
-def _scan_pdb(source: Source, text: str) -> None:
+def hybrid36(field: str) -> int:
+    """A PDB residue number, decimal or hybrid-36 (what OpenMM and others write beyond 9999)."""
+    field = field.strip()
+    try:
+        return int(field)
+    except ValueError:
+        pass
+    digits = len(field)
+    if field[:1].isupper():
+        return int(field, 36) - int("A" + "0" * (digits - 1), 36) + 10**digits
+    return int(field, 36) - int("a" + "0" * (digits - 1), 36) + 10**digits + 26 * 36 ** (digits - 1)
+
+
+def _scan_pdb(source: Source, text: str, order: list[ResidueKey]) -> str:
+    """Scan lines; returns the text for gemmi, with hybrid-36 residue numbers (which gemmi reads as 0)
+    replaced by decimal ones modulo 10000, and fills ``order`` with the true residue keys in that case."""
     last: ResidueKey | None = None
-    for number, line in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines(keepends=True)
+    keys: list[ResidueKey] = []
+    hybrid = False
+    for number, line in enumerate(lines, start=1):
         record = line[:6].strip()
         if record == "ENDMDL":
             break
@@ -76,14 +97,34 @@ def _scan_pdb(source: Source, text: str) -> None:
             continue
         try:
             [float(line[c : c + 8]) for c in (30, 38, 46)]
-            key = (line[21].strip(), int(line[22:26]), line[26].strip(), line[17:20].strip())
+            key = (line[21].strip(), hybrid36(line[22:26]), line[26].strip(), line[17:20].strip())
         except (ValueError, IndexError):
             raise PreparationError(
                 f"{source.path}:{number}: truncated or malformed {record} record (coordinates in columns 31-54): "
                 f"{line.rstrip()!r}"
             ) from None
         source.lines.setdefault(key, number)
+        if key != last:
+            keys.append(key)
+        if not line[22:26].strip().lstrip("-").isdigit():
+            hybrid = True
+            lines[number - 1] = f"{line[:22]}{key[1] % 10000:4d}{line[26:]}"
         last = key
+    if hybrid:
+        order.extend(keys)
+    return "".join(lines)
+
+
+def _restore_numbers(structure: gemmi.Structure, order: list[ResidueKey]) -> None:
+    """Put the true (beyond 9999) residue numbers back, residue by residue in file order per chain."""
+    per_chain: dict[str, list[int]] = {}
+    for chain, number, _, _ in order:
+        per_chain.setdefault(chain, []).append(number)
+    iterators = {name: iter(numbers) for name, numbers in per_chain.items()}
+    for chain in structure[0]:
+        numbers = iterators.get(chain.name, iter(()))
+        for residue in chain:
+            residue.seqid.num = next(numbers, residue.seqid.num)
 
 
 def _scan_cif(source: Source, text: str) -> None:
