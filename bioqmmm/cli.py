@@ -37,9 +37,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (``bioqmmm prepare: error: ...``), not the usage block plus the error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``bioqmmm`` command, with one subparser per subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="bioqmmm",
         description="Biomolecular QM/MM: an OpenMM System with a PySCF QM force.",
     )

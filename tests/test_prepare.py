@@ -341,7 +341,10 @@ def test_cli_prepare_writes_the_folder_and_fails_in_one_line(tmp_path, peptide_l
     assert main(["prepare", path, "-o", str(tmp_path / "out"), "--solvent", "vacuum"]) == 0
     for name in ("structure.pdb", "structure.cif", "system.xml", "prepare.json", "report.txt"):
         assert (tmp_path / "out" / name).exists()
+    capsys.readouterr()
     assert main(["prepare", path, "-o", str(tmp_path / "x"), "--solvent", "water"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "invalid choice: 'water'" in err
     empty = tmp_path / "empty.pdb"
     empty.write_text("")
     capsys.readouterr()
