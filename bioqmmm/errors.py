@@ -60,3 +60,17 @@ class PreparationError(InputError):
 
     The message names the file, the line where known, and the residue.
     """
+
+
+class ReplicaAbortedError(BioQMMMError):
+    """Raised inside a replica's work when another replica (on another rank) failed: stop promptly."""
+
+
+class ReplicaFailedError(CalculationError):
+    """A replica failed; every rank stops. ``replica`` names it, ``reason`` is its error."""
+
+    def __init__(self, replica: str, reason: str) -> None:
+        self.replica = replica
+        self.reason = reason
+        super().__init__(f"replica {replica!r} failed: {reason}; finished replicas keep their results, "
+                         "rerun to complete the others")

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from bioqmmm.errors import BioQMMMError, CalculationError, InputError
+from bioqmmm.errors import BioQMMMError, CalculationError, InputError, ReplicaAbortedError
 from bioqmmm.run.checkpoint import read_checkpoint, read_meta, write_checkpoint
 from bioqmmm.run.environment import relax_environment
 from bioqmmm.run.protocol import MDProtocol
@@ -79,11 +80,13 @@ def run_md(
     threads: int | None = None,
     identity: str = "",
     progress: bool = True,
+    poll: Callable[[], None] | None = None,
 ) -> MDOutcome:
     """Run (or resume) ``settings.steps`` steps of QM/MM MD into ``outdir``.
 
     ``identity`` identifies the model and settings (e.g. :func:`fingerprint` of the protocol
     file): a checkpoint in ``outdir`` with another identity is refused rather than resumed.
+    ``poll`` is called after every step and may raise to stop the run (the replica runner's abort).
     """
     from tqdm import tqdm
 
@@ -140,7 +143,7 @@ def run_md(
 
     trajectory = _trajectory_reporter(files["trajectory"], settings, resume, start_step, qmmm.topology)
     energies = QMMMReporter(files["energies"], settings.report_interval, qmmm, append=resume, resume_step=start_step)
-    simulation.reporters += [trajectory, energies]
+    simulation.reporters += [trajectory, energies] + ([PollReporter(poll)] if poll is not None else [])
     evaluations = qmmm.kernel.evaluations
     wall = time.perf_counter()
     step = start_step
@@ -152,6 +155,8 @@ def run_md(
                 try:
                     with qmmm.typed_errors():
                         simulation.step(chunk)
+                except ReplicaAbortedError:
+                    raise
                 except BioQMMMError as exc:
                     raise CalculationError(
                         f"MD stopped near step {simulation.currentStep}: {exc}; the last good state is "
@@ -173,6 +178,19 @@ def run_md(
         qm_evaluations=qmmm.kernel.evaluations - evaluations,
         files=files,
     )
+
+
+class PollReporter:
+    """Calls ``poll`` after every step (an OpenMM reporter that reports nothing)."""
+
+    def __init__(self, poll: Callable[[], None]) -> None:
+        self._poll = poll
+
+    def describeNextReport(self, simulation):  # noqa: N802 (OpenMM's reporter interface)
+        return {"steps": 1, "periodic": None, "include": []}
+
+    def report(self, simulation, state) -> None:
+        self._poll()
 
 
 def _trajectory_reporter(path: Path, settings: MDProtocol, resume: bool, start_step: int, topology):

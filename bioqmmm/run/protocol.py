@@ -176,6 +176,37 @@ class ResourcesSection:
 
 
 @dataclass(frozen=True)
+class ReplicaSection:
+    """One replica of a replica set: the file's protocol with these values changed.
+
+    ``seed``, ``temperature_k`` and ``steps`` change the protocol; ``atoms``, ``sidechains``,
+    ``residues``, ``charge`` and ``multiplicity`` change the QM region (replicas may differ in it).
+    Each replica writes into ``OUTPUT/replicas/NAME/``.
+    """
+
+    name: str
+    seed: int | None = None
+    temperature_k: float | None = None
+    steps: int | None = None
+    atoms: str | None = None
+    sidechains: tuple[str, ...] | None = None
+    residues: tuple[str, ...] | None = None
+    charge: int | None = None
+    multiplicity: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c in self.name for c in "/\\ ") or self.name.startswith("."):
+            raise FieldError("name", f"{self.name!r} must be a plain folder name (no spaces or slashes)")
+
+    def protocol_changes(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("seed", "temperature_k", "steps") if getattr(self, k) is not None}
+
+    def qm_changes(self) -> dict[str, Any]:
+        keys = ("atoms", "sidechains", "residues", "charge", "multiplicity")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+@dataclass(frozen=True)
 class ProtocolFile:
     """A whole protocol file."""
 
@@ -184,11 +215,15 @@ class ProtocolFile:
     protocol: MDProtocol | OptimizeProtocol
     output: str
     resources: ResourcesSection = ResourcesSection()
+    replicas: tuple[ReplicaSection, ...] = ()
     source: Any = field(default=None, compare=False, repr=False, init=False)
 
     def __post_init__(self) -> None:
         if not self.output.strip():
             raise FieldError("output", "must name a folder")
+        names = [r.name for r in self.replicas]
+        if len(set(names)) != len(names):
+            raise FieldError("replicas", f"replica names must be unique, got {names}")
 
     def output_dir(self) -> Path:
         """The output folder, relative paths taken from the protocol file's folder."""

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bioqmmm.errors import BioQMMMError, InputError
+from bioqmmm.parallel.comm import threads_per_rank, world
+from bioqmmm.parallel.replicas import Replica, run_replicas
+from bioqmmm.parallel.schedule import estimated_cost
 from bioqmmm.run.build import build_qmmm
 from bioqmmm.run.md import fingerprint, run_md
 from bioqmmm.run.optimize import run_optimization
-from bioqmmm.run.protocol import MDProtocol, OptimizeProtocol, ProtocolFile, load_protocol
+from bioqmmm.run.protocol import MDProtocol, OptimizeProtocol, ProtocolFile, ReplicaSection, load_protocol
 from bioqmmm.run.reporters import read_rows
 from bioqmmm.run.results import plot_md, quantity, write_results
 
@@ -25,8 +30,81 @@ def run_protocol(path: str | Path, *, output: str | Path | None = None, progress
     """
     config = load_protocol(path)
     if output is not None:
-        config = dataclasses.replace(config, output=str(Path(output).resolve()))
-        object.__setattr__(config, "source", Path(path).resolve())
+        config = _replace(config, output=str(Path(output).resolve()))
+    if config.replicas:
+        return _replica_set(config, progress)
+    return _single(config, progress)
+
+
+def _replace(config: ProtocolFile, **changes) -> ProtocolFile:
+    """``dataclasses.replace`` that keeps the file's location (relative paths are taken from it)."""
+    new = dataclasses.replace(config, **changes)
+    object.__setattr__(new, "source", config.source)
+    return new
+
+
+def replica_config(config: ProtocolFile, replica: ReplicaSection) -> ProtocolFile:
+    """The protocol file as replica ``replica`` runs it: its changes applied, output in replicas/NAME."""
+    qm = config.qm
+    region = replica.qm_changes()
+    if {"atoms", "sidechains", "residues"} & set(region):  # a replica's QM region is given whole
+        region = {"atoms": None, "sidechains": (), "residues": (), **region}
+    return _replace(
+        config,
+        protocol=dataclasses.replace(config.protocol, **replica.protocol_changes()),
+        qm=dataclasses.replace(qm, **region),
+        output=str(config.output_dir() / "replicas" / replica.name),
+        replicas=(),
+    )
+
+
+def _replica_set(config: ProtocolFile, progress: bool) -> dict[str, Any]:
+    """Every replica of the file through the replica runner (over MPI under mpirun/srun)."""
+    comm = world()
+    if comm.size > 1 and config.resources.threads is None:  # ranks on a node share its cores
+        config = _replace(config, resources=dataclasses.replace(config.resources, threads=threads_per_rank(comm.size)))
+    sections = {r.name: r for r in config.replicas}
+    configs = {name: replica_config(config, section) for name, section in sections.items()}
+    costs = comm.bcast(_check_replicas(configs) if comm.rank == 0 else None)
+    if isinstance(costs, str):
+        raise InputError(costs)
+
+    def work(replica: Replica, poll) -> dict[str, Any]:
+        return _single(configs[replica.name], progress and comm.size == 1, poll=poll)
+
+    def finished(replica: Replica) -> dict[str, Any] | None:
+        result = configs[replica.name].output_dir() / "result.json"
+        return json.loads(result.read_text()) if result.exists() else None
+
+    replicas = [Replica(name, cost=costs[name]) for name in sections]
+    results = run_replicas(replicas, work, config.output_dir(), finished=finished, comm=comm)
+    figures = {"replicas": {name: _headline(result) for name, result in results.items()}, "ranks": comm.size}
+    if comm.rank == 0:
+        return write_results(config.output_dir(), "replicas", figures)
+    return {"protocol": "replicas", **figures}
+
+
+def _check_replicas(configs: dict[str, ProtocolFile]) -> dict[str, float] | str:
+    """Build every replica's model once (rank 0), before any runs: prior costs by name, or the first error."""
+    costs = {}
+    for name, replica_file in configs.items():
+        try:
+            qmmm, _, _ = build_qmmm(replica_file)
+        except BioQMMMError as exc:
+            return f"replica {name!r}: {exc}"
+        steps = getattr(replica_file.protocol, "steps", None) or getattr(replica_file.protocol, "max_steps", 1)
+        n_qm = len(qmmm.qm_atoms) + len(qmmm.links)
+        costs[name] = estimated_cost(n_qm, qmmm.topology.getNumAtoms() - n_qm, steps)
+    return costs
+
+
+def _headline(result: dict[str, Any]) -> dict[str, Any]:
+    keys = ("steps", "final_potential_energy", "final_energy", "converged", "mean_scf_cycles_per_step",
+            "wall_time_per_step", "qm_wall_time_per_step")
+    return {k: result[k] for k in keys if k in result}
+
+
+def _single(config: ProtocolFile, progress: bool, poll=None) -> dict[str, Any]:
     qmmm, positions, box = build_qmmm(config)
     out = config.output_dir()
     out.mkdir(parents=True, exist_ok=True)
@@ -40,7 +118,7 @@ def run_protocol(path: str | Path, *, output: str | Path | None = None, progress
         "qm_multiplicity": config.qm.multiplicity,
     }
     if isinstance(settings, MDProtocol):
-        return _md(config, settings, qmmm, positions, box, out, common, progress)
+        return _md(config, settings, qmmm, positions, box, out, common, progress, poll)
     if isinstance(settings, OptimizeProtocol):
         outcome = run_optimization(
             qmmm, positions, settings, out, box=box, platform=config.resources.platform, progress=progress,
@@ -50,7 +128,7 @@ def run_protocol(path: str | Path, *, output: str | Path | None = None, progress
     raise AssertionError(f"unhandled protocol {type(settings).__name__}")  # the schema admits no other type
 
 
-def _md(config: ProtocolFile, settings: MDProtocol, qmmm, positions, box, out: Path, common, progress):
+def _md(config: ProtocolFile, settings: MDProtocol, qmmm, positions, box, out: Path, common, progress, poll=None):
     identity = fingerprint(config.system, config.qm, dataclasses.replace(settings, steps=1))
     outcome = run_md(
         qmmm,
@@ -62,6 +140,7 @@ def _md(config: ProtocolFile, settings: MDProtocol, qmmm, positions, box, out: P
         threads=config.resources.threads,
         identity=identity,
         progress=progress,
+        poll=poll,
     )
     rows = read_rows(outcome.files["energies"])
     plot_md(rows, out / "energies.png", f"QM/MM MD, {common['qm_level']}")
@@ -79,6 +158,7 @@ def _md(config: ProtocolFile, settings: MDProtocol, qmmm, positions, box, out: P
         "mean_scf_cycles_per_step": quantity(scf.mean(), "cycles"),
         "qm_evaluations_this_run": outcome.qm_evaluations,
         "wall_time_per_step": quantity(np.nanmean(wall) if np.isfinite(wall).any() else float("nan"), "s"),
+        "qm_wall_time_per_step": quantity(float(np.nanmean([r["qm_wall_s"] for r in rows])), "s"),
         "files": sorted([p.name for p in outcome.files.values()] + ["energies.png", "result.json", "summary.txt"]),
     }
     return write_results(out, "md", figures)

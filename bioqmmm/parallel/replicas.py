@@ -1,0 +1,143 @@
+"""One runner for sets of replicas (MD runs, NEB images, umbrella windows, λ states), serial or over MPI.
+
+    results = run_replicas(replicas, work, output)
+
+Rank 0 decides which replicas still need running (``finished(replica)``, e.g. its result file
+exists, so a rerun resumes only the unfinished ones), assigns them to ranks by cost
+(:mod:`bioqmmm.parallel.schedule`) and broadcasts the plan; every rank runs its replicas with
+``work(replica, poll)``. ``work`` builds everything itself (a System holding a ``PythonForce`` is
+never pickled or sent) and calls ``poll()`` between steps: when another rank has failed, ``poll``
+raises :class:`~bioqmmm.errors.ReplicaAbortedError`, so every rank stops within one step of the failure.
+Rank 0 alone writes the shared record ``replicas.json`` (atomically): each replica's status,
+result, wall time and error; the measured wall times are the costs of the next round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bioqmmm.errors import ReplicaAbortedError, ReplicaFailedError
+from bioqmmm.parallel.comm import MPIComm, SerialComm, world
+from bioqmmm.parallel.schedule import balanced, finish_times, spread
+
+RECORD = "replicas.json"
+
+
+@dataclass(frozen=True)
+class Replica:
+    """A unit of work: ``name`` (unique, also its folder name), a prior ``cost`` (s) and any ``payload``."""
+
+    name: str
+    cost: float = 1.0
+    payload: Any = None
+
+
+def run_replicas(
+    replicas: Sequence[Replica],
+    work: Callable[[Replica, Callable[[], None]], dict],
+    output: str | Path,
+    *,
+    finished: Callable[[Replica], dict | None] | None = None,
+    comm: SerialComm | MPIComm | None = None,
+    schedule: Callable[[dict[str, float], int], list[list[str]]] = balanced,
+) -> dict[str, dict]:
+    """Run every unfinished replica once; return {name: result} on every rank.
+
+    ``finished(replica)`` returns the stored result of a replica completed earlier (or None).
+    ``schedule`` maps {name: cost} and the number of ranks to each rank's replicas (default:
+    :func:`~bioqmmm.parallel.schedule.balanced`). Raises :class:`~bioqmmm.errors.ReplicaFailedError`
+    on every rank if any replica failed, after the record is written.
+    """
+    comm = comm or world()
+    output = Path(output)
+    names = [r.name for r in replicas]
+    if len(set(names)) != len(names):
+        raise ValueError(f"replica names must be unique: {names}")
+    by_name = {r.name: r for r in replicas}
+    plan = None
+    if comm.rank == 0:
+        done = {r.name: result for r in replicas if finished and (result := finished(r)) is not None}
+        costs = {**{r.name: r.cost for r in replicas}, **_measured_costs(output)}
+        todo = {name: costs[name] for name in names if name not in done}
+        assignment = schedule(todo, comm.size)
+        plan = {"done": done, "assignment": assignment, "predicted": finish_times(assignment, todo)}
+    plan = comm.bcast(plan)
+    mine = _run_mine([by_name[n] for n in plan["assignment"][comm.rank]], work, comm)
+    gathered = comm.gather(mine)
+    failure = None
+    if comm.rank == 0:
+        outcome = {name: {"status": "finished", "result": result, "resumed": True}
+                   for name, result in plan["done"].items()}
+        for part in gathered:
+            outcome.update(part)
+        failure = next(((n, o["error"]) for n, o in outcome.items() if o["status"] == "failed"), None)
+        _write_record(output, outcome, plan, comm.size)
+    failure, outcome = comm.bcast((failure, outcome if comm.rank == 0 else None))
+    comm.drain()
+    if failure is not None:
+        raise ReplicaFailedError(*failure)
+    return {name: o["result"] for name, o in outcome.items()}
+
+
+def _run_mine(replicas: list[Replica], work, comm) -> dict[str, dict]:
+    """This rank's replicas in order; stops at its own failure or at another rank's abort."""
+
+    def poll() -> None:
+        message = comm.poll_abort()
+        if message is not None:
+            raise ReplicaAbortedError(f"stopped because {message}")
+
+    outcome: dict[str, dict] = {}
+    for index, replica in enumerate(replicas):
+        start = time.perf_counter()
+        try:
+            poll()
+            result = work(replica, poll)
+        except ReplicaAbortedError as exc:
+            for rest in replicas[index:]:
+                outcome[rest.name] = {"status": "aborted", "error": str(exc), "rank": comm.rank}
+            break
+        except Exception as exc:  # any failure of a replica stops every rank
+            reason = f"{type(exc).__name__}: {exc}"
+            comm.send_abort(f"replica {replica.name!r} failed ({reason})")
+            outcome[replica.name] = {"status": "failed", "error": reason, "rank": comm.rank,
+                                     "traceback": traceback.format_exc(limit=8)}
+            for rest in replicas[index + 1 :]:
+                outcome[rest.name] = {"status": "not run", "error": "an earlier replica on this rank failed",
+                                      "rank": comm.rank}
+            break
+        outcome[replica.name] = {"status": "finished", "result": result, "rank": comm.rank,
+                                 "wall_s": time.perf_counter() - start}
+    return outcome
+
+
+def _measured_costs(output: Path) -> dict[str, float]:
+    """Wall times of replicas measured in an earlier round (from the record), seconds."""
+    path = output / RECORD
+    if not path.exists():
+        return {}
+    record = json.loads(path.read_text())
+    return {name: o["wall_s"] for name, o in record["replicas"].items() if o.get("wall_s")}
+
+
+def _write_record(output: Path, outcome: dict, plan: dict, ranks: int) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    walls = [sum(o.get("wall_s", 0.0) for o in outcome.values() if o.get("rank") == r) for r in range(ranks)]
+    record = {
+        "ranks": ranks,
+        "assignment": plan["assignment"],
+        "predicted_busy_s": plan["predicted"],
+        "measured_busy_s": walls,
+        "measured_spread": spread(walls),
+        "replicas": outcome,
+    }
+    tmp = output / (RECORD + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=str))
+    os.replace(tmp, output / RECORD)
