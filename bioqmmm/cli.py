@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from bioqmmm import __version__
 from bioqmmm.errors import BioQMMMError
+from bioqmmm.parallel.comm import launcher_rank
 from bioqmmm.quickstart import DEFAULT_STEPS, format_summary, run_quickstart
 
 
@@ -209,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except BioQMMMError as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"bioqmmm {args.command}: error: {message}", file=sys.stderr)
+        if launcher_rank() == 0:  # under mpirun every rank has the same error: one line is enough
+            print(f"bioqmmm {args.command}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"bioqmmm {args.command}: interrupted", file=sys.stderr)

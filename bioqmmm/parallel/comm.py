@@ -49,6 +49,9 @@ class SerialComm:
     def drain(self) -> None:
         return None
 
+    def abort(self, code: int) -> None:
+        return None
+
 
 @dataclass
 class MPIComm:
@@ -89,6 +92,10 @@ class MPIComm:
             return self.comm.recv(source=-1, tag=ABORT_TAG)
         return None
 
+    def abort(self, code: int) -> None:
+        """End every rank now (for an error on one rank that the others cannot know about)."""
+        self.comm.Abort(code)
+
     def drain(self) -> None:
         """Complete our abort sends and discard abort messages still queued for us (before exiting)."""
         for request in self._pending:
@@ -96,6 +103,15 @@ class MPIComm:
         self._pending.clear()
         while self.poll_abort() is not None:
             pass
+
+
+def launcher_rank() -> int:
+    """This process's rank as the launcher numbered it (0 when not launched by one); no MPI needed."""
+    for name in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
 
 
 def threads_per_rank(size: int) -> int:

@@ -63,12 +63,17 @@ def run_replicas(
     by_name = {r.name: r for r in replicas}
     plan = None
     if comm.rank == 0:
-        done = {r.name: result for r in replicas if finished and (result := finished(r)) is not None}
-        costs = {**{r.name: r.cost for r in replicas}, **_measured_costs(output)}
-        todo = {name: costs[name] for name in names if name not in done}
-        assignment = schedule(todo, comm.size)
-        plan = {"done": done, "assignment": assignment, "predicted": finish_times(assignment, todo)}
+        try:
+            done = {r.name: result for r in replicas if finished and (result := finished(r)) is not None}
+            costs = {**{r.name: r.cost for r in replicas}, **_measured_costs(output)}
+            todo = {name: costs[name] for name in names if name not in done}
+            assignment = schedule(todo, comm.size)
+            plan = {"done": done, "assignment": assignment, "predicted": finish_times(assignment, todo)}
+        except Exception as exc:  # never leave the other ranks waiting for a plan
+            plan = {"error": f"planning the replicas failed: {exc!r}"}
     plan = comm.bcast(plan)
+    if "error" in plan:
+        raise ReplicaFailedError("(planning)", plan["error"])
     mine = _run_mine([by_name[n] for n in plan["assignment"][comm.rank]], work, comm)
     gathered = comm.gather(mine)
     failure = None

@@ -27,6 +27,7 @@ import csv
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,10 +160,12 @@ def run_optimization(
     platform: str = "CPU",
     identity: str = "",
     progress: bool = True,
+    poll: Callable[[], None] | None = None,
 ) -> OptimizationOutcome:
     """Optimise ``positions`` (nm) of ``qmmm``; write the history, the final structure and plots to ``outdir``.
 
     ``identity`` names the model and settings; a checkpoint in ``outdir`` with another one is refused.
+    ``poll`` is called after every recorded step and may raise to stop (the replica runner's abort).
     """
     from tqdm import tqdm
 
@@ -212,6 +215,8 @@ def run_optimization(
         _save_checkpoint(checkpoint, x, history, identity)
         bar.update(1)
         bar.set_postfix(E=f"{energy:.2f}", fmax=f"{history[-1]['fmax_inner']:.1f}")
+        if poll is not None:
+            poll()
 
     with tqdm(total=settings.max_steps, initial=len(history) - 1, unit="step", disable=not progress,
               desc="QM/MM optimisation") as bar:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bioqmmm.errors import BioQMMMError, InputError
+from bioqmmm.errors import BioQMMMError, InputError, ReplicaFailedError
 from bioqmmm.parallel.comm import threads_per_rank, world
 from bioqmmm.parallel.replicas import Replica, run_replicas
 from bioqmmm.parallel.schedule import estimated_cost
@@ -61,6 +62,18 @@ def replica_config(config: ProtocolFile, replica: ReplicaSection) -> ProtocolFil
 def _replica_set(config: ProtocolFile, progress: bool) -> dict[str, Any]:
     """Every replica of the file through the replica runner (over MPI under mpirun/srun)."""
     comm = world()
+    try:
+        return _run_replica_set(config, progress, comm)
+    except (ReplicaFailedError, InputError):
+        raise  # raised on every rank alike
+    except Exception:
+        if comm.size > 1:  # an error on this rank alone: the others would wait for it forever
+            traceback.print_exc()
+            comm.abort(1)
+        raise
+
+
+def _run_replica_set(config: ProtocolFile, progress: bool, comm) -> dict[str, Any]:
     if comm.size > 1 and config.resources.threads is None:  # ranks on a node share its cores
         config = _replace(config, resources=dataclasses.replace(config.resources, threads=threads_per_rank(comm.size)))
     sections = {r.name: r for r in config.replicas}
@@ -90,8 +103,8 @@ def _check_replicas(configs: dict[str, ProtocolFile]) -> dict[str, float] | str:
     for name, replica_file in configs.items():
         try:
             qmmm, _, _ = build_qmmm(replica_file)
-        except BioQMMMError as exc:
-            return f"replica {name!r}: {exc}"
+        except Exception as exc:  # reported to every rank, which all stop with it
+            return f"replica {name!r}: {exc}" if isinstance(exc, BioQMMMError) else f"replica {name!r}: {exc!r}"
         steps = getattr(replica_file.protocol, "steps", None) or getattr(replica_file.protocol, "max_steps", 1)
         n_qm = len(qmmm.qm_atoms) + len(qmmm.links)
         costs[name] = estimated_cost(n_qm, qmmm.topology.getNumAtoms() - n_qm, steps)
@@ -122,7 +135,7 @@ def _single(config: ProtocolFile, progress: bool, poll=None) -> dict[str, Any]:
     if isinstance(settings, OptimizeProtocol):
         outcome = run_optimization(
             qmmm, positions, settings, out, box=box, platform=config.resources.platform, progress=progress,
-            identity=fingerprint(config.system, config.qm, dataclasses.replace(settings, max_steps=1)),
+            identity=fingerprint(config.system, config.qm, dataclasses.replace(settings, max_steps=1)), poll=poll,
         )
         return write_results(out, "optimize", {**common, **outcome.figures()})
     raise AssertionError(f"unhandled protocol {type(settings).__name__}")  # the schema admits no other type
