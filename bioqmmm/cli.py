@@ -190,7 +190,8 @@ def _run(args: argparse.Namespace) -> int:
     from bioqmmm.run.runner import run_protocol
 
     record = run_protocol(args.protocol_file, output=args.output, progress=not args.no_progress)
-    print(format_result(record))
+    if launcher_rank() == 0:
+        print(format_result(record))
     return 0
 
 

@@ -74,3 +74,6 @@ class ReplicaFailedError(CalculationError):
         self.reason = reason
         super().__init__(f"replica {replica!r} failed: {reason}; finished replicas keep their results, "
                          "rerun to complete the others")
+
+    def __reduce__(self):  # picklable (multiprocessing, mpi4py.futures)
+        return (type(self), (self.replica, self.reason))

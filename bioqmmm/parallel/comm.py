@@ -9,16 +9,23 @@ tag :data:`ABORT_TAG`); the others see it the next time they poll, between MD st
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 #: Environment variables set by mpirun/mpiexec (Open MPI, MPICH/Hydra, PMIx) or srun for each rank.
 LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS")
 ABORT_TAG = 7411
+ABORT_MESSAGE_MAX = 1000
 
 
 def launched_by_mpi() -> bool:
-    return any(name in os.environ for name in LAUNCHER_VARIABLES)
+    """Whether a launcher started this process as one of several ranks."""
+    for name in LAUNCHER_VARIABLES:
+        value = os.environ.get(name)
+        if value is not None and (not value.isdigit() or name == "PMIX_RANK" or int(value) > 1):
+            return True
+    return False
 
 
 @dataclass
@@ -81,7 +88,10 @@ class MPIComm:
         self.comm.Barrier()
 
     def send_abort(self, message: str) -> None:
-        """Tell every other rank to stop (returns at once; the sends complete in the background)."""
+        """Tell every other rank to stop (returns at once; the sends complete in the background).
+
+        Messages are cut to :data:`ABORT_MESSAGE_MAX` characters so that they go eagerly."""
+        message = message[:ABORT_MESSAGE_MAX]
         for other in range(self.size):
             if other != self.rank:
                 self._pending.append(self.comm.isend(message, dest=other, tag=ABORT_TAG))
@@ -97,10 +107,16 @@ class MPIComm:
         self.comm.Abort(code)
 
     def drain(self) -> None:
-        """Complete our abort sends and discard abort messages still queued for us (before exiting)."""
-        for request in self._pending:
-            request.wait()
-        self._pending.clear()
+        """Complete our abort sends and discard abort messages queued for us. Called after the last
+        collective, when every abort has been sent; receiving while waiting avoids the deadlock of two
+        ranks that both failed waiting on each other's sends."""
+        while self._pending:
+            while self.poll_abort() is not None:
+                pass
+            self._pending = [r for r in self._pending if not r.test()[0]]
+            if self._pending:
+                time.sleep(0.001)
+        self.comm.Barrier()  # every rank's sends are complete: what is queued now is all there is
         while self.poll_abort() is not None:
             pass
 
@@ -115,17 +131,24 @@ def launcher_rank() -> int:
 
 
 def threads_per_rank(size: int) -> int:
-    """CPU threads for each rank's PySCF and OpenMM: the node's cores shared by the ranks on the node.
-
-    The ranks per node come from the launcher (Open MPI, MPICH/Hydra, Slurm), else ``size``.
+    """CPU threads for each rank's PySCF and OpenMM, in this order: ``OMP_NUM_THREADS`` or Slurm's
+    ``SLURM_CPUS_PER_TASK`` if set; the CPUs the rank is bound to, if the launcher bound it (Open MPI
+    binds to one core for up to two ranks); else the node's cores shared by the ranks on the node
+    (from the launcher's local size, else ``size``).
     """
+    for name in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK"):
+        if os.environ.get(name, "").isdigit() and int(os.environ[name]) > 0:
+            return int(os.environ[name])
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if available < (os.cpu_count() or 1):
+        return available
     local = None
     for name in ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"):
         value = os.environ.get(name, "").split("(")[0]
         if value.isdigit():
             local = int(value)
             break
-    return max(1, (os.cpu_count() or 1) // (local or size))
+    return max(1, available // (local or size))
 
 
 def world() -> SerialComm | MPIComm:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -61,34 +62,56 @@ def run_replicas(
     if len(set(names)) != len(names):
         raise ValueError(f"replica names must be unique: {names}")
     by_name = {r.name: r for r in replicas}
-    plan = None
-    if comm.rank == 0:
-        try:
-            done = {r.name: result for r in replicas if finished and (result := finished(r)) is not None}
-            costs = {**{r.name: r.cost for r in replicas}, **_measured_costs(output)}
-            todo = {name: costs[name] for name in names if name not in done}
-            assignment = schedule(todo, comm.size)
-            plan = {"done": done, "assignment": assignment, "predicted": finish_times(assignment, todo)}
-        except Exception as exc:  # never leave the other ranks waiting for a plan
-            plan = {"error": f"planning the replicas failed: {exc!r}"}
-    plan = comm.bcast(plan)
-    if "error" in plan:
-        raise ReplicaFailedError("(planning)", plan["error"])
-    mine = _run_mine([by_name[n] for n in plan["assignment"][comm.rank]], work, comm)
-    gathered = comm.gather(mine)
-    failure = None
-    if comm.rank == 0:
-        outcome = {name: {"status": "finished", "result": result, "resumed": True}
-                   for name, result in plan["done"].items()}
-        for part in gathered:
-            outcome.update(part)
-        failure = next(((n, o["error"]) for n, o in outcome.items() if o["status"] == "failed"), None)
-        _write_record(output, outcome, plan, comm.size)
-    failure, outcome = comm.bcast((failure, outcome if comm.rank == 0 else None))
-    comm.drain()
+    try:
+        plan = comm.bcast(_plan(replicas, output, finished, schedule, comm.size) if comm.rank == 0 else None)
+        mine = _picklable(_run_mine([by_name[n] for n in plan["assignment"][comm.rank]], work, comm))
+        gathered = comm.gather(mine)
+        failure = outcome = None
+        if comm.rank == 0:
+            outcome = {name: {"status": "finished", "result": result, "resumed": True}
+                       for name, result in plan["done"].items()}
+            for part in gathered:
+                outcome.update(part)
+            failure = next(((n, o["error"]) for n, o in outcome.items() if o["status"] == "failed"), None)
+            _write_record(output, outcome, plan, comm.size)
+        failure, outcome = comm.bcast((failure, outcome))
+        comm.drain()
+    except BaseException:
+        # Anything raised on one rank between collectives (a full disk, Ctrl-C) would leave the others
+        # waiting for it forever: end the whole job.
+        if comm.size > 1:
+            traceback.print_exc()
+            comm.abort(1)
+        raise
     if failure is not None:
         raise ReplicaFailedError(*failure)
     return {name: o["result"] for name, o in outcome.items()}
+
+
+def _plan(replicas, output: Path, finished, schedule, ranks: int) -> dict:
+    """Rank 0: which replicas still need running, and on which rank.
+
+    Costs measured in an earlier round replace the priors; priors of replicas not yet measured are
+    scaled to the measured ones (median ratio), so that both are in the same units."""
+    done = {r.name: result for r in replicas if finished and (result := finished(r)) is not None}
+    measured = _measured_costs(output)
+    ratios = sorted(measured[r.name] / r.cost for r in replicas if r.name in measured and r.cost > 0)
+    scale = ratios[len(ratios) // 2] if ratios else 1.0
+    costs = {r.name: measured.get(r.name, r.cost * scale) for r in replicas}
+    todo = {r.name: costs[r.name] for r in replicas if r.name not in done}
+    assignment = schedule(todo, ranks)
+    return {"done": done, "assignment": assignment, "predicted": finish_times(assignment, todo)}
+
+
+def _picklable(outcome: dict[str, dict]) -> dict[str, dict]:
+    """This rank's outcome, with any result that cannot be sent to rank 0 turned into a failure."""
+    for name, entry in outcome.items():
+        try:
+            pickle.dumps(entry)
+        except Exception as exc:
+            outcome[name] = {"status": "failed", "error": f"its result cannot be sent between ranks: {exc!r}",
+                             "rank": entry.get("rank")}
+    return outcome
 
 
 def _run_mine(replicas: list[Replica], work, comm) -> dict[str, dict]:
@@ -107,19 +130,20 @@ def _run_mine(replicas: list[Replica], work, comm) -> dict[str, dict]:
             result = work(replica, poll)
         except ReplicaAbortedError as exc:
             for rest in replicas[index:]:
-                outcome[rest.name] = {"status": "aborted", "error": str(exc), "rank": comm.rank}
+                outcome[rest.name] = {"status": "aborted", "error": str(exc), "rank": comm.rank,
+                                      "ended_at": time.time()}
             break
         except Exception as exc:  # any failure of a replica stops every rank
             reason = f"{type(exc).__name__}: {exc}"
             comm.send_abort(f"replica {replica.name!r} failed ({reason})")
             outcome[replica.name] = {"status": "failed", "error": reason, "rank": comm.rank,
-                                     "traceback": traceback.format_exc(limit=8)}
+                                     "traceback": traceback.format_exc(limit=8), "ended_at": time.time()}
             for rest in replicas[index + 1 :]:
                 outcome[rest.name] = {"status": "not run", "error": "an earlier replica on this rank failed",
                                       "rank": comm.rank}
             break
         outcome[replica.name] = {"status": "finished", "result": result, "rank": comm.rank,
-                                 "wall_s": time.perf_counter() - start}
+                                 "wall_s": time.perf_counter() - start, "ended_at": time.time()}
     return outcome
 
 

@@ -34,7 +34,21 @@ def run_protocol(path: str | Path, *, output: str | Path | None = None, progress
         config = _replace(config, output=str(Path(output).resolve()))
     if config.replicas:
         return _replica_set(config, progress)
+    if world().size > 1:
+        raise InputError(f"{path} has no 'replicas' list: under mpirun every rank would run the same protocol into "
+                         "the same folder; run it without mpirun")
     return _single(config, progress)
+
+
+def identity(config: ProtocolFile) -> str:
+    """Fingerprint of the model and settings, without the length of the run (which a rerun may extend)."""
+    settings = config.protocol
+    length = {"steps": 1} if isinstance(settings, MDProtocol) else {"max_steps": 1}
+    return fingerprint(config.system, config.qm, dataclasses.replace(settings, **length))
+
+
+def _target(settings: MDProtocol | OptimizeProtocol) -> int:
+    return settings.steps if isinstance(settings, MDProtocol) else settings.max_steps
 
 
 def _replace(config: ProtocolFile, **changes) -> ProtocolFile:
@@ -47,6 +61,9 @@ def _replace(config: ProtocolFile, **changes) -> ProtocolFile:
 def replica_config(config: ProtocolFile, replica: ReplicaSection) -> ProtocolFile:
     """The protocol file as replica ``replica`` runs it: its changes applied, output in replicas/NAME."""
     qm = config.qm
+    if isinstance(config.protocol, OptimizeProtocol) and replica.protocol_changes():
+        raise InputError(f"replica {replica.name!r}: {', '.join(replica.protocol_changes())} apply to MD only; an "
+                         "optimisation replica can change its QM region")
     region = replica.qm_changes()
     if {"atoms", "sidechains", "residues"} & set(region):  # a replica's QM region is given whole
         region = {"atoms": None, "sidechains": (), "residues": (), **region}
@@ -78,16 +95,24 @@ def _run_replica_set(config: ProtocolFile, progress: bool, comm) -> dict[str, An
         config = _replace(config, resources=dataclasses.replace(config.resources, threads=threads_per_rank(comm.size)))
     sections = {r.name: r for r in config.replicas}
     configs = {name: replica_config(config, section) for name, section in sections.items()}
-    costs = comm.bcast(_check_replicas(configs) if comm.rank == 0 else None)
-    if isinstance(costs, str):
-        raise InputError(costs)
+    costs: dict[str, float] = {}
+    for part in comm.allgather(_check_replicas(configs, comm.rank, comm.size)):  # each rank checks a share
+        if isinstance(part, str):
+            raise InputError(part)
+        costs.update(part)
 
     def work(replica: Replica, poll) -> dict[str, Any]:
         return _single(configs[replica.name], progress and comm.size == 1, poll=poll)
 
     def finished(replica: Replica) -> dict[str, Any] | None:
-        result = configs[replica.name].output_dir() / "result.json"
-        return json.loads(result.read_text()) if result.exists() else None
+        """The replica's result, if it is complete and from these settings (else it runs or resumes)."""
+        path = configs[replica.name].output_dir() / "result.json"
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        same = result.get("identity") == identity(configs[replica.name])
+        return result if same and result.get("target") == _target(configs[replica.name].protocol) else None
 
     replicas = [Replica(name, cost=costs[name]) for name in sections]
     results = run_replicas(replicas, work, config.output_dir(), finished=finished, comm=comm)
@@ -97,10 +122,11 @@ def _run_replica_set(config: ProtocolFile, progress: bool, comm) -> dict[str, An
     return {"protocol": "replicas", **figures}
 
 
-def _check_replicas(configs: dict[str, ProtocolFile]) -> dict[str, float] | str:
-    """Build every replica's model once (rank 0), before any runs: prior costs by name, or the first error."""
+def _check_replicas(configs: dict[str, ProtocolFile], rank: int, size: int) -> dict[str, float] | str:
+    """Build this rank's share of the replicas' models, before any runs: prior costs by name, or the first
+    error (every rank then stops with it)."""
     costs = {}
-    for name, replica_file in configs.items():
+    for name, replica_file in list(configs.items())[rank::size]:
         try:
             qmmm, _, _ = build_qmmm(replica_file)
         except Exception as exc:  # reported to every rank, which all stop with it
@@ -129,20 +155,21 @@ def _single(config: ProtocolFile, progress: bool, poll=None) -> dict[str, Any]:
         "qm_level": f"{config.qm.method}/{config.qm.basis}",
         "qm_charge": config.qm.charge,
         "qm_multiplicity": config.qm.multiplicity,
+        "identity": identity(config),
+        "target": _target(settings),
     }
     if isinstance(settings, MDProtocol):
         return _md(config, settings, qmmm, positions, box, out, common, progress, poll)
     if isinstance(settings, OptimizeProtocol):
         outcome = run_optimization(
             qmmm, positions, settings, out, box=box, platform=config.resources.platform, progress=progress,
-            identity=fingerprint(config.system, config.qm, dataclasses.replace(settings, max_steps=1)), poll=poll,
+            identity=common["identity"], poll=poll,
         )
         return write_results(out, "optimize", {**common, **outcome.figures()})
     raise AssertionError(f"unhandled protocol {type(settings).__name__}")  # the schema admits no other type
 
 
 def _md(config: ProtocolFile, settings: MDProtocol, qmmm, positions, box, out: Path, common, progress, poll=None):
-    identity = fingerprint(config.system, config.qm, dataclasses.replace(settings, steps=1))
     outcome = run_md(
         qmmm,
         positions,
@@ -151,7 +178,7 @@ def _md(config: ProtocolFile, settings: MDProtocol, qmmm, positions, box, out: P
         box=box,
         platform=config.resources.platform,
         threads=config.resources.threads,
-        identity=identity,
+        identity=common["identity"],
         progress=progress,
         poll=poll,
     )
