@@ -15,6 +15,7 @@ result, wall time and error; the measured wall times are the costs of the next r
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import time
@@ -29,6 +30,7 @@ from bioqmmm.parallel.comm import MPIComm, SerialComm, world
 from bioqmmm.parallel.schedule import balanced, finish_times, spread
 
 RECORD = "replicas.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,9 @@ def _plan(replicas, output: Path, finished, schedule, ranks: int) -> dict:
     scale = ratios[len(ratios) // 2] if ratios else 1.0
     costs = {r.name: measured.get(r.name, r.cost * scale) for r in replicas}
     todo = {r.name: costs[r.name] for r in replicas if r.name not in done}
+    if 0 < len(todo) < ranks:
+        log.warning("%d replicas to run on %d ranks: %d ranks idle; fewer ranks with more threads each would "
+                    "finish as soon", len(todo), ranks, ranks - len(todo))
     assignment = schedule(todo, ranks)
     return {"done": done, "assignment": assignment, "predicted": finish_times(assignment, todo)}
 
