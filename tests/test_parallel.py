@@ -172,3 +172,19 @@ def test_protocol_replicas_under_mpirun_equal_the_serial_run(tmp_path):
         assert abs(a - b) < 1e-5, (name, a, b)  # kJ/mol: SCF converged to 1e-10 Eh
     assert serial["warm"]["final_potential_energy"] != serial["cold"]["final_potential_energy"]
     assert _record(tmp_path / "mpi")["ranks"] == 2
+
+
+def test_measured_costs_of_the_last_round_rebalance_the_next(tmp_path):
+    """Round 2 uses round 1's wall times (replica 'b' got 4x dearer); priors of new replicas are scaled."""
+    from bioqmmm.parallel.replicas import Replica, _plan
+
+    record = {"replicas": {"a": {"status": "finished", "wall_s": 2.0}, "b": {"status": "finished", "wall_s": 8.0},
+                           "c": {"status": "finished", "wall_s": 2.0}, "d": {"status": "finished", "wall_s": 2.0}}}
+    (tmp_path / "replicas.json").write_text(json.dumps(record))
+    replicas = [Replica(name, cost=1.0) for name in "abcd"] + [Replica("new", cost=3.0)]
+    plan = _plan(replicas, tmp_path, None, balanced, 2)
+    # measured: a, c, d 2 s, b 8 s; 'new' priced at its prior 3 x the median measured/prior ratio 2 = 6 s
+    assert sorted(plan["predicted"]) == [10.0, 10.0]
+    assert sorted(len(names) for names in plan["assignment"]) == [2, 3]  # b with one cheap replica
+    priors_only = balanced({r.name: r.cost for r in replicas}, 2)
+    assert spread(finish_times(priors_only, {"a": 2, "b": 8, "c": 2, "d": 2, "new": 6})) > 0.15
