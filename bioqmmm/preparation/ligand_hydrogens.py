@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 from rdkit import Chem
 from rdkit.Chem import AllChem, rdDetermineBonds
-from rdkit.Geometry import Point3D
 
 from bioqmmm.errors import PreparationError
 from bioqmmm.preparation.cleanup import DraftAtom, DraftResidue
+from bioqmmm.preparation.ligands import atoms_at
 
 
 def smiles_charges(smiles: dict[str, str]) -> dict[str, int]:
@@ -30,12 +30,7 @@ def smiles_charges(smiles: dict[str, str]) -> dict[str, int]:
 
 
 def _heavy_mol(residue: DraftResidue) -> Chem.Mol:
-    mol = Chem.RWMol()
-    conformer = Chem.Conformer(len(residue.heavy))
-    for i, atom in enumerate(residue.heavy):
-        mol.AddAtom(Chem.Atom(atom.element))
-        conformer.SetAtomPosition(i, Point3D(*(atom.xyz * 10.0)))  # RDKit works in Angstrom
-    mol.AddConformer(conformer)
+    mol = atoms_at([a.element for a in residue.heavy], np.array([a.xyz for a in residue.heavy]))
     rdDetermineBonds.DetermineConnectivity(mol)
     return mol.GetMol()
 

@@ -90,6 +90,17 @@ def _require_whole_molecule(residue: app.topology.Residue, label: str) -> None:
         )
 
 
+def atoms_at(symbols: list[str], xyz_nm: np.ndarray) -> Chem.RWMol:
+    """RDKit molecule of unbonded atoms (element symbols) with one conformer at ``xyz_nm`` (stored in Å)."""
+    mol = Chem.RWMol()
+    conformer = Chem.Conformer(len(symbols))
+    for i, symbol in enumerate(symbols):
+        mol.AddAtom(Chem.Atom(symbol))
+        conformer.SetAtomPosition(i, (10.0 * xyz_nm[i]).tolist())
+    mol.AddConformer(conformer, assignId=True)
+    return mol
+
+
 def ligand_graph(residue: app.topology.Residue, positions_nm: np.ndarray) -> Chem.Mol:
     """RDKit molecule of one Topology residue, atoms in residue order.
 
@@ -110,17 +121,15 @@ def ligand_graph(residue: app.topology.Residue, positions_nm: np.ndarray) -> Che
         Molecule with one conformer in Å; each atom carries its PDB name and residue.
     """
     atoms = list(residue.atoms())
-    mol = Chem.RWMol()
-    conformer = Chem.Conformer(len(atoms))
-    for i, atom in enumerate(atoms):
+    for atom in atoms:
         if atom.element is None:
             raise InputError(f"{residue.name}{residue.id}:{atom.name} has no element")
-        rd_atom = Chem.Atom(atom.element.atomic_number)
+    mol = atoms_at(
+        [atom.element.symbol for atom in atoms], np.asarray(positions_nm, dtype=float)[[a.index for a in atoms]]
+    )
+    for atom, rd_atom in zip(atoms, mol.GetAtoms(), strict=True):
         rd_atom.SetNoImplicit(True)
         rd_atom.SetMonomerInfo(Chem.AtomPDBResidueInfo(atom.name, residueName=residue.name, isHeteroAtom=True))
-        mol.AddAtom(rd_atom)
-        conformer.SetAtomPosition(i, (10.0 * np.asarray(positions_nm[atom.index], dtype=float)).tolist())
-    mol.AddConformer(conformer, assignId=True)
     local = {atom.index: i for i, atom in enumerate(atoms)}
     pairs = {tuple(sorted((local[a.index], local[b.index]))) for a, b in residue.internal_bonds()}
     for i, j in sorted(pairs):
