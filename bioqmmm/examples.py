@@ -5,6 +5,7 @@ Used by ``bioqmmm quickstart``, the tests and the benchmarks. Positions in nm.
 
 from __future__ import annotations
 
+import io
 from importlib import resources
 
 import openmm
@@ -18,12 +19,25 @@ def forcefield() -> app.ForceField:
     return app.ForceField(*FORCEFIELD_FILES)
 
 
-def _create(modeller: app.Modeller, periodic: bool, nonbonded_cutoff: float) -> openmm.System:
+def _create(modeller: app.Modeller, periodic: bool, nonbonded_cutoff: float,
+            field: app.ForceField | None = None) -> openmm.System:
     method = app.PME if periodic else app.NoCutoff
     kwargs = {"nonbondedCutoff": nonbonded_cutoff * unit.nanometer} if periodic else {}
-    return forcefield().createSystem(
+    return (field or forcefield()).createSystem(
         modeller.topology, nonbondedMethod=method, constraints=app.HBonds, rigidWater=True, **kwargs
     )
+
+
+def _shipped(name: str) -> app.PDBFile:
+    with resources.as_file(resources.files("bioqmmm") / "data" / name) as path:
+        return app.PDBFile(str(path))
+
+
+def _solvated(pdb: app.PDBFile, field: app.ForceField, box_size: float | None, nonbonded_cutoff: float):
+    modeller = app.Modeller(pdb.topology, pdb.positions)
+    if box_size is not None:
+        modeller.addSolvent(field, model="tip3p", boxSize=openmm.Vec3(box_size, box_size, box_size) * unit.nanometer)
+    return modeller.topology, _create(modeller, box_size is not None, nonbonded_cutoff, field), modeller.positions
 
 
 def alanine_dipeptide(box_size: float | None = None, nonbonded_cutoff: float = 0.9):
@@ -31,14 +45,38 @@ def alanine_dipeptide(box_size: float | None = None, nonbonded_cutoff: float = 0
 
     Returns (topology, system, positions).
     """
-    with resources.as_file(resources.files("bioqmmm") / "data" / "alanine_dipeptide.pdb") as path:
-        pdb = app.PDBFile(str(path))
-    modeller = app.Modeller(pdb.topology, pdb.positions)
-    if box_size is not None:
-        modeller.addSolvent(
-            forcefield(), model="tip3p", boxSize=openmm.Vec3(box_size, box_size, box_size) * unit.nanometer
-        )
-    return modeller.topology, _create(modeller, box_size is not None, nonbonded_cutoff), modeller.positions
+    return _solvated(_shipped("alanine_dipeptide.pdb"), forcefield(), box_size, nonbonded_cutoff)
+
+
+#: OPLS-AA formamide charges, e (Jorgensen, Maxwell & Tirado-Rives, J. Am. Chem. Soc. 118, 11225 (1996)).
+#: The QM/MM model zeroes them (the solute is QM); they only orient the fresh water around it.
+FORMAMIDE_OPLS_CHARGES = {"C": 0.5, "O": -0.5, "N": -0.76, "H": 0.0, "H1": 0.38, "H2": 0.38}
+
+
+def formamide(box_size: float | None = None, nonbonded_cutoff: float = 0.9):
+    """Formamide (residue FMD, HF/3-21G minimum), alone or in a cubic TIP3P box of edge ``box_size`` nm.
+
+    Meant to be wholly QM: its template carries no bonded terms
+    (:func:`bioqmmm.preparation.ligands.qm_only_template`), Lennard-Jones parameters and OPLS-AA
+    charges (which the QM/MM model zeroes). With ``protocols/formamide_product.pdb``
+    (formamidic acid, the 1,3-proton-shift product) it is the shipped NEB example. The solute keeps
+    the coordinates of the shipped file. Returns (topology, system, positions).
+    """
+    from bioqmmm.preparation.ligands import qm_only_template
+
+    pdb = _shipped("formamide.pdb")
+    xml = qm_only_template(next(pdb.topology.residues()), pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    for name, charge in FORMAMIDE_OPLS_CHARGES.items():  # for the MM relaxation of the fresh water only
+        xml = xml.replace(f'<Atom name="{name}" type="QMONLY-FMD-{name[0]}" charge="0.0"',
+                          f'<Atom name="{name}" type="QMONLY-FMD-{name[0]}" charge="{charge}"')
+    field = forcefield()
+    field.loadFile(io.StringIO(xml))
+    topology, system, positions = _solvated(pdb, field, box_size, nonbonded_cutoff)
+    # addSolvent centres the solute in the box: move everything back so that the solute keeps the
+    # coordinates of the file, as an endpoint structure written in that frame expects
+    xyz = positions.value_in_unit(unit.nanometer)
+    shift = xyz[0] - pdb.positions[0].value_in_unit(unit.nanometer)
+    return topology, system, [p - shift for p in xyz] * unit.nanometer
 
 
 def water_box(box_size: float, nonbonded_cutoff: float = 0.7):

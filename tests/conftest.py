@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +109,12 @@ def rubredoxin():
     """Rubredoxin (2DSX) with Fe(III) and its four Cys deprotonated (Amber CYM): (topology, system, positions)."""
     iron_cysteines = {f"CYS{i}": "CYX" for i in (6, 9, 39, 42)}  # no HG; the FE-free SG then matches CYM
     return _protein_in_vacuum("2DSX_ash.pdb", variants=iron_cysteines, templates={"FE": "FE"})
+
+
+def mpirun(*args: str, ranks: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``mpirun -n ranks args`` (Open MPI from PyPI, installed with the test extra), output captured."""
+    launcher = shutil.which("mpirun") or str(Path(sys.executable).parent / "mpirun")
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "OMPI_MCA_rmaps_base_oversubscribe": "1", "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe"}
+    return subprocess.run([launcher, "-n", str(ranks), *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import mpirun
 
 from bioqmmm.parallel.schedule import balanced, estimated_cost, finish_times, round_robin, spread
 
@@ -21,14 +19,6 @@ HERE = Path(__file__).parent
 FAKE = HERE / "mpi_fake_replicas.py"
 sys.path.insert(0, str(HERE))
 from mpi_fake_replicas import COSTS  # noqa: E402
-
-
-def _mpirun(*args: str, ranks: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
-    mpirun = shutil.which("mpirun") or str(Path(sys.executable).parent / "mpirun")
-    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-           "OMPI_MCA_rmaps_base_oversubscribe": "1", "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe"}
-    return subprocess.run([mpirun, "-n", str(ranks), *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
 
 
 def _record(folder: Path) -> dict:
@@ -46,7 +36,7 @@ def test_cost_model_balances_unequal_replicas_where_round_robin_does_not():
 
 @pytest.mark.parametrize("schedule, balanced_run", [("balanced", True), ("round_robin", False)])
 def test_mpirun_unequal_replicas_finish_within_15_percent(tmp_path, schedule, balanced_run):
-    run = _mpirun(sys.executable, str(FAKE), str(tmp_path), "ok", schedule)
+    run = mpirun(sys.executable, str(FAKE), str(tmp_path), "ok", schedule)
     assert run.returncode == 0, run.stderr[-2000:]
     record = _record(tmp_path)
     assert record["ranks"] == 2 and len(record["measured_busy_s"]) == 2
@@ -54,7 +44,7 @@ def test_mpirun_unequal_replicas_finish_within_15_percent(tmp_path, schedule, ba
 
 
 def test_mpirun_failure_stops_every_rank_and_a_rerun_completes_only_the_rest(tmp_path):
-    run = _mpirun(sys.executable, str(FAKE), str(tmp_path), "fail", "balanced")
+    run = mpirun(sys.executable, str(FAKE), str(tmp_path), "fail", "balanced")
     assert run.returncode != 0
     assert "FAILED f: RuntimeError: injected failure" in run.stderr
     replicas = _record(tmp_path)["replicas"]
@@ -65,7 +55,7 @@ def test_mpirun_failure_stops_every_rank_and_a_rerun_completes_only_the_rest(tmp
     finished_before = {name for name, s in status.items() if s == "finished"}
     assert finished_before == {"a", "b", "c", "e"}
     first = (tmp_path / "ran.txt").read_text().split()
-    rerun = _mpirun(sys.executable, str(FAKE), str(tmp_path), "ok", "balanced")
+    rerun = mpirun(sys.executable, str(FAKE), str(tmp_path), "ok", "balanced")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     again = (tmp_path / "ran.txt").read_text().split()[len(first):]
     assert sorted(again) == ["d", "f"]
@@ -115,10 +105,10 @@ def test_replica_settings_are_checked_and_stale_results_are_not_reused(tmp_path)
         replica_config(optimisation, ReplicaSection(name="warm", seed=3, temperature_k=300))
 
 
-def test_a_file_without_replicas_is_refused_under_mpirun(tmp_path):
+def test_a_file_without_replicas_is_refused_undermpirun(tmp_path):
     protocol = tmp_path / "md.yaml"
     protocol.write_text(REPLICA_FILE.split("replicas:")[0])
-    run = _mpirun(sys.executable, "-m", "bioqmmm.cli", "run", str(protocol), "--no-progress")
+    run = mpirun(sys.executable, "-m", "bioqmmm.cli", "run", str(protocol), "--no-progress")
     assert run.returncode != 0
     assert run.stderr.count("has no 'replicas' list") == 1  # one line, from rank 0
 
@@ -161,7 +151,7 @@ def test_protocol_replicas_under_mpirun_equal_the_serial_run(tmp_path):
     protocol = tmp_path / "replicas.yaml"
     protocol.write_text(REPLICA_FILE)
     assert main(["run", str(protocol), "-o", str(tmp_path / "serial"), "--no-progress"]) == 0
-    run = _mpirun(sys.executable, "-m", "bioqmmm.cli", "run", str(protocol), "-o", str(tmp_path / "mpi"),
+    run = mpirun(sys.executable, "-m", "bioqmmm.cli", "run", str(protocol), "-o", str(tmp_path / "mpi"),
                   "--no-progress")
     assert run.returncode == 0, run.stderr[-3000:]
     serial = json.loads((tmp_path / "serial" / "result.json").read_text())["replicas"]

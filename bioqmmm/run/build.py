@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,11 @@ from openmm import app, unit
 
 from bioqmmm.embedding import PeriodicEmbedding
 from bioqmmm.errors import InputError
-from bioqmmm.examples import alanine_dipeptide, water_box
+from bioqmmm.examples import alanine_dipeptide, formamide, water_box
 from bioqmmm.preparation import load_prepared
 from bioqmmm.protein import residues, sidechain
 from bioqmmm.qm import PySCFEngine
-from bioqmmm.run.environment import mm_context
+from bioqmmm.run.environment import fixed_atoms, mm_context
 from bioqmmm.run.protocol import ProtocolFile, QMSection, SystemSection
 from bioqmmm.selection import resolve_qm_atoms
 from bioqmmm.system import QMMMSystem
@@ -27,7 +28,8 @@ EXAMPLE_RELAX_MAX_ITERATIONS = 1000
 def build_model(section: SystemSection, base: Path | None = None):
     """(topology, reference System, positions nm, box vectors nm or None) of the ``system`` block, as built."""
     if section.example is not None:
-        build = alanine_dipeptide if section.example == "alanine_dipeptide" else water_box
+        examples = {"alanine_dipeptide": alanine_dipeptide, "formamide": formamide, "water_box": water_box}
+        build = examples[section.example]
         top, system, pos = build(section.box_size_nm, section.nonbonded_cutoff_nm)
     elif section.prepared is not None:
         folder = Path(section.prepared)
@@ -58,8 +60,16 @@ def build_model(section: SystemSection, base: Path | None = None):
     return top, system, np.array(pos.value_in_unit(unit.nanometer)), box_nm
 
 
-def relax_example(system: openmm.System, positions: np.ndarray) -> np.ndarray:
-    """A freshly solvated example relaxed with its MM force field (short L-BFGS), nm."""
+def relax_example(system: openmm.System, positions: np.ndarray, fixed: Sequence[int] = ()) -> np.ndarray:
+    """A freshly solvated example relaxed with its MM force field (short L-BFGS), nm; ``fixed`` atoms
+    (the QM region, whose MM model may lack bonded terms) do not move."""
+    system = openmm.XmlSerializer.clone(system)
+    fixed = {int(i) for i in fixed}  # closed under constraints: a constraint has both atoms fixed or neither
+    for i in fixed:
+        system.setParticleMass(i, 0.0)
+    for k in reversed(range(system.getNumConstraints())):
+        if system.getConstraintParameters(k)[0] in fixed:
+            system.removeConstraint(k)
     context = mm_context(system)
     context.setPositions(positions)
     openmm.LocalEnergyMinimizer.minimize(context, EXAMPLE_RELAX_TOLERANCE, EXAMPLE_RELAX_MAX_ITERATIONS)
@@ -108,5 +118,5 @@ def build_qmmm(config: ProtocolFile) -> tuple[QMMMSystem, np.ndarray, np.ndarray
         allow_polar_cut=qm.allow_polar_cut,
     )
     if config.system.example is not None:
-        positions = relax_example(system, positions)
+        positions = relax_example(system, positions, fixed_atoms(system, set(qmmm.qm_atoms)))
     return qmmm, positions, box

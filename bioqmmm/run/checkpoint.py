@@ -29,6 +29,13 @@ def write_checkpoint(path: str | Path, context: openmm.Context, qmmm, meta: dict
     arrays.update({f"engine.{k}": v for k, v in qmmm.engine.get_state().items()})
     arrays.update({f"kernel.{k}": v for k, v in qmmm.kernel.get_state().items()})
     arrays["meta"] = np.array(json.dumps({"format": FORMAT_VERSION, **meta}))
+    save_arrays(path, arrays)
+
+
+def save_arrays(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to the ``.npz`` file ``path`` atomically: a temporary file, flushed to disk,
+    renamed over the old one (a run killed at any moment leaves a complete file)."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as handle:
         np.savez(handle, **arrays)

@@ -62,6 +62,11 @@ def _integrator(settings: MDProtocol) -> openmm.Integrator:
     return integrator
 
 
+def array_digest(array: np.ndarray, decimals: int = 6) -> str:
+    """sha256 of an array rounded to ``decimals`` (coordinates in nm: 1e-6 nm)."""
+    return hashlib.sha256(np.ascontiguousarray(np.round(array, decimals)).tobytes()).hexdigest()
+
+
 def fingerprint(*parts) -> str:
     """A short hash of the settings a checkpoint belongs to (steps excluded by the caller)."""
     text = json.dumps([asdict(p) if hasattr(p, "__dataclass_fields__") else p for p in parts], sort_keys=True,

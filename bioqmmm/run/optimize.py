@@ -24,9 +24,7 @@ resumes from it (the L-BFGS memory restarts).
 from __future__ import annotations
 
 import csv
-import os
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,15 +33,14 @@ import numpy as np
 from openmm import app, unit
 
 from bioqmmm.errors import BioQMMMError, CalculationError, InputError
+from bioqmmm.optimizers import LBFGS
+from bioqmmm.run.checkpoint import save_arrays
 from bioqmmm.run.environment import ConstraintProjector, fixed_atoms, relax_environment
 from bioqmmm.run.protocol import OptimizeProtocol
 from bioqmmm.run.results import new_figure, quantity
 
-#: Initial inverse-Hessian guess of L-BFGS, nm^2 mol/kJ (stiff bonds ~ 1e5 kJ/mol/nm^2).
-INITIAL_INVERSE_HESSIAN = 1.0 / 1.0e5
 #: ``phase`` column of the history: a QM/MM step after an environment relaxation, or an inner L-BFGS step.
 ENVIRONMENT_PHASE, INNER_PHASE = 0, 1
-LBFGS_MEMORY = 10
 #: An inner step may raise the energy by this much (kJ/mol) and still count as downhill: SCF
 #: convergence noise at conv_tol 1e-9 Eh is ~3e-6 kJ/mol, and steps near the minimum gain less.
 UPHILL_TOLERANCE = 1e-4
@@ -110,37 +107,11 @@ def frozen_atoms(qmmm, positions: np.ndarray, radius: float | None) -> np.ndarra
     return np.flatnonzero(distance > radius)
 
 
-class _LBFGS:
-    """Two-loop L-BFGS direction on a flat coordinate vector (Nocedal & Wright, Alg. 7.4)."""
-
-    def __init__(self, memory: int = LBFGS_MEMORY) -> None:
-        self.pairs: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=memory)
-
-    def update(self, s: np.ndarray, y: np.ndarray) -> None:
-        if s @ y > 1e-12:  # keep the inverse Hessian positive definite
-            self.pairs.append((s, y))
-
-    def direction(self, gradient: np.ndarray) -> np.ndarray:
-        q = gradient.copy()
-        alphas = []
-        for s, y in reversed(self.pairs):
-            alpha = (s @ q) / (y @ s)
-            alphas.append(alpha)
-            q -= alpha * y
-        gamma = (self.pairs[-1][0] @ self.pairs[-1][1]) / (self.pairs[-1][1] @ self.pairs[-1][1]) if self.pairs \
-            else INITIAL_INVERSE_HESSIAN
-        r = gamma * q
-        for (s, y), alpha in zip(self.pairs, reversed(alphas), strict=True):
-            beta = (y @ r) / (y @ s)
-            r += s * (alpha - beta)
-        return -r
-
-
 def _max_atom_force(forces: np.ndarray, atoms: np.ndarray) -> float:
     return float(np.linalg.norm(forces[atoms], axis=1).max()) if len(atoms) else 0.0
 
 
-def _qm_charges_on_atoms(qmmm) -> np.ndarray:
+def qm_charges_on_atoms(qmmm) -> np.ndarray:
     """Mulliken charges of the QM atoms, each link atom's charge added to its QM host."""
     result = qmmm.last_qm.qm
     charges = np.array(result.atomic_charges[: len(qmmm.qm_atoms)], dtype=float)
@@ -225,7 +196,7 @@ def run_optimization(
             env_change = 0.0
             if moving_env:
                 relaxed, calls = relax_environment(
-                    qmmm, x, qm_charges=_qm_charges_on_atoms(qmmm), frozen=np.concatenate([inner, frozen]),
+                    qmmm, x, qm_charges=qm_charges_on_atoms(qmmm), frozen=np.concatenate([inner, frozen]),
                     tolerance=settings.mm_tolerance_kjmol_nm, box=box, platform=platform,
                 )
                 mm_calls += calls
@@ -234,9 +205,10 @@ def run_optimization(
                 x, env_change = relaxed, energy - before
                 record(0.0, ENVIRONMENT_PHASE)
             # inner phase: L-BFGS on the inner atoms, environment fixed, on the true QM/MM energy
-            lbfgs, max_step = _LBFGS(), settings.max_step_nm
+            lbfgs, max_step = LBFGS(), settings.max_step_nm
             previous = energy if _max_atom_force(forces, inner) < fmax else np.inf  # already there: no step needed
-            while len(history) - 1 < settings.max_steps:
+            cycle_end = len(history) + settings.inner_steps_per_cycle if moving_env else np.inf
+            while len(history) - 1 < settings.max_steps and len(history) < cycle_end:
                 if _max_atom_force(forces, inner) < fmax and abs(previous - energy) < settings.energy_change_kjmol:
                     break
                 step = lbfgs.direction(-forces[inner].ravel()).reshape(-1, 3)
@@ -248,7 +220,7 @@ def run_optimization(
                 trial_energy, trial_forces = evaluate(trial)
                 if trial_energy > energy + UPHILL_TOLERANCE:  # uphill: shorter steps, fresh curvature
                     max_step *= 0.5
-                    lbfgs = _LBFGS()
+                    lbfgs = LBFGS()
                     if max_step < 1e-6:
                         break
                     continue
@@ -293,13 +265,8 @@ def _row(iteration, energy, forces, inner, environment, mm_calls, step, phase) -
 
 def _save_checkpoint(path: Path, positions: np.ndarray, history: list[dict], identity: str) -> None:
     keys = list(history[0])
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, positions=positions, identity=np.array(identity), history_keys=np.array(keys),
-                 history=np.array([[row.get(k, 0.0) for k in keys] for row in history], dtype=float))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    save_arrays(path, {"positions": positions, "identity": np.array(identity), "history_keys": np.array(keys),
+                       "history": np.array([[row.get(k, 0.0) for k in keys] for row in history], dtype=float)})
 
 
 def _write_files(out: Path, qmmm, outcome: OptimizationOutcome, box, wall: float) -> None:

@@ -2,7 +2,7 @@
 
     system:    where the molecular system comes from (a shipped example or a ready PDB)
     qm:        the QM region (selection, charge, multiplicity) and its level of theory
-    protocol:  what to do, chosen by ``type`` (``md``, ``optimize``)
+    protocol:  what to do, chosen by ``type`` (``md``, ``optimize``, ``neb``)
     output:    the output folder (relative paths are relative to the protocol file)
     resources: threads and OpenMM platform
 
@@ -38,7 +38,7 @@ class SystemSection:
     or ``prepared`` (a folder written by ``bioqmmm prepare``; its System is used as it is, so
     ``forcefield``, ``box_size_nm``, ``nonbonded_cutoff_nm`` and ``constraints`` do not apply)."""
 
-    example: Literal["alanine_dipeptide", "water_box"] | None = None
+    example: Literal["alanine_dipeptide", "formamide", "water_box"] | None = None
     pdb: str | None = None
     prepared: str | None = None
     forcefield: tuple[str, ...] = ("amber14-all.xml", "amber14/tip3p.xml")
@@ -151,16 +151,86 @@ class OptimizeProtocol:
     freeze_beyond_nm: float | None = None
     mm_tolerance_kjmol_nm: float = 1.0
     max_step_nm: float = 0.02
+    inner_steps_per_cycle: int = 20
 
     def __post_init__(self) -> None:
         for key in ("fmax_kjmol_nm", "energy_change_kjmol", "max_step_nm", "mm_tolerance_kjmol_nm"):
             _positive(self, key)
+        if self.inner_steps_per_cycle < 1:
+            raise FieldError("inner_steps_per_cycle", "must be a positive integer")
         if self.active_radius_nm < 0:
             raise FieldError("active_radius_nm", "must be zero or positive")
         if self.freeze_beyond_nm is not None:
             _positive(self, "freeze_beyond_nm")
         if self.max_steps < 1:
             raise FieldError("max_steps", "must be a positive integer")
+
+
+@dataclass(frozen=True)
+class DistanceSection:
+    """A target distance between two atoms, each an mdtraj selection of exactly one atom."""
+
+    atoms: tuple[str, ...]
+    distance_nm: float
+
+    def __post_init__(self) -> None:
+        if len(self.atoms) != 2:
+            raise FieldError("atoms", f"give two atom selections, not {len(self.atoms)}")
+        _positive(self, "distance_nm")
+
+
+@dataclass(frozen=True)
+class NEBProtocol:
+    """Nudged elastic band with climbing image between the system's structure (or ``reactant``) and
+    ``product`` (see :mod:`bioqmmm.run.neb`). ``reactant``/``product`` are PDB or mmCIF files with
+    every atom of the system in its order, or only some residues (matched by chain, residue number
+    and name, and atom name), the rest taken from the system. Instead of ``product``,
+    ``product_distances`` drives the reactant to the product by restrained optimisations
+    (:mod:`bioqmmm.run.drive`; force constant ``drive_force_constant_kjmol_nm2``)."""
+
+    type: Literal["neb"]
+    product: str | None = None
+    product_distances: tuple[DistanceSection, ...] = ()
+    drive_force_constant_kjmol_nm2: float = 50000.0
+    reactant: str | None = None
+    n_images: int = 9
+    climb: bool = True
+    interpolation: Literal["idpp", "linear"] = "idpp"
+    spring_constant_kjmol_nm2: float = 1000.0
+    environment: Literal["relaxed", "restrained"] = "relaxed"
+    restraint_kjmol_nm2: float = 1000.0
+    relax_every: int = 10
+    active_radius_nm: float = 0.0
+    freeze_beyond_nm: float | None = None
+    mm_tolerance_kjmol_nm: float = 1.0
+    optimize_endpoints: bool = True
+    endpoint_fmax_kjmol_nm: float = 10.0
+    endpoint_max_steps: int = 200
+    fmax_kjmol_nm: float = 25.0
+    max_iterations: int = 300
+    max_step_nm: float = 0.01
+    ts_refine: bool = False
+    ts_fmax_kjmol_nm: float = 5.0
+    ts_max_steps: int = 50
+
+    def __post_init__(self) -> None:
+        for key in ("spring_constant_kjmol_nm2", "restraint_kjmol_nm2", "mm_tolerance_kjmol_nm",
+                            "endpoint_fmax_kjmol_nm", "fmax_kjmol_nm", "max_step_nm", "ts_fmax_kjmol_nm"):
+            _positive(self, key)
+        if self.n_images < 3:
+            raise FieldError("n_images", "counts both endpoints and must be at least 3")
+        for key in ("relax_every", "endpoint_max_steps", "max_iterations", "ts_max_steps"):
+            if getattr(self, key) < 1:
+                raise FieldError(key, "must be a positive integer")
+        if self.active_radius_nm < 0:
+            raise FieldError("active_radius_nm", "must be zero or positive")
+        if self.freeze_beyond_nm is not None:
+            _positive(self, "freeze_beyond_nm")
+        if (self.product is None) == (not self.product_distances):
+            raise FieldError("product", "give exactly one of 'product' (a structure) and 'product_distances'")
+        if self.product_distances and not self.optimize_endpoints:
+            raise FieldError("optimize_endpoints", "a product driven by 'product_distances' must be optimised")
+        _positive(self, "drive_force_constant_kjmol_nm2")
 
 
 @dataclass(frozen=True)
@@ -212,7 +282,7 @@ class ProtocolFile:
 
     system: SystemSection
     qm: QMSection
-    protocol: MDProtocol | OptimizeProtocol
+    protocol: MDProtocol | OptimizeProtocol | NEBProtocol
     output: str
     resources: ResourcesSection = ResourcesSection()
     replicas: tuple[ReplicaSection, ...] = ()
@@ -221,6 +291,8 @@ class ProtocolFile:
     def __post_init__(self) -> None:
         if not self.output.strip():
             raise FieldError("output", "must name a folder")
+        if self.replicas and isinstance(self.protocol, NEBProtocol):
+            raise FieldError("replicas", "a NEB runs its images in parallel itself: give no 'replicas' list")
         names = [r.name for r in self.replicas]
         if len(set(names)) != len(names):
             raise FieldError("replicas", f"replica names must be unique, got {names}")

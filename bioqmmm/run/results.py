@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 
-def quantity(value: float, unit: str) -> dict[str, Any]:
-    """A number with its unit, as stored in ``result.json``."""
-    return {"value": float(value), "unit": unit}
+def quantity(value: float | Sequence[float], unit: str) -> dict[str, Any]:
+    """A number (or a list of numbers) with its unit, as stored in ``result.json``."""
+    return {"value": [float(v) for v in value] if isinstance(value, Sequence) else float(value), "unit": unit}
 
 
 def write_results(outdir: str | Path, protocol: str, figures: dict[str, Any]) -> dict[str, Any]:
@@ -32,14 +33,21 @@ def format_summary(record: dict[str, Any]) -> str:
     """``key  value unit`` lines, aligned."""
     lines = []
     for key, value in record.items():
-        if isinstance(value, dict) and set(value) == {"value", "unit"}:
-            number = value["value"]
-            text = f"{number:.6g} {value['unit']}" if isinstance(number, float) else f"{number} {value['unit']}"
+        if isinstance(value, dict) and set(value) != {"value", "unit"}:  # a group: one line per entry
+            lines += [(f"{key} {sub}".replace("_", " "), _text(v)) for sub, v in value.items()]
         else:
-            text = str(value)
-        lines.append((key.replace("_", " "), text))
+            lines.append((key.replace("_", " "), _text(value)))
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict) and set(value) == {"value", "unit"}:
+        number = value["value"]
+        if isinstance(number, list):
+            return f"[{', '.join(f'{v:.6g}' for v in number)}] {value['unit']}"
+        return f"{number:.6g} {value['unit']}" if isinstance(number, float) else f"{number} {value['unit']}"
+    return str(value)
 
 
 def new_figure(rows: int = 1, height: float = 3.2):

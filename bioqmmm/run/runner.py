@@ -10,14 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from bioqmmm.errors import BioQMMMError, InputError, ReplicaFailedError
+from bioqmmm.errors import BioQMMMError, CalculationError, InputError, ReplicaFailedError
 from bioqmmm.parallel.comm import threads_per_rank, world
 from bioqmmm.parallel.replicas import Replica, run_replicas
 from bioqmmm.parallel.schedule import estimated_cost
 from bioqmmm.run.build import build_qmmm
 from bioqmmm.run.md import fingerprint, run_md
+from bioqmmm.run.neb import run_neb
 from bioqmmm.run.optimize import run_optimization
-from bioqmmm.run.protocol import MDProtocol, OptimizeProtocol, ProtocolFile, ReplicaSection, load_protocol
+from bioqmmm.run.protocol import MDProtocol, NEBProtocol, OptimizeProtocol, ProtocolFile, ReplicaSection, load_protocol
 from bioqmmm.run.reporters import read_rows
 from bioqmmm.run.results import plot_md, quantity, write_results
 
@@ -34,21 +35,28 @@ def run_protocol(path: str | Path, *, output: str | Path | None = None, progress
         config = _replace(config, output=str(Path(output).resolve()))
     if config.replicas:
         return _replica_set(config, progress)
+    if isinstance(config.protocol, NEBProtocol):
+        return _on_every_rank(world(), lambda comm: _single(_threaded(config, comm), progress, comm=comm))
     if world().size > 1:
         raise InputError(f"{path} has no 'replicas' list: under mpirun every rank would run the same protocol into "
                          "the same folder; run it without mpirun")
     return _single(config, progress)
 
 
+#: The keys holding each protocol's run lengths, which a rerun may extend (the first is the target).
+_LENGTH = {MDProtocol: ("steps",), OptimizeProtocol: ("max_steps",),
+           NEBProtocol: ("max_iterations", "endpoint_max_steps")}
+
+
 def identity(config: ProtocolFile) -> str:
     """Fingerprint of the model and settings, without the length of the run (which a rerun may extend)."""
     settings = config.protocol
-    length = {"steps": 1} if isinstance(settings, MDProtocol) else {"max_steps": 1}
-    return fingerprint(config.system, config.qm, dataclasses.replace(settings, **length))
+    return fingerprint(config.system, config.qm,
+                       dataclasses.replace(settings, **dict.fromkeys(_LENGTH[type(settings)], 1)))
 
 
-def _target(settings: MDProtocol | OptimizeProtocol) -> int:
-    return settings.steps if isinstance(settings, MDProtocol) else settings.max_steps
+def _target(settings: MDProtocol | OptimizeProtocol | NEBProtocol) -> int:
+    return getattr(settings, _LENGTH[type(settings)][0])
 
 
 def _replace(config: ProtocolFile, **changes) -> ProtocolFile:
@@ -78,10 +86,14 @@ def replica_config(config: ProtocolFile, replica: ReplicaSection) -> ProtocolFil
 
 def _replica_set(config: ProtocolFile, progress: bool) -> dict[str, Any]:
     """Every replica of the file through the replica runner (over MPI under mpirun/srun)."""
-    comm = world()
+    return _on_every_rank(world(), lambda comm: _run_replica_set(config, progress, comm))
+
+
+def _on_every_rank(comm, run) -> dict[str, Any]:
+    """``run(comm)`` on every rank; an error that only this rank can know of ends the whole job."""
     try:
-        return _run_replica_set(config, progress, comm)
-    except (ReplicaFailedError, InputError):
+        return run(comm)
+    except (ReplicaFailedError, InputError, CalculationError):
         raise  # raised on every rank alike
     except Exception:
         if comm.size > 1:  # an error on this rank alone: the others would wait for it forever
@@ -90,9 +102,15 @@ def _replica_set(config: ProtocolFile, progress: bool) -> dict[str, Any]:
         raise
 
 
+def _threaded(config: ProtocolFile, comm) -> ProtocolFile:
+    """Ranks on a node share its cores: unless the file says, each takes its share as threads."""
+    if comm.size > 1 and config.resources.threads is None:
+        return _replace(config, resources=dataclasses.replace(config.resources, threads=threads_per_rank(comm.size)))
+    return config
+
+
 def _run_replica_set(config: ProtocolFile, progress: bool, comm) -> dict[str, Any]:
-    if comm.size > 1 and config.resources.threads is None:  # ranks on a node share its cores
-        config = _replace(config, resources=dataclasses.replace(config.resources, threads=threads_per_rank(comm.size)))
+    config = _threaded(config, comm)
     sections = {r.name: r for r in config.replicas}
     configs = {name: replica_config(config, section) for name, section in sections.items()}
     costs: dict[str, float] = {}
@@ -143,7 +161,7 @@ def _headline(result: dict[str, Any]) -> dict[str, Any]:
     return {k: result[k] for k in keys if k in result}
 
 
-def _single(config: ProtocolFile, progress: bool, poll=None) -> dict[str, Any]:
+def _single(config: ProtocolFile, progress: bool, poll=None, comm=None) -> dict[str, Any]:
     qmmm, positions, box = build_qmmm(config)
     out = config.output_dir()
     out.mkdir(parents=True, exist_ok=True)
@@ -166,6 +184,8 @@ def _single(config: ProtocolFile, progress: bool, poll=None) -> dict[str, Any]:
             identity=common["identity"], poll=poll,
         )
         return write_results(out, "optimize", {**common, **outcome.figures()})
+    if isinstance(settings, NEBProtocol):
+        return run_neb(config, qmmm, positions, box, common, comm or world(), progress)
     raise AssertionError(f"unhandled protocol {type(settings).__name__}")  # the schema admits no other type
 
 

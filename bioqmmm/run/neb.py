@@ -1,0 +1,263 @@
+"""``protocol: neb`` in a protocol file: endpoints, band, optional transition-state refinement, files.
+
+1. Reactant (the system's structure, or ``reactant``) and ``product`` (a structure, or the reactant
+   driven by ``product_distances``, :mod:`bioqmmm.run.drive`); with ``optimize_endpoints``
+   both are optimised (microiterations; :mod:`bioqmmm.run.optimize`) at the level and with the
+   active region of the band, as two replicas of the replica runner (in parallel under mpirun),
+   into ``OUTPUT/endpoints/{reactant,product}/``.
+2. The band (:class:`bioqmmm.protocols.neb.NEB`), checkpointed to ``neb_checkpoint.npz`` after
+   every iteration; a rerun continues from the last one.
+3. With ``ts_refine``, eigenvector following from the climbing image along the band's tangent
+   (:mod:`bioqmmm.protocols.tsopt`) and its harmonic frequencies.
+4. Files: ``profile.csv``/``profile.png`` (energy along the path, max force per image),
+   ``images.pdb`` (one model per image), ``images.dcd``, ``ts.pdb``, ``neb_history.csv``,
+   ``result.json``/``summary.txt``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from openmm import Vec3, app, unit
+
+from bioqmmm.errors import InputError
+from bioqmmm.parallel.replicas import Replica, run_replicas
+from bioqmmm.protocols.band import tangents
+from bioqmmm.protocols.neb import NEB, NEBResult
+from bioqmmm.protocols.tsopt import TSResult, refine_transition_state
+from bioqmmm.run.drive import check_restrained_atoms, drive
+from bioqmmm.run.environment import ConstraintProjector
+from bioqmmm.run.md import array_digest, fingerprint
+from bioqmmm.run.optimize import run_optimization
+from bioqmmm.run.protocol import NEBProtocol, OptimizeProtocol
+from bioqmmm.run.results import new_figure, quantity, write_results
+from bioqmmm.selection import resolve_qm_atoms
+
+ENDPOINTS = ("reactant", "product")
+
+
+def read_endpoint(path: Path, topology: app.Topology, positions: np.ndarray) -> np.ndarray:
+    """Positions (nm) from the PDB/mmCIF ``path``: every atom of ``topology`` in its order, or some
+    residues matched by chain id, residue number and name and atom name (the rest from ``positions``)."""
+    if not path.exists():
+        raise InputError(f"endpoint structure {path} does not exist")
+    try:
+        structure = app.PDBxFile(str(path)) if path.suffix.lower() in (".cif", ".mmcif") else app.PDBFile(str(path))
+    except Exception as exc:  # OpenMM's readers raise plain exceptions for malformed files
+        raise InputError(f"cannot read endpoint structure {path}: {exc}") from exc
+    xyz = structure.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+
+    def key(atom) -> tuple[str, str, str, str]:
+        return atom.residue.chain.id, atom.residue.id, atom.residue.name, atom.name
+
+    atoms = list(structure.topology.atoms())
+    if len(atoms) == topology.getNumAtoms():
+        for mine, theirs in zip(topology.atoms(), atoms, strict=True):
+            if (mine.residue.name, mine.name) != (theirs.residue.name, theirs.name):
+                raise InputError(f"{path}: atom {theirs.index + 1} is {theirs.residue.name} {theirs.name}, the "
+                                 f"system has {mine.residue.name} {mine.name} there (same atoms, same order needed)")
+        return np.array(xyz, dtype=float)
+    index = {key(atom): atom.index for atom in topology.atoms()}
+    if len(index) != topology.getNumAtoms():
+        raise InputError(f"{path}: the system has atoms with the same chain, residue and name; give every atom")
+    result = np.array(positions, dtype=float)
+    for atom in atoms:
+        if key(atom) not in index:
+            chain, number, resname, name = key(atom)
+            raise InputError(f"{path}: atom {name} of {resname} {number} (chain {chain!r}) is not in the system")
+        result[index[key(atom)]] = xyz[atom.index]
+    return result
+
+
+def run_neb(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], comm, progress: bool) -> dict:
+    """Run ``config``'s NEB protocol on ``qmmm`` (every rank); rank 0 writes the files."""
+    settings: NEBProtocol = config.protocol
+    out = config.output_dir()
+    base = config.source.parent if config.source is not None else Path.cwd()
+    topology = qmmm.topology
+    start = comm.bcast(np.asarray(positions) if comm.rank == 0 else None)  # one start for every rank
+    reactant = start if settings.reactant is None else read_endpoint(base / settings.reactant, topology, start)
+    product = reactant if settings.product is None else read_endpoint(base / settings.product, topology, start)
+    ends = {"reactant": reactant, "product": product}
+    qm = list(qmmm.qm_atoms)
+    if settings.product is not None and np.allclose(reactant[qm], product[qm], atol=1e-6):
+        raise InputError(f"{settings.product}: the product's QM atoms are where the reactant's are: nothing to connect")
+    pairs = [[_one_atom(topology, selection) for selection in d.atoms] for d in settings.product_distances]
+    check_restrained_atoms(qmmm, pairs)
+    run_identity = fingerprint(common["identity"], array_digest(reactant), array_digest(product))
+    if settings.optimize_endpoints:
+        ends = _optimized_endpoints(config, qmmm, ends, pairs, box, run_identity, comm)
+    neb = NEB(
+        qmmm, ends["reactant"], ends["product"], settings.n_images, settings.climb,
+        spring_constant=settings.spring_constant_kjmol_nm2, interpolation=settings.interpolation,
+        environment=settings.environment, restraint_constant=settings.restraint_kjmol_nm2,
+        active_radius=settings.active_radius_nm, freeze_beyond=settings.freeze_beyond_nm,
+        relax_every=settings.relax_every, max_step=settings.max_step_nm, mm_tolerance=settings.mm_tolerance_kjmol_nm,
+        box=box, platform=config.resources.platform, comm=comm,
+    )
+    result = _relax(neb, settings, out, run_identity, progress and comm.rank == 0)
+    ts = _refine(qmmm, neb, result, settings, box, comm) if settings.ts_refine else None
+    figures = {**common, **result.figures(), **({} if ts is None else _ts_figures(ts, result))}
+    if comm.rank != 0:
+        return {"protocol": "neb", **figures}
+    files = write_band_files(out, result, topology, box, ts)
+    return write_results(out, "neb", {**figures, "files": sorted(files + ["result.json", "summary.txt"])})
+
+
+def _relax(neb: NEB, settings: NEBProtocol, out: Path, identity: str, progress: bool) -> NEBResult:
+    from tqdm import tqdm
+
+    with tqdm(total=settings.max_iterations, unit="iteration", disable=not progress, desc="NEB") as bar:
+        def report(iteration: int, row: dict[str, float]) -> None:
+            bar.n = iteration
+            bar.set_postfix(fmax=f"{row['max_force']:.1f}", barrier=f"{row['max_energy']:.2f}")
+
+        return neb.run(settings.fmax_kjmol_nm, settings.max_iterations, checkpoint=out / "neb_checkpoint.npz",
+                       identity=identity, callback=report)
+
+
+def _optimized_endpoints(config, qmmm, ends: dict[str, np.ndarray], pairs: list[list[int]], box, identity: str,
+                         comm) -> dict[str, np.ndarray]:
+    """Both endpoints optimised at the band's level, one per rank under mpirun (replica runner)."""
+    settings: NEBProtocol = config.protocol
+    # the endpoints get the freedom the band's images have: a relaxed environment by microiterations, a
+    # restrained one on the true QM/MM surface with the inner atoms (restraints vanish at an endpoint)
+    relaxed = settings.environment == "relaxed"
+    reach = settings.freeze_beyond_nm if settings.freeze_beyond_nm is not None else np.inf
+    optimize = OptimizeProtocol(
+        type="optimize", fmax_kjmol_nm=settings.endpoint_fmax_kjmol_nm, max_steps=settings.endpoint_max_steps,
+        microiterations=relaxed, active_radius_nm=settings.active_radius_nm if relaxed else reach,
+        freeze_beyond_nm=settings.freeze_beyond_nm, mm_tolerance_kjmol_nm=settings.mm_tolerance_kjmol_nm,
+    )
+    folder = config.output_dir() / "endpoints"
+    # run length excluded: a rerun with more endpoint_max_steps continues the same optimisation
+    tags = {name: fingerprint(identity, name, dataclasses.replace(optimize, max_steps=1)) for name in ENDPOINTS}
+
+    def work(replica: Replica, poll) -> dict[str, Any]:
+        x = ends[replica.name]
+        if replica.name == "product" and pairs:  # drive the reactant there first
+            x = drive(qmmm, x, pairs, [d.distance_nm for d in settings.product_distances],
+                      settings.drive_force_constant_kjmol_nm2, optimize, folder / "product_drive", box=box,
+                      platform=config.resources.platform, identity=tags["product"], poll=poll)
+        outcome = run_optimization(qmmm, x, optimize, folder / replica.name, box=box,
+                                   platform=config.resources.platform, identity=tags[replica.name], progress=False,
+                                   poll=poll)
+        return write_results(folder / replica.name, "optimize", {"identity": tags[replica.name], **outcome.figures()})
+
+    def finished(replica: Replica) -> dict[str, Any] | None:
+        try:
+            record = json.loads((folder / replica.name / "result.json").read_text())
+        except (OSError, ValueError):
+            return None
+        done = record.get("converged") or record.get("iterations", 0) >= settings.endpoint_max_steps
+        return record if record.get("identity") == tags[replica.name] and done else None
+
+    results = run_replicas([Replica(name) for name in ENDPOINTS], work, folder, finished=finished, comm=comm)
+    for name, record in results.items():
+        if not record.get("converged"):
+            raise InputError(f"the {name} optimisation did not converge in {settings.endpoint_max_steps} steps "
+                             f"(see {folder / name}): raise endpoint_max_steps, or give a better {name}")
+    optimised = {}
+    for name in ENDPOINTS:
+        with np.load(folder / name / "optimization_checkpoint.npz", allow_pickle=False) as data:
+            optimised[name] = np.array(data["positions"])
+    return optimised
+
+
+def _one_atom(topology: app.Topology, selection: str) -> int:
+    atoms = resolve_qm_atoms(topology, selection)
+    if len(atoms) != 1:
+        raise InputError(f"product_distances: {selection!r} selects {len(atoms)} atoms, not one")
+    return atoms[0]
+
+
+def _refine(qmmm, neb: NEB, result: NEBResult, settings: NEBProtocol, box, comm) -> TSResult:
+    """Eigenvector following from the climbing image along the band's tangent there."""
+    atoms = neb.model.path_atoms
+    path = result.positions[:, atoms].reshape(len(result.positions), -1)
+    direction = tangents(path, result.total_energies)[result.ts_index - 1]
+    projector = ConstraintProjector(qmmm.system)
+
+    def evaluate(x: np.ndarray) -> tuple[float, np.ndarray]:
+        energy, forces = qmmm.energy_and_forces(x, box)
+        return energy, projector(forces, x)
+
+    masses = np.array([qmmm.system.getParticleMass(int(i)).value_in_unit(unit.dalton) for i in atoms])
+    return refine_transition_state(
+        evaluate, result.ts_positions, atoms, masses, direction=direction,
+        whole_system=box is None and len(atoms) == len(result.ts_positions),
+        fmax=settings.ts_fmax_kjmol_nm, max_steps=settings.ts_max_steps, comm=comm,
+    )
+
+
+def _ts_figures(ts: TSResult, result: NEBResult) -> dict[str, Any]:
+    reactant, product = result.total_energies[0], result.total_energies[-1]
+    return {"ts_refinement": {
+        "converged": ts.converged,
+        "steps": ts.iterations,
+        "max_force": quantity(ts.max_force, "kJ/mol/nm"),
+        "barrier_forward": quantity(ts.energy - reactant, "kJ/mol"),
+        "barrier_reverse": quantity(ts.energy - product, "kJ/mol"),
+        "imaginary_frequencies": quantity(list(ts.imaginary_frequencies), "cm^-1 (negative = imaginary)"),
+        "lowest_frequencies": quantity(list(ts.frequencies[:6]), "cm^-1"),
+    }}
+
+
+def write_band_files(out: Path, result: NEBResult, topology: app.Topology, box=None,
+                     ts: TSResult | None = None) -> list[str]:
+    """Profile table and plot, all images (multi-model PDB and DCD), the TS structure and the history."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "profile.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "path_length_nm", "energy_kjmol", "max_force_kjmol_nm"])
+        for i, (s, e, f) in enumerate(zip(result.path_length, result.energies, result.max_forces, strict=True)):
+            writer.writerow([i, f"{s:.6f}", f"{e:.6f}", f"{f:.4f}"])
+    with open(out / "neb_history.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(result.history[0]))
+        writer.writeheader()
+        writer.writerows(result.history)
+    vectors = None if box is None else unit.Quantity([Vec3(*map(float, v)) for v in box], unit.nanometer)
+    with open(out / "images.pdb", "w") as handle:
+        app.PDBFile.writeHeader(topology, handle)
+        for i, x in enumerate(result.positions):
+            app.PDBFile.writeModel(topology, x * unit.nanometer, handle, modelIndex=i + 1)
+        app.PDBFile.writeFooter(topology, handle)
+    with open(out / "images.dcd", "wb") as handle:
+        dcd = app.DCDFile(handle, topology, 1.0 * unit.picosecond)
+        for x in result.positions:
+            dcd.writeModel(x * unit.nanometer, periodicBoxVectors=vectors)
+    files = ["profile.csv", "profile.png", "neb_history.csv", "images.pdb", "images.dcd", "ts.pdb"]
+    with open(out / "ts.pdb", "w") as handle:
+        app.PDBFile.writeFile(topology, (result.ts_positions if ts is None else ts.positions) * unit.nanometer, handle)
+    if ts is not None:
+        with open(out / "ts_climbing_image.pdb", "w") as handle:
+            app.PDBFile.writeFile(topology, result.ts_positions * unit.nanometer, handle)
+        files.append("ts_climbing_image.pdb")
+    _plot(out / "profile.png", result, ts)
+    return files
+
+
+def _plot(path: Path, result: NEBResult, ts: TSResult | None) -> None:
+    fig, (profile, forces) = new_figure(2, 2.8)
+    profile.plot(result.path_length, result.energies, marker="o", color="C0")
+    profile.plot(result.path_length[result.ts_index], result.energies[result.ts_index], marker="*", markersize=14,
+                 color="C3", label=f"highest image: {result.barrier:.1f} kJ/mol")
+    if ts is not None:
+        profile.axhline(ts.energy - result.total_energies[0], color="C3", linestyle=":",
+                        label=f"refined TS: {ts.energy - result.total_energies[0]:.1f} kJ/mol")
+    profile.set_ylabel("E − E$_\\mathrm{reactant}$ / kJ mol$^{-1}$")
+    profile.legend(fontsize="small")
+    state = "converged" if result.converged else "not converged"
+    profile.set_title(f"NEB, {len(result.positions)} images, {result.iterations} iterations ({state})",
+                      fontsize="medium")
+    forces.bar(result.path_length, np.maximum(result.max_forces, 1e-3), width=0.6 * np.min(np.diff(result.path_length)))
+    forces.set_yscale("log")
+    forces.set_ylabel("max |F| / kJ mol$^{-1}$ nm$^{-1}$")
+    forces.set_xlabel("path length / nm (path atoms)")
+    fig.savefig(path, dpi=120)
+
