@@ -415,3 +415,19 @@ output: out
     rows = (tmp_path / "out" / "endpoints" / "reactant" / "optimization.csv").read_text().splitlines()
     iterations = [int(float(row.split(",")[0])) for row in rows[1:]]
     assert len(iterations) > 3 and iterations == list(range(len(iterations)))  # one history, continued
+
+
+def test_endpoints_share_one_partition_and_frozen_atoms_must_coincide():
+    from bioqmmm.protocols.qmmm_images import partition
+    from bioqmmm.run.neb import _same_frozen_atoms
+
+    top, system, positions = formamide(box_size=2.0)
+    reactant = np.array(positions.value_in_unit(unit.nanometer))
+    qmmm = QMMMSystem(top, system, "resname FMD", charge=0, multiplicity=1, engine=PySCFEngine("hf", "sto-3g"))
+    path, environment, frozen = partition(qmmm, reactant, 0.0, 0.35)
+    assert set(path) == set(range(6)) and len(environment) % 3 == 0 and len(frozen) % 3 == 0  # whole waters
+    assert len(path) + len(environment) + len(frozen) == len(reactant)
+    moved = reactant.copy()
+    moved[frozen[-1], 0] += 0.01
+    with pytest.raises(InputError, match=f"frozen atom {frozen[-1]} is 0.0100 nm"):
+        _same_frozen_atoms(reactant, moved, frozen, "product.pdb")

@@ -114,6 +114,8 @@ class BandState:
                     relaxed_at=relaxed_at,
                     history=[dict(zip(keys, map(float, row), strict=True)) for row in data["history"]],
                 )
+        except InputError:
+            raise
         except (OSError, KeyError, ValueError) as exc:
             raise InputError(f"cannot read the band checkpoint {path}: {exc}") from exc
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from bioqmmm.errors import InputError
+from bioqmmm.parallel.comm import world
 from bioqmmm.protocols.band import path_length, relax_band
 from bioqmmm.protocols.interpolation import idpp_path, linear_path
 from bioqmmm.protocols.models import PathModel
@@ -101,7 +102,8 @@ class NEB:
     :class:`~bioqmmm.protocols.models.PathModel`. ``spring_constant`` kJ/mol/nm²;
     ``interpolation`` ``"idpp"`` or ``"linear"``; ``environment`` ``"relaxed"`` or ``"restrained"``
     with ``restraint_constant`` kJ/mol/nm², ``active_radius`` and ``freeze_beyond`` nm, ``box``
-    (3, 3) nm, ``comm`` the communicator (default: MPI's world under mpirun) — QM/MM only.
+    (3, 3) nm, ``comm`` the communicator (default: MPI's world under mpirun), ``atoms`` (path,
+    environment, frozen) index arrays instead of the ones chosen from the reactant — QM/MM only.
     ``max_step`` nm is the largest move of one atom per iteration; ``relax_every`` iterations
     between environment relaxations.
 
@@ -130,6 +132,7 @@ class NEB:
         box: np.ndarray | None = None,
         platform: str = "CPU",
         comm=None,
+        atoms: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> None:
         reactant = np.array(positions_nm(reactant_positions), dtype=float)
         product = np.array(positions_nm(product_positions), dtype=float)
@@ -145,12 +148,15 @@ class NEB:
             if box is None and qmmm.system.usesPeriodicBoundaryConditions():
                 box = qmmm.system.getDefaultPeriodicBoxVectors()
             box = None if box is None else np.array(positions_nm(box), dtype=float)
+            comm = comm or world()
+            if comm.size > 1:  # every rank builds the same band from rank 0's endpoints
+                reactant, product = comm.bcast((reactant, product) if comm.rank == 0 else None)
             if box is not None or len(qmmm.qm_atoms) == len(reactant):  # a box, or a free molecule
                 product = _nearest_copy(reactant, product, box)
             self.model = QMMMImages(
                 qmmm, reactant, n_images, environment=environment, active_radius=active_radius,
                 freeze_beyond=freeze_beyond, restraint=restraint_constant, mm_tolerance=mm_tolerance, box=box,
-                platform=platform, comm=comm,
+                platform=platform, comm=comm, atoms=atoms,
             )
         atoms = self.model.path_atoms
         if np.allclose(reactant[atoms], product[atoms], atol=1e-6):

@@ -31,6 +31,19 @@ from bioqmmm.run.optimize import frozen_atoms, inner_atoms, qm_charges_on_atoms
 ENVIRONMENTS = ("relaxed", "restrained")
 
 
+def partition(qmmm, positions: np.ndarray, active_radius: float = 0.0,
+              freeze_beyond: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(path, environment, frozen) atom indices of ``positions`` (nm): path = the optimiser's inner atoms
+    (QM, link hosts and their neighbours, atoms within ``active_radius``); frozen = atoms beyond
+    ``freeze_beyond`` of every QM atom, closed under constraints (a rigid water is frozen whole);
+    environment = the rest."""
+    path = inner_atoms(qmmm, positions, active_radius)
+    far = set(frozen_atoms(qmmm, positions, freeze_beyond).tolist()) - set(path.tolist())
+    frozen = np.array(sorted(fixed_atoms(qmmm.system, far)), dtype=int)
+    environment = np.setdiff1d(np.arange(len(positions)), np.union1d(path, frozen))
+    return path, environment, frozen
+
+
 class QMMMImages(PathModel):
     """Images of ``qmmm`` (a :class:`~bioqmmm.system.QMMMSystem`); ``positions`` (nm) decides which atoms
     are path, environment and frozen. ``box`` (3, 3) nm for periodic systems."""
@@ -38,17 +51,14 @@ class QMMMImages(PathModel):
     def __init__(self, qmmm, positions: np.ndarray, n_images: int, *, environment: str = "relaxed",
                  active_radius: float = 0.0, freeze_beyond: float | None = None, restraint: float = 1000.0,
                  mm_tolerance: float = 1.0, box: np.ndarray | None = None, platform: str = "CPU",
-                 comm=None) -> None:
+                 comm=None, atoms: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
         if environment not in ENVIRONMENTS:
             raise InputError(f"unknown environment {environment!r}: choose one of {', '.join(ENVIRONMENTS)}")
         self.qmmm, self.box, self.platform = qmmm, box, platform
         self.comm = comm or world()
         self.n_atoms = len(positions)
-        self.path_atoms = inner_atoms(qmmm, positions, active_radius)
-        frozen = np.array(sorted(fixed_atoms(qmmm.system, set(frozen_atoms(qmmm, positions, freeze_beyond).tolist()))),
-                          dtype=int)  # a rigid water is frozen whole or not at all
+        self.path_atoms, self.environment, frozen = atoms or partition(qmmm, positions, active_radius, freeze_beyond)
         self.fixed_in_relaxation = np.union1d(self.path_atoms, frozen)
-        self.environment = np.setdiff1d(np.arange(self.n_atoms), self.fixed_in_relaxation)
         self.restrained = environment == "restrained"
         self.relaxes = environment == "relaxed" and len(self.environment) > 0
         self._moving = np.concatenate([self.path_atoms, self.environment]) if self.restrained else self.path_atoms

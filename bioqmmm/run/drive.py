@@ -70,8 +70,9 @@ def check_restrained_atoms(qmmm, pairs) -> None:
 
 def drive(qmmm, positions: np.ndarray, pairs: Sequence[tuple[int, int]], targets: Sequence[float], k: float,
           settings: OptimizeProtocol, folder: str | Path, *, box: np.ndarray | None = None, platform: str = "CPU",
-          identity: str = "", poll=None) -> np.ndarray:
-    """``positions`` (nm) driven until each pair's distance is near its target; restrained-optimised stages."""
+          identity: str = "", poll=None, atoms: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """``positions`` (nm) driven until each pair's distance is near its target; restrained-optimised stages
+    (``atoms``: explicit (inner, frozen) atoms, as for :func:`~bioqmmm.run.optimize.run_optimization`)."""
     pairs = np.asarray(pairs, dtype=int).reshape(-1, 2)
     check_restrained_atoms(qmmm, pairs)
     start = distances(positions, pairs, box)
@@ -82,7 +83,7 @@ def drive(qmmm, positions: np.ndarray, pairs: Sequence[tuple[int, int]], targets
         goal = start + (targets - start) * stage / n_stages
         outcome = run_optimization(
             Restrained(qmmm, pairs, goal, k), x, settings, Path(folder) / f"stage_{stage:02d}", box=box,
-            platform=platform, identity=f"{identity}-{stage}", progress=False, poll=poll,
+            platform=platform, identity=f"{identity}-{stage}", progress=False, poll=poll, atoms=atoms,
         )
         x = outcome.positions
     return x

@@ -29,6 +29,7 @@ from bioqmmm.errors import InputError
 from bioqmmm.parallel.replicas import Replica, run_replicas
 from bioqmmm.protocols.band import tangents
 from bioqmmm.protocols.neb import NEB, NEBResult
+from bioqmmm.protocols.qmmm_images import partition
 from bioqmmm.protocols.tsopt import TSResult, refine_transition_state
 from bioqmmm.run.drive import check_restrained_atoms, drive
 from bioqmmm.run.environment import ConstraintProjector
@@ -89,18 +90,21 @@ def run_neb(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], co
         raise InputError(f"{settings.product}: the product's QM atoms are where the reactant's are: nothing to connect")
     pairs = [[_one_atom(topology, selection) for selection in d.atoms] for d in settings.product_distances]
     check_restrained_atoms(qmmm, pairs)
-    run_identity = fingerprint(common["identity"], array_digest(reactant), array_digest(product))
+    # one choice of path, environment and frozen atoms for the endpoints and the band alike
+    atoms = partition(qmmm, reactant, settings.active_radius_nm, settings.freeze_beyond_nm)
+    _same_frozen_atoms(reactant, product, atoms[2], settings.product or "the product")
     if settings.optimize_endpoints:
-        ends = _optimized_endpoints(config, qmmm, ends, pairs, box, run_identity, comm)
+        ends = _optimized_endpoints(config, qmmm, ends, pairs, atoms, box, comm)
+    band_identity = fingerprint(common["identity"], array_digest(ends["reactant"]), array_digest(ends["product"]))
     neb = NEB(
         qmmm, ends["reactant"], ends["product"], settings.n_images, settings.climb,
         spring_constant=settings.spring_constant_kjmol_nm2, interpolation=settings.interpolation,
         environment=settings.environment, restraint_constant=settings.restraint_kjmol_nm2,
         active_radius=settings.active_radius_nm, freeze_beyond=settings.freeze_beyond_nm,
         relax_every=settings.relax_every, max_step=settings.max_step_nm, mm_tolerance=settings.mm_tolerance_kjmol_nm,
-        box=box, platform=config.resources.platform, comm=comm,
+        box=box, platform=config.resources.platform, comm=comm, atoms=atoms,
     )
-    result = _relax(neb, settings, out, run_identity, progress and comm.rank == 0)
+    result = _relax(neb, settings, out, band_identity, progress and comm.rank == 0)
     ts = _refine(qmmm, neb, result, settings, box, comm) if settings.ts_refine else None
     figures = {**common, **result.figures(), **({} if ts is None else _ts_figures(ts, result))}
     if comm.rank != 0:
@@ -121,32 +125,45 @@ def _relax(neb: NEB, settings: NEBProtocol, out: Path, identity: str, progress: 
                        identity=identity, callback=report)
 
 
-def _optimized_endpoints(config, qmmm, ends: dict[str, np.ndarray], pairs: list[list[int]], box, identity: str,
+def _same_frozen_atoms(reactant: np.ndarray, product: np.ndarray, frozen: np.ndarray, label: str) -> None:
+    """Frozen atoms never move, so both endpoints must have them in the same place."""
+    if len(frozen):
+        shift = np.linalg.norm(product[frozen] - reactant[frozen], axis=1)
+        if shift.max() > 1e-4:
+            atom = int(frozen[np.argmax(shift)])
+            raise InputError(f"{label}: frozen atom {atom} is {shift.max():.4f} nm from where the reactant has it; "
+                             "frozen atoms must coincide (same environment, or no freeze_beyond_nm)")
+
+
+def _optimized_endpoints(config, qmmm, ends: dict[str, np.ndarray], pairs: list[list[int]], atoms, box,
                          comm) -> dict[str, np.ndarray]:
-    """Both endpoints optimised at the band's level, one per rank under mpirun (replica runner)."""
+    """Both endpoints optimised at the band's level, one per rank under mpirun (replica runner), with the
+    freedom the band's images have: a relaxed environment by microiterations, a restrained one on the
+    true QM/MM surface with the path atoms (its restraints vanish at an endpoint, their reference)."""
     settings: NEBProtocol = config.protocol
-    # the endpoints get the freedom the band's images have: a relaxed environment by microiterations, a
-    # restrained one on the true QM/MM surface with the inner atoms (restraints vanish at an endpoint)
+    path, environment, frozen = atoms
     relaxed = settings.environment == "relaxed"
-    reach = settings.freeze_beyond_nm if settings.freeze_beyond_nm is not None else np.inf
+    inner = path if relaxed else np.union1d(path, environment)
     optimize = OptimizeProtocol(
         type="optimize", fmax_kjmol_nm=settings.endpoint_fmax_kjmol_nm, max_steps=settings.endpoint_max_steps,
-        microiterations=relaxed, active_radius_nm=settings.active_radius_nm if relaxed else reach,
-        freeze_beyond_nm=settings.freeze_beyond_nm, mm_tolerance_kjmol_nm=settings.mm_tolerance_kjmol_nm,
+        microiterations=relaxed, mm_tolerance_kjmol_nm=settings.mm_tolerance_kjmol_nm,
     )
     folder = config.output_dir() / "endpoints"
-    # run length excluded: a rerun with more endpoint_max_steps continues the same optimisation
-    tags = {name: fingerprint(identity, name, dataclasses.replace(optimize, max_steps=1)) for name in ENDPOINTS}
+    # what an endpoint depends on; the run length excluded, so a longer rerun continues the same optimisation
+    identity = fingerprint(config.system, config.qm, dataclasses.replace(optimize, max_steps=1),
+                           settings.product_distances, settings.drive_force_constant_kjmol_nm2,
+                           [array_digest(a) for a in (*atoms, ends["reactant"], ends["product"])])
+    tags = {name: fingerprint(identity, name) for name in ENDPOINTS}
 
     def work(replica: Replica, poll) -> dict[str, Any]:
         x = ends[replica.name]
         if replica.name == "product" and pairs:  # drive the reactant there first
             x = drive(qmmm, x, pairs, [d.distance_nm for d in settings.product_distances],
                       settings.drive_force_constant_kjmol_nm2, optimize, folder / "product_drive", box=box,
-                      platform=config.resources.platform, identity=tags["product"], poll=poll)
+                      platform=config.resources.platform, identity=tags["product"], poll=poll, atoms=(inner, frozen))
         outcome = run_optimization(qmmm, x, optimize, folder / replica.name, box=box,
                                    platform=config.resources.platform, identity=tags[replica.name], progress=False,
-                                   poll=poll)
+                                   poll=poll, atoms=(inner, frozen))
         return write_results(folder / replica.name, "optimize", {"identity": tags[replica.name], **outcome.figures()})
 
     def finished(replica: Replica) -> dict[str, Any] | None:

@@ -132,11 +132,14 @@ def run_optimization(
     identity: str = "",
     progress: bool = True,
     poll: Callable[[], None] | None = None,
+    atoms: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> OptimizationOutcome:
     """Optimise ``positions`` (nm) of ``qmmm``; write the history, the final structure and plots to ``outdir``.
 
     ``identity`` names the model and settings; a checkpoint in ``outdir`` with another one is refused.
     ``poll`` is called after every recorded step and may raise to stop (the replica runner's abort).
+    ``atoms`` = (inner, frozen) index arrays replace the ones ``settings`` would choose from ``positions``
+    (so that two structures are optimised with the same atoms free).
     """
     from tqdm import tqdm
 
@@ -154,10 +157,15 @@ def run_optimization(
                     )
                 x = np.array(data["positions"])
                 history = [dict(zip(data["history_keys"].tolist(), row, strict=True)) for row in data["history"]]
+        except InputError:
+            raise
         except (OSError, KeyError, ValueError) as exc:
             raise InputError(f"cannot read {checkpoint}: {exc}") from exc
-    inner = inner_atoms(qmmm, x, settings.active_radius_nm)
-    frozen = frozen_atoms(qmmm, x, settings.freeze_beyond_nm)
+    if atoms is None:
+        inner = inner_atoms(qmmm, x, settings.active_radius_nm)
+        frozen = frozen_atoms(qmmm, x, settings.freeze_beyond_nm)
+    else:
+        inner, frozen = (np.asarray(a, dtype=int) for a in atoms)
     environment = np.setdiff1d(np.arange(len(x)), np.concatenate([inner, frozen]))
     moving_env = len(environment) > 0 and settings.microiterations
     qm_calls = qmmm.kernel.evaluations
@@ -234,6 +242,7 @@ def run_optimization(
             if not moving_env or (inner_done and abs(env_change) < settings.energy_change_kjmol):
                 converged = inner_done
                 break
+    _save_checkpoint(checkpoint, x, history, identity)  # also when no step was needed
     outcome = OptimizationOutcome(
         converged=converged,
         iterations=len(history) - 1,

@@ -43,9 +43,10 @@ def run_protocol(path: str | Path, *, output: str | Path | None = None, progress
     return _single(config, progress)
 
 
-#: The keys holding each protocol's run lengths, which a rerun may extend (the first is the target).
+#: Keys a rerun may change and still continue the run: its lengths (the first is the target) and, for
+#: NEB, the transition-state refinement, which only post-processes the band.
 _LENGTH = {MDProtocol: ("steps",), OptimizeProtocol: ("max_steps",),
-           NEBProtocol: ("max_iterations", "endpoint_max_steps")}
+           NEBProtocol: ("max_iterations", "endpoint_max_steps", "ts_refine", "ts_fmax_kjmol_nm", "ts_max_steps")}
 
 
 def identity(config: ProtocolFile) -> str:
