@@ -1,7 +1,7 @@
-"""Step generators for optimisers that see forces only: L-BFGS directions and FIRE.
+"""Step generators on flat coordinate vectors: L-BFGS directions (for energy minimisation with a
+line search) and FIRE steps (for force fields that are not gradients, such as a nudged band).
 
-Both work on flat coordinate vectors and know nothing of units; the caller caps the step
-(largest displacement of one atom) and decides when to stop.
+The caller caps the step (largest displacement of one atom) and decides when to stop.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ LBFGS_MEMORY = 10
 class LBFGS:
     """Two-loop L-BFGS direction on a flat coordinate vector (Nocedal & Wright, Alg. 7.4)."""
 
-    def __init__(self, memory: int = LBFGS_MEMORY, initial_inverse_hessian: float = INITIAL_INVERSE_HESSIAN) -> None:
+    def __init__(self, memory: int = LBFGS_MEMORY) -> None:
         self.pairs: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=memory)
-        self.initial_inverse_hessian = initial_inverse_hessian
 
     def update(self, s: np.ndarray, y: np.ndarray) -> None:
         if s @ y > 1e-12:  # keep the inverse Hessian positive definite
@@ -34,22 +33,12 @@ class LBFGS:
             alphas.append(alpha)
             q -= alpha * y
         gamma = (self.pairs[-1][0] @ self.pairs[-1][1]) / (self.pairs[-1][1] @ self.pairs[-1][1]) if self.pairs \
-            else self.initial_inverse_hessian
+            else INITIAL_INVERSE_HESSIAN
         r = gamma * q
         for (s, y), alpha in zip(self.pairs, reversed(alphas), strict=True):
             beta = (y @ r) / (y @ s)
             r += s * (alpha - beta)
         return -r
-
-    def get_state(self) -> dict[str, np.ndarray]:
-        if not self.pairs:
-            return {}
-        return {"s": np.array([s for s, _ in self.pairs]), "y": np.array([y for _, y in self.pairs])}
-
-    def set_state(self, state: dict[str, np.ndarray]) -> None:
-        self.pairs.clear()
-        for s, y in zip(state.get("s", ()), state.get("y", ()), strict=True):
-            self.pairs.append((np.array(s), np.array(y)))
 
 
 class FIRE:
