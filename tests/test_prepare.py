@@ -266,6 +266,20 @@ def test_explicit_solvent_is_neutral_with_the_requested_salt(tmp_path, peptide_l
     assert any(e.kind == "solvent" for e in prepared.report.changes)
 
 
+def test_a_charged_qm_only_ligand_is_neutralised_by_counter_ions(tmp_path, peptide_lines):
+    """The QM-only template of formate carries no charges, so OpenMM's neutralisation cannot see its −1:
+    one more Na+ replaces the farthest water, and the MM charges plus the QM charge sum to zero."""
+    prepared = prepare(_write(tmp_path, peptide_lines + [FORMATE]), padding_nm=0.8, keep_additives=True,
+                       ligand_smiles={"FMT": "[O-]C=O"}, qm_residues=["FMT"], cache_dir=tmp_path / "cache")
+    counts = {n: sum(r.name == n for r in prepared.topology.residues()) for n in ("NA", "CL")}
+    assert counts["NA"] - counts["CL"] == 2  # peptide −1, formate −1
+    nonbonded = next(f for f in prepared.system.getForces() if isinstance(f, openmm.NonbondedForce))
+    mm = sum(nonbonded.getParticleParameters(i)[0].value_in_unit(unit.elementary_charge)
+             for i in range(nonbonded.getNumParticles()))
+    assert mm + (-1) == pytest.approx(0.0, abs=1e-6)
+    assert any("for the net charge -1 of the QM-only residues" in e.detail for e in prepared.report.changes)
+
+
 def test_implicit_solvent_and_charmm36(tmp_path, peptide_lines):
     path = _write(tmp_path, peptide_lines)
     implicit = prepare(path, solvent="implicit")

@@ -42,6 +42,8 @@ class ForceFieldSetup:
     files: list[str]
     extra: dict[str, str] = field(default_factory=dict)  # file name -> XML text
     templates: dict[int, str] = field(default_factory=dict)  # residue index -> template name
+    #: Net charge (e) of the QM-only residues, whose templates carry none: the solvent's ions must.
+    qm_only_charge: int = 0
 
     def forcefield(self) -> app.ForceField:
         forcefield = app.ForceField(*self.files)
@@ -110,6 +112,7 @@ def parameterize(
         if qm_only:
             file = f"{name}-qm-only.xml"
             setup.extra[file] = qm_only_template(residue, positions)
+            setup.qm_only_charge += charge * sum(r.name == name for r in topology.residues())
             how = "inside the QM region: zero charges, element Lennard-Jones, no bonded terms"
         else:  # a copy outside the QM region needs real parameters; QMMMSystem zeroes those of QM copies
             path = gaff2_template(residue, positions, charge, cache_dir, label(residue))

@@ -119,7 +119,8 @@ def prepare(path: str | Path, **options) -> Prepared:
     _create_system(forcefield, modeller.topology, setup, path, periodic=False)  # every template, before solvation
     with reproducible(opts["seed"]):
         try:
-            solvate(modeller, forcefield, setup.residue_templates(modeller.topology), _solvent_options(opts), report)
+            solvate(modeller, forcefield, setup.residue_templates(modeller.topology), _solvent_options(opts), report,
+                    uncharged_net_charge=setup.qm_only_charge)
         except Exception as exc:  # OpenMM raises bare Exception/ValueError for template problems
             raise PreparationError(f"{path}: solvation failed: {exc}") from exc
     periodic = modeller.topology.getPeriodicBoxVectors() is not None

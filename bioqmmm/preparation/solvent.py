@@ -37,8 +37,12 @@ def already_solvated(topology: app.Topology) -> bool:
 
 
 def solvate(modeller: app.Modeller, forcefield: app.ForceField, templates: dict, options: SolventOptions,
-            report: Report) -> None:
-    """Add the water box and ions in place (explicit), or drop the crystal cell (implicit, vacuum)."""
+            report: Report, uncharged_net_charge: int = 0) -> None:
+    """Add the water box and ions in place (explicit), or drop the crystal cell (implicit, vacuum).
+
+    OpenMM neutralises the charges of the force field; ``uncharged_net_charge`` (e) is charge it cannot
+    see (QM-only residues carry zero MM charges): as many counter-ions replace the waters farthest
+    from the solute."""
     if options.kind != "explicit":
         modeller.topology.setPeriodicBoxVectors(None)
         return
@@ -57,6 +61,8 @@ def solvate(modeller: app.Modeller, forcefield: app.ForceField, templates: dict,
         neutralize=True,
         residueTemplates=templates,
     )
+    if uncharged_net_charge:
+        _counter_ions(modeller, uncharged_net_charge, options, report)
     after = {name: sum(r.name == name for r in modeller.topology.residues()) for name in before}
     box = np.array(modeller.topology.getPeriodicBoxVectors().value_in_unit(unit.nanometer))
     report.change(
@@ -66,3 +72,25 @@ def solvate(modeller: app.Modeller, forcefield: app.ForceField, templates: dict,
         f"{options.positive_ion}, {after['CL'] - before['CL']} {options.negative_ion} "
         f"({options.ionic_strength_molar:g} M plus neutralisation)",
     )
+
+
+def _counter_ions(modeller: app.Modeller, charge: int, options: SolventOptions, report: Report) -> None:
+    """Replace |charge| waters, the farthest from any solute atom, by ions of the opposite sign."""
+    positions = np.array(modeller.getPositions().value_in_unit(unit.nanometer))
+    waters = [r for r in modeller.topology.residues() if r.name == "HOH"]
+    solute = [a.index for a in modeller.topology.atoms() if a.residue.name not in ("HOH", "NA", "CL")]
+    box = np.array(modeller.topology.getPeriodicBoxVectors().value_in_unit(unit.nanometer))
+    oxygens = np.array([next(a.index for a in r.atoms() if a.element.symbol == "O") for r in waters])
+    delta = positions[oxygens][:, None, :] - positions[solute][None, :, :]
+    delta -= np.round(delta @ np.linalg.inv(box)) @ box
+    nearest = np.linalg.norm(delta, axis=2).min(axis=1)
+    chosen = np.argsort(-nearest, kind="stable")[: abs(charge)]
+    name, element, label = ("NA", "Na", options.positive_ion) if charge < 0 else ("CL", "Cl", options.negative_ion)
+    ions = app.Topology()
+    chain = ions.addChain()
+    for _ in chosen:
+        ions.addAtom(name, app.Element.getBySymbol(element), ions.addResidue(name, chain))
+    modeller.delete([waters[i] for i in chosen])
+    modeller.add(ions, positions[oxygens[chosen]] * unit.nanometer)
+    report.change("solvent", f"{abs(charge)} {label} in place of the farthest waters, for the net charge {charge:+d} "
+                             "of the QM-only residues (their templates carry no charges)")
