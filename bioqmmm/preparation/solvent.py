@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from openmm import app, unit
 
+from bioqmmm.embedding import minimum_image
 from bioqmmm.preparation.report import Report
 
 #: Water molecules per nm^3 above which an existing periodic box counts as already solvated
@@ -81,8 +82,7 @@ def _counter_ions(modeller: app.Modeller, charge: int, options: SolventOptions, 
     solute = [a.index for a in modeller.topology.atoms() if a.residue.name not in ("HOH", "NA", "CL")]
     box = np.array(modeller.topology.getPeriodicBoxVectors().value_in_unit(unit.nanometer))
     oxygens = np.array([next(a.index for a in r.atoms() if a.element.symbol == "O") for r in waters])
-    delta = positions[oxygens][:, None, :] - positions[solute][None, :, :]
-    delta -= np.round(delta @ np.linalg.inv(box)) @ box
+    delta = minimum_image(positions[oxygens][:, None, :] - positions[solute][None, :, :], box)
     nearest = np.linalg.norm(delta, axis=2).min(axis=1)
     chosen = np.argsort(-nearest, kind="stable")[: abs(charge)]
     name, element, label = ("NA", "Na", options.positive_ion) if charge < 0 else ("CL", "Cl", options.negative_ion)

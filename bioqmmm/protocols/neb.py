@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from bioqmmm.embedding import minimum_image
 from bioqmmm.errors import InputError
 from bioqmmm.parallel.comm import world
 from bioqmmm.protocols.band import path_length, relax_band
@@ -205,9 +206,7 @@ def _nearest_copy(reactant: np.ndarray, product: np.ndarray, box: np.ndarray | N
     """``product`` moved to lie as close to ``reactant`` as symmetry allows: each atom's nearest
     periodic image in a box, else the least-squares superposition (Kabsch) of the whole structure."""
     if box is not None:
-        delta = product - reactant
-        delta -= np.round(delta @ np.linalg.inv(box)) @ box
-        return reactant + delta
+        return reactant + minimum_image(product - reactant, box)
     a, b = reactant - reactant.mean(axis=0), product - product.mean(axis=0)
     u, _, vt = np.linalg.svd(b.T @ a)
     sign = np.sign(np.linalg.det(u @ vt))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bioqmmm.embedding import minimum_image
 from bioqmmm.errors import InputError
 from bioqmmm.run.optimize import run_optimization
 from bioqmmm.run.protocol import OptimizeProtocol
@@ -49,10 +50,7 @@ class Restrained:
 
 
 def _minimum_image(delta: np.ndarray, box: np.ndarray | None) -> np.ndarray:
-    if box is None:
-        return delta
-    box = np.asarray(box)
-    return delta - np.round(delta @ np.linalg.inv(box)) @ box
+    return delta if box is None else minimum_image(delta, np.asarray(box))
 
 
 def distances(positions: np.ndarray, pairs: np.ndarray, box: np.ndarray | None = None) -> np.ndarray:
