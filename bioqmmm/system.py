@@ -28,7 +28,7 @@ class QMMMSystem:
     Parameters
     ----------
     topology, system:
-        The reference model; neither is modified.
+        The reference model; neither is modified (``reference_system`` keeps the System).
     qm_atoms:
         Topology atom indices or an mdtraj selection string.
     charge, multiplicity:
@@ -72,6 +72,7 @@ class QMMMSystem:
                 f"topology has {topology.getNumAtoms()} atoms but the system has {system.getNumParticles()} particles"
             )
         self.topology = topology
+        self.reference_system = system
         self.qm_atoms: tuple[int, ...] = resolve_qm_atoms(topology, qm_atoms)
         self.symbols = element_symbols(topology, self.qm_atoms)
         self.charge = int(charge)

@@ -43,3 +43,12 @@ def positions_nm(positions) -> np.ndarray:
 #: Coulomb constant 1/(4 pi eps0) in kJ/mol nm e^-2, consistent with the constants above
 #: (1 Hartree Bohr / e^2), so that QM-side and Python-side electrostatics agree exactly.
 COULOMB_KJMOL_NM: float = HARTREE_KJMOL * BOHR_NM
+
+
+#: Molar gas constant in kJ/mol/K (OpenMM's value, so that k_BT matches its thermostats).
+GAS_CONSTANT_KJMOL_K: float = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
+
+
+def kt_kjmol(temperature: float) -> float:
+    """k_BT in kJ/mol at ``temperature`` K."""
+    return GAS_CONSTANT_KJMOL_K * temperature

@@ -97,18 +97,28 @@ def build_qmmm(config: ProtocolFile) -> tuple[QMMMSystem, np.ndarray, np.ndarray
     """
     base = config.source.parent if config.source is not None else None
     top, system, positions, box = build_model(config.system, base)
+    qmmm = qmmm_model(config, top, system)
+    if config.system.example is not None:
+        positions = relax_example(system, positions, fixed_atoms(system, set(qmmm.qm_atoms)))
+    return qmmm, positions, box
+
+
+def qmmm_model(config: ProtocolFile, topology: app.Topology, system: openmm.System,
+               method: str | None = None, basis: str | None = None) -> QMMMSystem:
+    """A QMMMSystem of ``config``'s QM region over the reference ``system`` (not modified), at the
+    ``qm`` block's level of theory or at ``method``/``basis``."""
     qm = config.qm
     options = dict(qm.options)
     if config.resources.threads is not None:
         options.setdefault("threads", config.resources.threads)
-    engine = PySCFEngine(qm.method, qm.basis, **options)
+    engine = PySCFEngine(method or qm.method, basis or qm.basis, **options)
     embedding = None
     if system.usesPeriodicBoundaryConditions():
         embedding = PeriodicEmbedding(cutoff=qm.embedding.cutoff_nm, switch_width=qm.embedding.switch_width_nm)
-    qmmm = QMMMSystem(
-        top,
+    return QMMMSystem(
+        topology,
         system,
-        qm_selection(top, qm),
+        qm_selection(topology, qm),
         charge=qm.charge,
         multiplicity=qm.multiplicity,
         engine=engine,
@@ -117,6 +127,3 @@ def build_qmmm(config: ProtocolFile) -> tuple[QMMMSystem, np.ndarray, np.ndarray
         boundary_charges=qm.boundary_charges,
         allow_polar_cut=qm.allow_polar_cut,
     )
-    if config.system.example is not None:
-        positions = relax_example(system, positions, fixed_atoms(system, set(qmmm.qm_atoms)))
-    return qmmm, positions, box

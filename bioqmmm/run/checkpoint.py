@@ -23,11 +23,13 @@ FORMAT_VERSION = 1
 
 
 def write_checkpoint(path: str | Path, context: openmm.Context, qmmm, meta: dict[str, Any]) -> None:
-    """Atomically write the checkpoint of ``context`` and ``qmmm`` (a QMMMSystem) to ``path``."""
+    """Atomically write the checkpoint of ``context`` and ``qmmm`` (a QMMMSystem, or None for an MM
+    System) to ``path``."""
     path = Path(path)
     arrays: dict[str, np.ndarray] = {"openmm": np.frombuffer(context.createCheckpoint(), dtype=np.uint8)}
-    arrays.update({f"engine.{k}": v for k, v in qmmm.engine.get_state().items()})
-    arrays.update({f"kernel.{k}": v for k, v in qmmm.kernel.get_state().items()})
+    if qmmm is not None:
+        arrays.update({f"engine.{k}": v for k, v in qmmm.engine.get_state().items()})
+        arrays.update({f"kernel.{k}": v for k, v in qmmm.kernel.get_state().items()})
     arrays["meta"] = np.array(json.dumps({"format": FORMAT_VERSION, **meta}))
     save_arrays(path, arrays)
 
@@ -55,15 +57,16 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 
 def read_checkpoint(path: str | Path, context: openmm.Context, qmmm) -> dict[str, Any]:
-    """Restore ``context`` and ``qmmm`` from ``path``; return the checkpoint's ``meta`` record."""
+    """Restore ``context`` and ``qmmm`` (None for an MM System) from ``path``; return its ``meta`` record."""
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             if meta.get("format") != FORMAT_VERSION:
                 raise InputError(f"checkpoint {path} has format {meta.get('format')}, expected {FORMAT_VERSION}")
             context.loadCheckpoint(data["openmm"].tobytes())
-            qmmm.engine.set_state(_section(data, "engine."))
-            qmmm.kernel.set_state(_section(data, "kernel."))
+            if qmmm is not None:
+                qmmm.engine.set_state(_section(data, "engine."))
+                qmmm.kernel.set_state(_section(data, "kernel."))
     except InputError:
         raise
     except Exception as exc:  # BadZipFile, KeyError, OpenMMException (e.g. another platform's checkpoint)

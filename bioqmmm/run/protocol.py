@@ -2,7 +2,7 @@
 
     system:    where the molecular system comes from (a shipped example or a ready PDB)
     qm:        the QM region (selection, charge, multiplicity) and its level of theory
-    protocol:  what to do, chosen by ``type`` (``md``, ``optimize``, ``neb``)
+    protocol:  what to do, chosen by ``type`` (``md``, ``optimize``, ``neb``, ``pmf``)
     output:    the output folder (relative paths are relative to the protocol file)
     resources: threads and OpenMM platform
 
@@ -234,6 +234,125 @@ class NEBProtocol:
 
 
 @dataclass(frozen=True)
+class TermSection:
+    """One term of a combined reaction coordinate: ``coefficient`` × ``kind`` of ``atoms``."""
+
+    kind: Literal["distance", "angle"]
+    atoms: tuple[str, ...]
+    coefficient: float = 1.0
+
+
+@dataclass(frozen=True)
+class CoordinateSection:
+    """The reaction coordinate (:mod:`bioqmmm.protocols.coordinates`): ``kind`` of ``atoms`` (mdtraj
+    selections of one atom each, in order), or ``kind: combination`` with ``terms``. Distances in nm,
+    angles and dihedrals in rad."""
+
+    kind: Literal["distance", "distance_difference", "angle", "dihedral", "combination"]
+    atoms: tuple[str, ...] = ()
+    terms: tuple[TermSection, ...] = ()
+
+    def __post_init__(self) -> None:
+        needed = {"distance": 2, "distance_difference": 4, "angle": 3, "dihedral": 4}
+        if self.kind == "combination":
+            if not self.terms or self.atoms:
+                raise FieldError("terms", "a combination is given by 'terms' (and no 'atoms')")
+        elif len(self.atoms) != needed[self.kind] or self.terms:
+            raise FieldError("atoms", f"a {self.kind} needs {needed[self.kind]} atom selections (and no 'terms')")
+        for term in self.terms:
+            if len(term.atoms) != {"distance": 2, "angle": 3}[term.kind]:
+                raise FieldError("terms", f"a {term.kind} term needs {2 if term.kind == 'distance' else 3} atoms")
+
+
+@dataclass(frozen=True)
+class WindowsSection:
+    """Umbrella windows: ``count`` centres evenly over ``range`` (a whole turn of a dihedral counts
+    once), or explicit ``centers``; force constant ``force_constant`` (kJ/mol per unit², default
+    4 k_BT/spacing²). Each window: ``equilibration_steps``, then ``samples`` every ``sample_interval``
+    steps of ``timestep_fs``."""
+
+    range: tuple[float, ...] = ()
+    count: int = 0
+    centers: tuple[float, ...] = ()
+    force_constant: float | None = None
+    samples: int = 500
+    sample_interval: int = 50
+    equilibration_steps: int = 5000
+    timestep_fs: float = 2.0
+
+    def __post_init__(self) -> None:
+        if bool(self.centers) == bool(self.range):
+            raise FieldError("range", "give either 'range' (with 'count') or 'centers'")
+        if self.range and (len(self.range) != 2 or not self.range[1] > self.range[0]):
+            raise FieldError("range", "must be [low, high] with high > low")
+        if self.range and self.count < 2:
+            raise FieldError("count", "give at least two windows over the range")
+        if self.centers and (self.force_constant is None or len(set(self.centers)) != len(self.centers)):
+            raise FieldError("centers", "explicit centres must differ and need 'force_constant'")
+        if self.force_constant is not None:
+            _positive(self, "force_constant")
+        for key in ("samples", "sample_interval"):
+            if getattr(self, key) < 1:
+                raise FieldError(key, "must be a positive integer")
+        if self.equilibration_steps < 0:
+            raise FieldError("equilibration_steps", "must be zero or positive")
+        _positive(self, "timestep_fs")
+
+    def span(self) -> tuple[float, float]:
+        return (self.range[0], self.range[1]) if self.range else (min(self.centers), max(self.centers))
+
+
+@dataclass(frozen=True)
+class LevelSection:
+    """A QM level of theory for the QM region of the ``qm`` block."""
+
+    method: str
+    basis: str
+
+
+@dataclass(frozen=True)
+class PMFProtocol:
+    """Free-energy profile along a reaction coordinate: umbrella windows sampled at the ``cheap`` level
+    (``mm``: the MM force field, or a QM/MM ``method``/``basis``) and, optionally, ``target_windows``
+    sampled at the target level (the ``qm`` block), all reweighted to the target with MBAR
+    (see :mod:`bioqmmm.run.pmf`). ``reactant_range``/``product_range`` (ranges of the coordinate)
+    give the barrier and reaction free energy."""
+
+    type: Literal["pmf"]
+    coordinate: CoordinateSection
+    windows: WindowsSection
+    cheap: Literal["mm"] | LevelSection = "mm"
+    target_windows: WindowsSection | None = None
+    temperature_k: float = 300.0
+    friction_per_ps: float = 1.0
+    seed: int = 1
+    checkpoint_interval: int = 50
+    bins: int = 36
+    bootstraps: int = 0
+    reactant_range: tuple[float, ...] | None = None
+    product_range: tuple[float, ...] | None = None
+    min_ess_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        _positive(self, "temperature_k")
+        if not self.friction_per_ps > 0:
+            raise FieldError("friction_per_ps", "must be positive (umbrella sampling runs at constant temperature)")
+        for key in ("seed", "checkpoint_interval", "bins"):
+            if getattr(self, key) < 1:
+                raise FieldError(key, "must be a positive integer")
+        if self.bootstraps < 0:
+            raise FieldError("bootstraps", "must be zero or positive")
+        for key in ("reactant_range", "product_range"):
+            value = getattr(self, key)
+            if value is not None and (len(value) != 2 or not value[1] > value[0]):
+                raise FieldError(key, "must be [low, high] with high > low")
+        if (self.product_range is None) != (self.reactant_range is None):
+            raise FieldError("product_range", "give both 'reactant_range' and 'product_range', or neither")
+        if not 0 <= self.min_ess_fraction <= 1:
+            raise FieldError("min_ess_fraction", "must lie between 0 and 1")
+
+
+@dataclass(frozen=True)
 class ResourcesSection:
     """Threads for PySCF and OpenMM (None: their defaults) and the OpenMM platform."""
 
@@ -282,7 +401,7 @@ class ProtocolFile:
 
     system: SystemSection
     qm: QMSection
-    protocol: MDProtocol | OptimizeProtocol | NEBProtocol
+    protocol: MDProtocol | OptimizeProtocol | NEBProtocol | PMFProtocol
     output: str
     resources: ResourcesSection = ResourcesSection()
     replicas: tuple[ReplicaSection, ...] = ()
@@ -291,8 +410,9 @@ class ProtocolFile:
     def __post_init__(self) -> None:
         if not self.output.strip():
             raise FieldError("output", "must name a folder")
-        if self.replicas and isinstance(self.protocol, NEBProtocol):
-            raise FieldError("replicas", "a NEB runs its images in parallel itself: give no 'replicas' list")
+        if self.replicas and isinstance(self.protocol, NEBProtocol | PMFProtocol):
+            raise FieldError("replicas", f"a {self.protocol.type} protocol runs its own replicas in parallel: "
+                             "give no 'replicas' list")
         names = [r.name for r in self.replicas]
         if len(set(names)) != len(names):
             raise FieldError("replicas", f"replica names must be unique, got {names}")

@@ -18,7 +18,16 @@ from bioqmmm.run.build import build_qmmm
 from bioqmmm.run.md import fingerprint, run_md
 from bioqmmm.run.neb import run_neb
 from bioqmmm.run.optimize import run_optimization
-from bioqmmm.run.protocol import MDProtocol, NEBProtocol, OptimizeProtocol, ProtocolFile, ReplicaSection, load_protocol
+from bioqmmm.run.pmf import run_pmf
+from bioqmmm.run.protocol import (
+    MDProtocol,
+    NEBProtocol,
+    OptimizeProtocol,
+    PMFProtocol,
+    ProtocolFile,
+    ReplicaSection,
+    load_protocol,
+)
 from bioqmmm.run.reporters import read_rows
 from bioqmmm.run.results import plot_md, quantity, write_results
 
@@ -35,7 +44,7 @@ def run_protocol(path: str | Path, *, output: str | Path | None = None, progress
         config = _replace(config, output=str(Path(output).resolve()))
     if config.replicas:
         return _replica_set(config, progress)
-    if isinstance(config.protocol, NEBProtocol):
+    if isinstance(config.protocol, NEBProtocol | PMFProtocol):  # these share their own work out over ranks
         return _on_every_rank(world(), lambda comm: _single(_threaded(config, comm), progress, comm=comm))
     if world().size > 1:
         raise InputError(f"{path} has no 'replicas' list: under mpirun every rank would run the same protocol into "
@@ -44,9 +53,11 @@ def run_protocol(path: str | Path, *, output: str | Path | None = None, progress
 
 
 #: Keys a rerun may change and still continue the run: its lengths (the first is the target) and, for
-#: NEB, the transition-state refinement, which only post-processes the band.
+#: NEB, the transition-state refinement, which only post-processes the band. A pmf protocol checks
+#: each window's settings itself (:mod:`bioqmmm.run.pmf`).
 _LENGTH = {MDProtocol: ("steps",), OptimizeProtocol: ("max_steps",),
-           NEBProtocol: ("max_iterations", "endpoint_max_steps", "ts_refine", "ts_fmax_kjmol_nm", "ts_max_steps")}
+           NEBProtocol: ("max_iterations", "endpoint_max_steps", "ts_refine", "ts_fmax_kjmol_nm", "ts_max_steps"),
+           PMFProtocol: ()}
 
 
 def identity(config: ProtocolFile) -> str:
@@ -56,8 +67,9 @@ def identity(config: ProtocolFile) -> str:
                        dataclasses.replace(settings, **dict.fromkeys(_LENGTH[type(settings)], 1)))
 
 
-def _target(settings: MDProtocol | OptimizeProtocol | NEBProtocol) -> int:
-    return getattr(settings, _LENGTH[type(settings)][0])
+def _target(settings: MDProtocol | OptimizeProtocol | NEBProtocol | PMFProtocol) -> int | None:
+    keys = _LENGTH[type(settings)]
+    return getattr(settings, keys[0]) if keys else None
 
 
 def _replace(config: ProtocolFile, **changes) -> ProtocolFile:
@@ -187,6 +199,8 @@ def _single(config: ProtocolFile, progress: bool, poll=None, comm=None) -> dict[
         return write_results(out, "optimize", {**common, **outcome.figures()})
     if isinstance(settings, NEBProtocol):
         return run_neb(config, qmmm, positions, box, common, comm or world(), progress)
+    if isinstance(settings, PMFProtocol):
+        return run_pmf(config, qmmm, positions, box, common, comm or world(), progress)
     raise AssertionError(f"unhandled protocol {type(settings).__name__}")  # the schema admits no other type
 
 

@@ -1,0 +1,225 @@
+"""One biased sampling window: Langevin dynamics under an umbrella, samples kept in resumable chunks.
+
+    samples = sample_window(system, coordinate, bias, positions, settings, folder)
+
+The System (MM, or a QM/MM ``qmmm.system``) gains the bias force in a force group of its own;
+every ``sample_interval`` steps the sampler records the reaction coordinate s (nm or rad), the
+System's energy without the bias (kJ/mol) and the positions (nm, float32, with the box).
+Samples are written in chunks of ``checkpoint_interval`` (``samples_NNNN.npz``), each followed
+by a checkpoint (:mod:`bioqmmm.run.checkpoint`); a rerun into the same folder resumes from the
+last checkpoint bit for bit (CPU platform with deterministic forces, or Reference).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import openmm
+from openmm import unit
+
+from bioqmmm.errors import BioQMMMError, CalculationError, InputError, ReplicaAbortedError
+from bioqmmm.protocols.coordinates import ReactionCoordinate, Umbrella
+from bioqmmm.protocols.reweighting import Window, decorrelate
+from bioqmmm.run.checkpoint import read_checkpoint, read_meta, save_arrays, write_checkpoint
+from bioqmmm.run.environment import mm_context
+
+#: MM minimisation that pulls a start structure into a window: RMS force tolerance (kJ/mol/nm), iterations.
+PULL_TOLERANCE = 10.0
+PULL_MAX_ITERATIONS = 2000
+#: How much stiffer than the window's umbrella the pulling restraint is.
+PULL_STIFFENING = 100.0
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Langevin (LangevinMiddle) sampling of one window: ``equilibration_steps`` unrecorded, then
+    ``samples`` recorded every ``sample_interval`` steps, ``checkpoint_interval`` samples per chunk."""
+
+    samples: int
+    sample_interval: int = 10
+    equilibration_steps: int = 0
+    timestep_fs: float = 2.0
+    temperature_k: float = 300.0
+    friction_per_ps: float = 1.0
+    seed: int = 1
+    checkpoint_interval: int = 100
+
+
+@dataclass
+class WindowSamples:
+    """What a window recorded: s, the unbiased energy (kJ/mol), positions (nm) and boxes (nm, or None)."""
+
+    s: np.ndarray
+    energy: np.ndarray
+    positions: np.ndarray
+    boxes: np.ndarray | None
+
+
+def sample_window(
+    system: openmm.System,
+    coordinate: ReactionCoordinate,
+    bias: Umbrella,
+    positions: np.ndarray,
+    settings: SamplingSettings,
+    folder: str | Path,
+    *,
+    box: np.ndarray | None = None,
+    qmmm=None,
+    platform: str = "CPU",
+    threads: int | None = None,
+    identity: str = "",
+    poll: Callable[[], None] | None = None,
+) -> WindowSamples:
+    """Sample (or resume sampling) one window into ``folder``; return all its samples.
+
+    ``system`` gains the bias force (build a fresh one per window). ``qmmm`` is the QMMMSystem whose
+    ``system`` this is, if any: its SCF guess and cached QM result go into the checkpoints.
+    Start from ``positions`` near the window (:func:`pulled_start`). ``poll`` is called after every
+    sample and may raise to stop.
+    A checkpoint from other settings (``identity``) is refused.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint = folder / "checkpoint.npz"
+    periodic = system.usesPeriodicBoundaryConditions()
+    bias_force = coordinate.bias_force(bias, periodic)
+    group = max({f.getForceGroup() for f in system.getForces()} | {0}) + 1
+    if group > 31:
+        raise InputError("no free force group left for the umbrella bias")
+    bias_force.setForceGroup(group)
+    system.addForce(bias_force)
+    unbiased = sum(1 << g for g in range(32) if g != group)
+    integrator = openmm.LangevinMiddleIntegrator(
+        settings.temperature_k * unit.kelvin, settings.friction_per_ps / unit.picosecond,
+        settings.timestep_fs * 1e-3 * unit.picosecond,
+    )
+    integrator.setRandomNumberSeed(settings.seed)
+    properties = {"DeterministicForces": "true", "Threads": str(threads or 1)} if platform == "CPU" else {}
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform), properties)
+
+    def typed():
+        return qmmm.typed_errors() if qmmm is not None else contextlib.nullcontext()
+
+    meta = {"identity": identity, "samples": 0, "chunks": 0, "equilibrated": False}
+    if checkpoint.exists():
+        if read_meta(checkpoint).get("identity") != identity:
+            raise InputError(f"{folder} holds samples of different settings: use another folder or remove it")
+        meta = read_checkpoint(checkpoint, context, qmmm)
+    else:
+        if box is not None:
+            context.setPeriodicBoxVectors(*box)
+        context.setPositions(positions)
+        with typed():
+            context.setVelocitiesToTemperature(settings.temperature_k * unit.kelvin, settings.seed)
+    chunks = [_load_chunk(folder, k) for k in range(meta["chunks"])]
+    try:
+        if not meta["equilibrated"]:
+            with typed():
+                integrator.step(settings.equilibration_steps)
+            meta["equilibrated"] = True
+            write_checkpoint(checkpoint, context, qmmm, meta)
+        while meta["samples"] < settings.samples:
+            count = min(settings.checkpoint_interval, settings.samples - meta["samples"])
+            chunk = _record(context, integrator, coordinate, bias_force, unbiased, count, settings.sample_interval,
+                            periodic, typed, poll)
+            save_arrays(folder / f"samples_{len(chunks):04d}.npz", chunk)
+            chunks.append(chunk)
+            meta["samples"] += count
+            meta["chunks"] = len(chunks)
+            write_checkpoint(checkpoint, context, qmmm, meta)
+    except (ReplicaAbortedError, InputError):
+        raise
+    except BioQMMMError as exc:
+        raise CalculationError(f"window at s = {bias.center:.4g} stopped after {meta['samples']} samples: {exc}; "
+                               f"rerun to resume from {checkpoint}") from exc
+    joined = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
+    return WindowSamples(joined["s"], joined["energy"], joined["positions"], joined.get("boxes"))
+
+
+def pulled_start(mm_system: openmm.System, coordinate: ReactionCoordinate, bias: Umbrella, positions: np.ndarray,
+                 box: np.ndarray | None = None) -> np.ndarray:
+    """``positions`` (nm) minimised on the MM energy plus the window's bias made :data:`PULL_STIFFENING` times
+    stiffer: s pulled close to the centre (across barriers a weak umbrella would not cross) at MM cost, a
+    start for sampling at any level. ``mm_system`` is copied, not modified."""
+    system = openmm.XmlSerializer.clone(mm_system)
+    stiff = dataclasses.replace(bias, force_constant=bias.force_constant * PULL_STIFFENING)
+    system.addForce(coordinate.bias_force(stiff, system.usesPeriodicBoundaryConditions()))
+    context = mm_context(system)
+    if box is not None:
+        context.setPeriodicBoxVectors(*box)
+    context.setPositions(positions)
+    openmm.LocalEnergyMinimizer.minimize(context, PULL_TOLERANCE, PULL_MAX_ITERATIONS)
+    return np.asarray(context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+
+
+def _record(context, integrator, coordinate, bias_force, unbiased: int, count: int, interval: int, periodic: bool,
+            typed, poll) -> dict[str, np.ndarray]:
+    s, energy, positions, boxes = [], [], [], []
+    for _ in range(count):
+        with typed():
+            integrator.step(interval)
+            state = context.getState(getEnergy=True, getPositions=True, groups=unbiased)
+        s.append(coordinate.value(bias_force.getCollectiveVariableValues(context)))
+        energy.append(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+        positions.append(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer).astype(np.float32))
+        if periodic:
+            boxes.append(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer))
+        if poll is not None:
+            poll()
+    chunk = {"s": np.array(s), "energy": np.array(energy), "positions": np.array(positions)}
+    if periodic:
+        chunk["boxes"] = np.array(boxes)
+    return chunk
+
+
+def _load_chunk(folder: Path, k: int) -> dict[str, np.ndarray]:
+    path = folder / f"samples_{k:04d}.npz"
+    try:
+        with np.load(path) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path} to resume: {exc}; remove {folder} to sample the window afresh") from exc
+
+
+EnergyFunction = Callable[[np.ndarray, "np.ndarray | None"], float]
+
+
+def system_energy(system: openmm.System, platform: str = "CPU") -> EnergyFunction:
+    """U(positions nm, box nm or None) in kJ/mol of an OpenMM System (MM, or QM/MM with its QM force)."""
+    context = mm_context(system, platform)
+
+    def energy(positions: np.ndarray, box: np.ndarray | None = None) -> float:
+        if box is not None:
+            context.setPeriodicBoxVectors(*box)
+        context.setPositions(np.asarray(positions, dtype=float))
+        return context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+
+    return energy
+
+
+def frame_energies(energy: EnergyFunction, samples: WindowSamples, indices: np.ndarray,
+                   poll: Callable[[], None] | None = None) -> np.ndarray:
+    """``energy`` (kJ/mol) on the recorded frames ``indices`` of ``samples``."""
+    values = []
+    for i in indices:
+        values.append(energy(samples.positions[i].astype(float), None if samples.boxes is None else samples.boxes[i]))
+        if poll is not None:
+            poll()
+    return np.array(values, dtype=float)
+
+
+def retained_window(name: str, level: str, bias: Umbrella, samples: WindowSamples,
+                    energies: dict[str, EnergyFunction], temperature: float,
+                    poll: Callable[[], None] | None = None) -> Window:
+    """The window's decorrelated samples (:func:`~bioqmmm.protocols.reweighting.decorrelate`) with the
+    ``"cheap"`` and ``"target"`` energies evaluated on them, ready for
+    :func:`~bioqmmm.protocols.reweighting.reweight`."""
+    indices, g = decorrelate(samples.s, samples.energy, bias, temperature)
+    values = {lvl: frame_energies(energies[lvl], samples, indices, poll) for lvl in ("cheap", "target")}
+    return Window(name, level, bias, samples.s[indices], values["cheap"], values["target"],
+                  frames=len(samples.s), statistical_inefficiency=g, retained=indices)

@@ -1,0 +1,333 @@
+"""``protocol: pmf``: umbrella windows at a cheap level (and optionally at the target level), MBAR to the target.
+
+Every window is a replica of the replica runner (over MPI under mpirun): its start is pulled into
+the window on the MM surface, it samples at its level (:mod:`bioqmmm.protocols.sampling`) into
+``OUTPUT/windows/NAME`` with checkpoints, decorrelates its samples and evaluates both levels on
+the retained frames (the target's QM/MM energies, the expensive part, are thus spread over the
+ranks). Rank 0 then merges all windows in one MBAR (:mod:`bioqmmm.protocols.reweighting`) and
+writes ``pmf.csv``, ``windows.csv``, ``overlap.csv``, ``pmf.png``, ``overlap.png`` and ``result.json``.
+
+A window sampled at a QM level keeps the MM model's bond constraints (also those inside the QM
+region, which the QM/MM System otherwise leaves flexible), so that every state lives on the same
+constrained configuration space and MBAR can merge them.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openmm
+from openmm import app
+
+from bioqmmm.errors import InputError
+from bioqmmm.parallel.replicas import Replica, run_replicas
+from bioqmmm.parallel.schedule import estimated_cost
+from bioqmmm.protocols.coordinates import ReactionCoordinate, Term, Umbrella, umbrella_windows
+from bioqmmm.protocols.reweighting import Profile, Window, reweight
+from bioqmmm.protocols.sampling import SamplingSettings, pulled_start, retained_window, sample_window, system_energy
+from bioqmmm.run.build import qmmm_model
+from bioqmmm.run.checkpoint import save_arrays
+from bioqmmm.run.md import fingerprint
+from bioqmmm.run.protocol import CoordinateSection, PMFProtocol, WindowsSection
+from bioqmmm.run.results import new_figure, quantity, write_results
+from bioqmmm.selection import resolve_qm_atoms
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowPlan:
+    """One window to run: ``level`` ('cheap' or 'target'), its umbrella, sampling section and seed."""
+
+    name: str
+    level: str
+    bias: Umbrella
+    section: WindowsSection
+    seed: int
+
+
+def reaction_coordinate(section: CoordinateSection, topology: app.Topology) -> ReactionCoordinate:
+    """The protocol's reaction coordinate, each selection resolved to exactly one atom."""
+
+    def atoms(selections) -> tuple[int, ...]:
+        found = []
+        for selection in selections:
+            match = resolve_qm_atoms(topology, selection)
+            if len(match) != 1:
+                raise InputError(f"coordinate: {selection!r} selects {len(match)} atoms, not one")
+            found.append(match[0])
+        return tuple(found)
+
+    if section.kind == "combination":
+        terms = tuple(Term(t.kind, atoms(t.atoms), t.coefficient) for t in section.terms)
+    elif section.kind == "distance_difference":
+        a = atoms(section.atoms)
+        terms = (Term("distance", a[:2]), Term("distance", a[2:], -1.0))
+    else:
+        terms = (Term(section.kind, atoms(section.atoms)),)
+    try:
+        return ReactionCoordinate(terms)
+    except ValueError as exc:
+        raise InputError(f"coordinate: {exc}") from exc
+
+
+def window_plans(settings: PMFProtocol, coordinate: ReactionCoordinate) -> list[WindowPlan]:
+    """Cheap windows ``c00, c01, …`` and target windows ``t00, …``, each with its own seed."""
+    plans = []
+    sets = [("cheap", "c", settings.windows, 0)]
+    if settings.target_windows is not None:
+        sets.append(("target", "t", settings.target_windows, 100000))
+    for level, prefix, section, offset in sets:
+        for i, bias in enumerate(_umbrellas(section, coordinate.period, settings.temperature_k)):
+            plans.append(WindowPlan(f"{prefix}{i:02d}", level, bias, section, settings.seed + offset + i))
+    return plans
+
+
+def _umbrellas(section: WindowsSection, period: float | None, temperature: float) -> list[Umbrella]:
+    if section.centers:
+        return [Umbrella(c, section.force_constant, period) for c in section.centers]
+    low, high = section.range
+    if period is not None and abs(high - low - period) < 1e-3:  # a whole turn given to a few digits
+        high = low + period
+    return umbrella_windows(low, high, section.count, temperature, section.force_constant, period)
+
+
+def bin_edges(settings: PMFProtocol, period: float | None) -> np.ndarray:
+    """``bins`` equal bins over (−π, π] for a dihedral, else over the span of all window sets."""
+    if period is not None:
+        return np.linspace(-math.pi, math.pi, settings.bins + 1)
+    spans = [s.span() for s in (settings.windows, settings.target_windows) if s is not None]
+    return np.linspace(min(a for a, _ in spans), max(b for _, b in spans), settings.bins + 1)
+
+
+def run_pmf(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], comm, progress: bool) -> dict:
+    """Run ``config``'s pmf protocol (every rank; windows shared out); rank 0 writes the files."""
+    settings: PMFProtocol = config.protocol
+    out = config.output_dir()
+    topology = qmmm.topology
+    coordinate = reaction_coordinate(settings.coordinate, topology)
+    plans = {p.name: p for p in window_plans(settings, coordinate)}
+    edges = bin_edges(settings, coordinate.period)
+    for name in ("reactant_range", "product_range"):
+        _check_range(getattr(settings, name), edges, name)
+    start = comm.bcast(np.asarray(positions) if comm.rank == 0 else None)
+    identities = {name: _window_identity(config, plan, coordinate) for name, plan in plans.items()}
+    levels = _Levels(config, qmmm, settings)
+    folder = out / "windows"
+
+    def work(replica: Replica, poll) -> dict[str, Any]:
+        plan = plans[replica.name]
+        where = folder / plan.name
+        sampling = SamplingSettings(
+            samples=plan.section.samples, sample_interval=plan.section.sample_interval,
+            equilibration_steps=plan.section.equilibration_steps, timestep_fs=plan.section.timestep_fs,
+            temperature_k=settings.temperature_k, friction_per_ps=settings.friction_per_ps, seed=plan.seed,
+            checkpoint_interval=settings.checkpoint_interval,
+        )
+        x = start if (where / "checkpoint.npz").exists() else pulled_start(qmmm.reference_system, coordinate,
+                                                                             plan.bias, start, box)
+        system, sampled_qmmm = levels.sampling_system(plan.level)
+        samples = sample_window(system, coordinate, plan.bias, x, sampling, where, box=box, qmmm=sampled_qmmm,
+                                platform=config.resources.platform, threads=config.resources.threads,
+                                identity=identities[plan.name], poll=poll)
+        window = retained_window(plan.name, plan.level, plan.bias, samples, levels.energies(), settings.temperature_k,
+                                 poll)
+        save_arrays(where / "window.npz", {
+            "s": window.s, "cheap": window.cheap, "target": window.target, "retained": window.retained,
+            "meta": np.array(json.dumps({"identity": identities[plan.name], "samples": window.frames,
+                                         "statistical_inefficiency": window.statistical_inefficiency})),
+        })
+        return {"samples": window.frames, "retained": len(window.s)}
+
+    def finished(replica: Replica) -> dict[str, Any] | None:
+        meta = _window_meta(folder / replica.name / "window.npz")
+        plan = plans[replica.name]
+        same = meta is not None and meta["identity"] == identities[plan.name]
+        done = same and meta["samples"] == plan.section.samples
+        return {"samples": meta["samples"]} if done else None
+
+    replicas = [Replica(name, cost=_cost(plan, qmmm, settings.cheap == "mm")) for name, plan in plans.items()]
+    run_replicas(replicas, work, folder, finished=finished, comm=comm)
+    record = None
+    if comm.rank == 0:
+        windows = [_load_window(folder / name / "window.npz", plan) for name, plan in plans.items()]
+        profile = reweight(windows, settings.temperature_k, edges, bootstraps=settings.bootstraps, seed=settings.seed,
+                           reactant=settings.reactant_range, product=settings.product_range,
+                           min_ess_fraction=settings.min_ess_fraction)
+        record = _write(out, profile, windows, coordinate, common, settings)
+    return comm.bcast(record)
+
+
+class _Levels:
+    """The cheap and target models of this rank: Systems to sample with, energy functions to evaluate."""
+
+    def __init__(self, config, qmmm, settings: PMFProtocol) -> None:
+        self.config, self.qmmm, self.settings = config, qmmm, settings
+        self._energies: dict[str, Any] | None = None
+
+    def _qm_level(self, level: str):
+        """A fresh QMMMSystem at the level's QM method (None for the MM cheap level)."""
+        cheap = self.settings.cheap
+        if level == "cheap" and cheap == "mm":
+            return None
+        method, basis = (cheap.method, cheap.basis) if level == "cheap" else (None, None)
+        return qmmm_model(self.config, self.qmmm.topology, self.qmmm.reference_system, method, basis)
+
+    def sampling_system(self, level: str) -> tuple[openmm.System, Any]:
+        model = self._qm_level(level)
+        if model is None:
+            return openmm.XmlSerializer.clone(self.qmmm.reference_system), None
+        _restore_constraints(model.system, self.qmmm.reference_system)
+        return model.system, model
+
+    def energies(self) -> dict[str, Any]:
+        if self._energies is None:
+            self._energies = {}
+            for level in ("cheap", "target"):
+                model = self._qm_level(level)
+                self._energies[level] = (system_energy(openmm.XmlSerializer.clone(self.qmmm.reference_system))
+                                         if model is None else _energy_of(model))
+        return self._energies
+
+
+def _energy_of(model):
+    def energy(positions: np.ndarray, box: np.ndarray | None = None) -> float:
+        return model.energy_and_forces(positions, box)[0]
+
+    return energy
+
+
+def _restore_constraints(system: openmm.System, reference: openmm.System) -> None:
+    """Add the reference's constraints that ``system`` lacks (those inside the QM region)."""
+    have = {tuple(sorted(system.getConstraintParameters(k)[:2])) for k in range(system.getNumConstraints())}
+    for k in range(reference.getNumConstraints()):
+        i, j, length = reference.getConstraintParameters(k)
+        if tuple(sorted((i, j))) not in have:
+            system.addConstraint(i, j, length)
+
+
+def _cost(plan: WindowPlan, qmmm, cheap_is_mm: bool) -> float:
+    """Prior cost: QM on every step of a QM-level window, on the retained frames (~samples) otherwise."""
+    n_qm = len(qmmm.qm_atoms) + len(qmmm.links)
+    n_mm = qmmm.topology.getNumAtoms() - n_qm
+    steps = plan.section.samples * plan.section.sample_interval + plan.section.equilibration_steps
+    qm_steps = steps if plan.level == "target" or not cheap_is_mm else plan.section.samples
+    return estimated_cost(n_qm, 0, qm_steps) + estimated_cost(0, n_mm, steps)
+
+
+def _window_identity(config, plan: WindowPlan, coordinate: ReactionCoordinate) -> str:
+    """What a window's samples depend on; its length excluded, so a longer rerun extends it."""
+    s: PMFProtocol = config.protocol
+    return fingerprint(config.system, config.qm, s.cheap, coordinate, s.temperature_k, s.friction_per_ps,
+                       s.checkpoint_interval, plan.name, plan.level, plan.bias, plan.seed,
+                       dataclasses.replace(plan.section, samples=1))
+
+
+def _window_meta(path: Path) -> dict[str, Any] | None:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return json.loads(str(data["meta"]))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _load_window(path: Path, plan: WindowPlan) -> Window:
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        return Window(plan.name, plan.level, plan.bias, data["s"], data["cheap"], data["target"],
+                      frames=meta["samples"], statistical_inefficiency=meta["statistical_inefficiency"],
+                      retained=data["retained"])
+
+
+def _check_range(value, edges: np.ndarray, name: str) -> None:
+    if value is not None and (value[1] < edges[0] or value[0] > edges[-1]):
+        raise InputError(f"{name} {list(value)} lies outside the profile's range [{edges[0]:.4g}, {edges[-1]:.4g}]")
+
+
+def _write(out: Path, profile: Profile, windows: list[Window], coordinate: ReactionCoordinate,
+           common: dict[str, Any], settings: PMFProtocol) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    unit = coordinate.unit
+    boot = profile.bootstrap_uncertainty
+    with open(out / "pmf.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([f"s_{unit}", "free_energy_kjmol", "uncertainty_kjmol", "bootstrap_uncertainty_kjmol",
+                         "samples", "target_level_share"])
+        for b in range(len(profile.centers)):
+            writer.writerow([f"{profile.centers[b]:.6g}", f"{profile.free_energy[b]:.6f}",
+                             f"{profile.uncertainty[b]:.6f}", "" if boot is None else f"{boot[b]:.6f}",
+                             int(profile.counts[b]), f"{profile.target_share[b]:.4f}"])
+    with open(out / "windows.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["window", "level", f"center_{unit}", "force_constant", "samples", "statistical_inefficiency",
+                         "retained", "kish_ess", "ess_fraction"])
+        for w in windows:
+            writer.writerow([w.name, w.level, f"{w.bias.center:.6g}", f"{w.bias.force_constant:.6g}", w.frames,
+                             f"{w.statistical_inefficiency:.3f}", len(w.s), f"{profile.ess[w.name]:.2f}",
+                             f"{profile.ess[w.name] / len(w.s):.4f}"])
+    with open(out / "overlap.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["window", *profile.windows])
+        for name, row in zip(profile.windows, profile.overlap, strict=True):
+            writer.writerow([name, *(f"{v:.8g}" for v in row)])
+    _plot_profile(out / "pmf.png", profile, windows, unit)
+    _plot_overlap(out / "overlap.png", profile)
+    ess_fraction = [profile.ess[w.name] / len(w.s) for w in windows if w.level == "cheap"]
+    figures = {
+        **common,
+        "coordinate_unit": unit,
+        "windows": {"cheap": sum(w.level == "cheap" for w in windows),
+                    "target": sum(w.level == "target" for w in windows)},
+        "cheap_level": settings.cheap if settings.cheap == "mm" else f"{settings.cheap.method}/{settings.cheap.basis}",
+        "samples_retained": int(sum(len(w.s) for w in windows)),
+        "profile_reference": quantity(profile.reference, unit),
+        "lowest_neighbour_overlap": min(profile.neighbour_overlap.values()),
+        "lowest_cheap_ess_fraction": float(min(ess_fraction)) if ess_fraction else None,
+        "warnings": profile.warnings,
+    }
+    if profile.barrier is not None:
+        figures["free_energy_barrier"] = {"value": profile.barrier[0], "uncertainty": profile.barrier[1],
+                                          "unit": "kJ/mol"}
+        figures["reaction_free_energy"] = {"value": profile.reaction_free_energy[0],
+                                           "uncertainty": profile.reaction_free_energy[1], "unit": "kJ/mol"}
+        figures["barrier_position"] = quantity(profile.ts_position, unit)
+    figures["files"] = sorted(["pmf.csv", "windows.csv", "overlap.csv", "pmf.png", "overlap.png", "result.json",
+                               "summary.txt", "windows/"])
+    return write_results(out, "pmf", figures)
+
+
+def _plot_profile(path: Path, profile: Profile, windows: list[Window], unit: str) -> None:
+    """The profile with its ±2σ band and the window centres; with target windows, each bin's target share."""
+    multilevel = any(w.level == "target" for w in windows)
+    fig, axes = new_figure(rows=2 if multilevel else 1)
+    ax = axes[0]
+    f, df = profile.free_energy, profile.uncertainty
+    ax.fill_between(profile.centers, f - 2 * df, f + 2 * df, color="tab:blue", alpha=0.25, label="±2σ (MBAR)")
+    ax.plot(profile.centers, f, "o-", color="tab:blue", ms=3, label="target free energy")
+    for w in windows:
+        ax.axvline(w.bias.center, color="tab:red" if w.level == "target" else "0.8", lw=0.6, zorder=0)
+    ax.set_ylabel("F (kJ/mol)")
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title("free-energy profile (grey: cheap windows, red: target windows)", fontsize=9)
+    if multilevel:
+        axes[1].bar(profile.centers, profile.target_share, width=np.diff(profile.centers).min(initial=1.0) * 0.9,
+                    color="tab:red")
+        axes[1].set_ylim(0, 1)
+        axes[1].set_ylabel("share from target windows")
+    axes[-1].set_xlabel(f"s ({unit})")
+    fig.savefig(path, dpi=120)
+
+
+def _plot_overlap(path: Path, profile: Profile) -> None:
+    fig, (ax,) = new_figure(rows=1, height=6.0)
+    image = ax.imshow(profile.overlap, cmap="viridis", vmin=0, vmax=max(profile.overlap.max(), 1e-12))
+    ticks = range(len(profile.windows))
+    ax.set_xticks(list(ticks), profile.windows, rotation=90, fontsize=6)
+    ax.set_yticks(list(ticks), profile.windows, fontsize=6)
+    ax.set_title("MBAR overlap matrix")
+    fig.colorbar(image, ax=ax)
+    fig.savefig(path, dpi=120)

@@ -1,0 +1,336 @@
+"""Free-energy profiles: umbrella windows at a cheap level, MBAR reweighting to a target level.
+
+The estimator is checked against analytic profiles (|z| < 4 with fixed seeds) and against BAR; the
+protocol runs the shipped alanine dipeptide file and a reduced copy under mpirun -n 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import mdtraj
+import numpy as np
+import openmm
+import pytest
+from conftest import mm_energy, mpirun
+from openmm import unit
+from scipy.integrate import quad
+
+from bioqmmm.errors import CalculationError, InputError, ReplicaAbortedError
+from bioqmmm.examples import alanine_dipeptide
+from bioqmmm.protocols.coordinates import Umbrella, dihedral, distance, distance_difference, umbrella_windows
+from bioqmmm.protocols.reweighting import Window, kish_ess, reweight
+from bioqmmm.protocols.sampling import SamplingSettings, retained_window, sample_window, system_energy
+from bioqmmm.run.build import build_qmmm
+from bioqmmm.run.protocol import load_protocol
+from bioqmmm.run.runner import run_protocol
+from bioqmmm.units import kt_kjmol
+
+PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"
+T = 300.0
+KT = kt_kjmol(T)
+
+# A particle at distance r from a fixed one: cheap U_c(r) = h ((r − r0)²/w² − 1)² (double well),
+# target U_t = U_c + a (r − r0). Sampled in 3-D, so the exact profile is F(r) = U(r) − 2 k_BT ln r.
+H, R0, W, TILT = 5.0, 0.3, 0.05, 40.0
+
+
+def cheap_u(r):
+    return H * ((r - R0) ** 2 / W**2 - 1) ** 2
+
+
+def target_u(r):
+    return cheap_u(r) + TILT * (r - R0)
+
+
+def pair_system(expression: str) -> openmm.System:
+    system = openmm.System()
+    system.addParticle(0.0)  # fixed
+    system.addParticle(12.0)
+    force = openmm.CustomBondForce(expression)
+    force.addBond(0, 1, [])
+    system.addForce(force)
+    return system
+
+
+CHEAP = f"{H}*((r-{R0})^2/{W}^2-1)^2"
+TARGET = f"{CHEAP} + {TILT}*(r-{R0})"
+START = np.array([[0.0, 0.0, 0.0], [R0, 0.0, 0.0]])
+
+
+def target_energy(positions, box=None) -> float:
+    """The target as a plain Python callable (any user function of positions can be a target)."""
+    return float(target_u(np.linalg.norm(positions[1] - positions[0])))
+
+
+def pair_windows(folder: Path, centres_level: list[tuple[str, str, Umbrella]], samples: int = 300) -> list[Window]:
+    windows = []
+    energies = {"cheap": system_energy(pair_system(CHEAP), "Reference"), "target": target_energy}
+    for i, (name, level, bias) in enumerate(centres_level):
+        settings = SamplingSettings(samples=samples, sample_interval=20, equilibration_steps=500, timestep_fs=2.0,
+                                    temperature_k=T, friction_per_ps=10.0, seed=11 + i)
+        system = pair_system(CHEAP if level == "cheap" else TARGET)
+        x = START.copy()
+        x[1, 0] = bias.center
+        found = sample_window(system, distance(0, 1), bias, x, settings, folder / name, platform="Reference")
+        windows.append(retained_window(name, level, bias, found, energies, T))
+    return windows
+
+
+def exact_bins(profile, width: float, potential=target_u) -> np.ndarray:
+    """−k_BT ln ∫_bin exp(−F/k_BT) dr of the exact profile of ``potential``, relative to the reference bin."""
+    def free(r):
+        return potential(r) - 2 * KT * np.log(r)
+
+    values = np.array([-KT * np.log(quad(lambda r: np.exp(-free(r) / KT), c - width / 2, c + width / 2)[0])
+                       for c in profile.centers])
+    return values - values[np.argmin(np.abs(profile.centers - profile.reference))]
+
+
+def assert_matches_exact(profile, width: float) -> None:
+    exact = exact_bins(profile, width)
+    sigma = np.where(profile.uncertainty > 0, profile.uncertainty, np.inf)
+    z = (profile.free_energy - exact) / sigma
+    assert np.all(np.abs(z) < 4), np.round(z, 2)
+    assert np.max(np.abs(profile.free_energy - exact)) < 3.0  # kJ/mol: the test can see a wrong profile
+
+
+def test_reweighted_profile_matches_the_exact_one(tmp_path):
+    """Acceptance: cheap double well sampled by OpenMM in 11 umbrella windows, reweighted to the tilted
+    target (a Python callable); every bin within |z| < 4 of the exact profile (fixed seeds)."""
+    biases = umbrella_windows(0.2, 0.4, 11, T)
+    windows = pair_windows(tmp_path, [(f"c{i:02d}", "cheap", b) for i, b in enumerate(biases)])
+    edges = np.linspace(0.2, 0.4, 21)
+    profile = reweight(windows, T, edges, bootstraps=20, seed=3, reactant=(0.2, 0.3), product=(0.3, 0.4))
+    assert len(profile.centers) >= 16 and profile.warnings == []  # the walls at 0.2 and 0.4 nm stay empty
+    assert_matches_exact(profile, edges[1] - edges[0])
+    # the tilt moves the barrier and the well depths; their numbers carry MBAR uncertainties
+    exact = exact_bins(profile, edges[1] - edges[0])
+    assert abs(profile.barrier[0] - exact[np.argmin(np.abs(profile.centers - profile.ts_position))]) < 4 * \
+        profile.barrier[1]
+    assert np.nanmax(np.abs(profile.bootstrap_uncertainty / np.where(profile.uncertainty > 0, profile.uncertainty,
+                                                                    np.nan) - 1)) < 1.0
+    # the cheap level's own profile would fail the comparison
+    assert np.max(np.abs(exact_bins(profile, edges[1] - edges[0], cheap_u) - exact)) > 4.0  # > the 3 kJ/mol tolerance
+    assert all(0 < ess <= len(w.s) for w, ess in zip(windows, profile.ess.values(), strict=True))
+
+
+def test_multilevel_windows_merge_into_one_profile(tmp_path):
+    """Cheap windows everywhere plus target-sampled windows around the barrier, in one MBAR: the profile is
+    the exact one, and the bins near the target windows draw most of their weight from them."""
+    cheap = [(f"c{i:02d}", "cheap", b) for i, b in enumerate(umbrella_windows(0.2, 0.4, 6, T))]
+    target = [(f"t{i:02d}", "target", b) for i, b in enumerate(umbrella_windows(0.27, 0.33, 4, T))]
+    windows = pair_windows(tmp_path, cheap + target, samples=250)
+    edges = np.linspace(0.2, 0.4, 17)
+    profile = reweight(windows, T, edges)
+    assert_matches_exact(profile, edges[1] - edges[0])
+    near = np.abs(profile.centers - R0) < 0.02
+    assert profile.target_share[near].min() > 0.5 and profile.target_share[~near].min() < 0.5
+    assert all(profile.ess[name] == len(w.s) for (name, _, _), w in zip(target, windows[6:], strict=True))
+
+
+def test_mbar_on_two_states_equals_bar():
+    """Acceptance: a cheap and a target window at the same centre; MBAR's difference equals BAR to 1e-8 kT."""
+    from pymbar.other_estimators import bar
+
+    rng = np.random.default_rng(7)
+    bias = Umbrella(0.5, KT / 0.05**2)
+
+    def cheap_level(s):
+        return 3.0 + 0 * s
+
+    def target_level(s):
+        return 0.3 * KT * (s - 0.5) ** 2 / 0.05**2 - 40.0
+
+    s_a = rng.normal(0.5, 0.05, 800)                       # cheap + bias: σ = 0.05
+    s_b = rng.normal(0.5, 0.05 / math.sqrt(1.6), 700)      # target + bias: (0.3 + 0.5) k_BT d²/0.05², σ² = 0.05²/1.6
+    windows = [Window("a", "cheap", bias, s_a, cheap_level(s_a), target_level(s_a)),
+               Window("b", "target", bias, s_b, cheap_level(s_b), target_level(s_b))]
+    profile = reweight(windows, T, np.linspace(0.3, 0.7, 9))
+    w_forward = (target_level(s_a) - cheap_level(s_a)) / KT
+    w_reverse = (cheap_level(s_b) - target_level(s_b)) / KT
+    reference = bar(w_forward, w_reverse, relative_tolerance=1e-14, maximum_iterations=100000)
+    assert profile.state_free_energies[1] / KT == pytest.approx(reference["Delta_f"], abs=1e-8)
+    assert profile.state_uncertainties[1] / KT == pytest.approx(reference["dDelta_f"], rel=0.02)  # two formulas
+    assert profile.state_free_energies[1] == pytest.approx(-43.0 + KT * 0.5 * math.log(1.6), abs=0.1)  # analytic
+
+
+def test_diagnostics_name_the_windows():
+    """Kish ESS and neighbour overlap warnings name the window; windows with no overlap are an error."""
+    rng = np.random.default_rng(1)
+    k = KT / 0.05**2
+
+    def window(name, centre, spread=0.0):
+        s = rng.normal(centre, 0.05, 400)
+        return Window(name, "cheap", Umbrella(centre, k), s, np.zeros_like(s), spread * rng.normal(size=400))
+
+    assert kish_ess(np.zeros(50)) == pytest.approx(50)
+    assert kish_ess(np.array([0.0] + [-50.0] * 49)) == pytest.approx(1.0)
+    profile = reweight([window("a", 0.0), window("b", 0.05, spread=10 * KT), window("c", 0.1)], T,
+                       np.linspace(-0.1, 0.2, 7))
+    assert any("window b" in m and "Kish" in m and "target-level windows" in m for m in profile.warnings)
+    assert not any("window a" in m or "window c" in m for m in profile.warnings)
+    profile = reweight([window("a", 0.0), window("b", 0.22), window("c", 0.26)], T, np.linspace(-0.1, 0.35, 10))
+    assert any("windows a" in m and "b" in m and "overlap" in m for m in profile.warnings)
+    with pytest.raises(CalculationError, match="no overlap.*a.*b, c|no overlap.*b, c.*a"):
+        reweight([window("a", 0.0), window("b", 1.0), window("c", 1.05)], T, np.linspace(-0.1, 1.2, 10))
+
+
+def test_bias_and_coordinate_match_openmm_and_mdtraj():
+    """The umbrella energy in NumPy equals OpenMM's CustomCVForce (periodic wrap included); the dihedral
+    coordinate equals mdtraj's φ."""
+    top, system, positions = alanine_dipeptide()
+    x = np.array(positions.value_in_unit(unit.nanometer))
+    phi_atoms = mdtraj.compute_phi(mdtraj.Trajectory(x[None], mdtraj.Topology.from_openmm(top)))[0][0]
+    phi = dihedral(*phi_atoms)
+    cases = [(phi, Umbrella(3.0, 120.0, 2 * math.pi)), (phi, Umbrella(-2.9, 80.0, 2 * math.pi)),
+             (distance_difference(4, 6, 6, 8), Umbrella(0.02, 5000.0)), (distance(0, 21), Umbrella(0.5, 900.0))]
+    rng = np.random.default_rng(2)
+    for coordinate, bias in cases:
+        probe = openmm.System()
+        for _ in range(len(x)):
+            probe.addParticle(1.0)
+        force = coordinate.bias_force(bias, False)
+        probe.addForce(force)
+        context = openmm.Context(probe, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+        for _ in range(5):
+            y = x + rng.normal(0, 0.03, x.shape)
+            context.setPositions(y)
+            s = coordinate.value(force.getCollectiveVariableValues(context))
+            energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+            assert bias.energy(s) == pytest.approx(energy, rel=1e-9, abs=1e-9)
+            if coordinate is phi:
+                traj = mdtraj.Trajectory(y[None], mdtraj.Topology.from_openmm(top))
+                assert s == pytest.approx(float(mdtraj.compute_dihedrals(traj, [phi_atoms])[0, 0]), abs=1e-6)
+    windows = umbrella_windows(-math.pi, math.pi, 12, T, period=2 * math.pi)
+    assert len({round(w.center, 9) for w in windows}) == 12 and windows[-1].center < math.pi
+    assert windows[0].force_constant == pytest.approx(4 * KT / (2 * math.pi / 12) ** 2)
+
+
+def test_window_sampling_resumes_bit_for_bit(tmp_path):
+    """A window stopped after 60 of 100 samples continues from its checkpoint to the uninterrupted samples."""
+    settings = SamplingSettings(samples=100, sample_interval=10, equilibration_steps=50, checkpoint_interval=25,
+                                seed=5)
+    bias = Umbrella(0.25, 20000.0)
+    whole = sample_window(pair_system(CHEAP), distance(0, 1), bias, START, settings, tmp_path / "a",
+                          platform="Reference")
+    count = {"n": 0}
+
+    def stop_at_60():
+        count["n"] += 1
+        if count["n"] == 60:
+            raise ReplicaAbortedError("stop")
+
+    with pytest.raises(ReplicaAbortedError):
+        sample_window(pair_system(CHEAP), distance(0, 1), bias, START, settings, tmp_path / "b",
+                      platform="Reference", poll=stop_at_60)
+    resumed = sample_window(pair_system(CHEAP), distance(0, 1), bias, START, settings, tmp_path / "b",
+                            platform="Reference")
+    assert np.array_equal(whole.s, resumed.s) and np.array_equal(whole.positions, resumed.positions)
+    with pytest.raises(InputError, match="different settings"):
+        sample_window(pair_system(CHEAP), distance(0, 1), bias, START, settings, tmp_path / "b",
+                      platform="Reference", identity="other")
+
+
+def _reduced(tmp_path: Path, output: str, samples: int = 30, target: bool = True) -> Path:
+    """The shipped alanine dipeptide file, cut down: 12 cheap windows over −π..π, and a QM/MM window at φ = 0."""
+    text = (PROTOCOLS / "pmf.yaml").read_text()
+    text = text.replace("count: 36", "count: 12").replace("force_constant: 300", "force_constant: 100")
+    text = text.replace("samples: 150", f"samples: {samples}").replace("equilibration_steps: 2000",
+                                                                       "equilibration_steps: 200")
+    text = text.replace("bootstraps: 50", "bootstraps: 5").replace("bins: 36", "bins: 12")
+    if target:
+        text = text.replace("  temperature_k: 300\n", "  target_windows:\n    centers: [0.0]\n    force_constant: 100\n"
+                            "    samples: 8\n    sample_interval: 5\n    equilibration_steps: 10\n"
+                            "    timestep_fs: 1.0\n  temperature_k: 300\n")
+    text = text.replace("output: pmf_out", f"output: {output}")
+    path = tmp_path / f"{output}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_alanine_dipeptide_protocol(tmp_path):
+    """Acceptance: protocols/pmf.yaml (φ of alanine dipeptide, MM windows reweighted to QM/MM) runs as shipped;
+    the result carries the overlap matrix, per-window ESS and the barrier with its uncertainty."""
+    shutil.copy(PROTOCOLS / "pmf.yaml", tmp_path / "pmf.yaml")
+    result = run_protocol(tmp_path / "pmf.yaml", progress=False)
+    out = tmp_path / "pmf_out"
+    assert result["windows"] == {"cheap": 36, "target": 0} and result["qm_level"] == "hf/sto-3g"
+    overlap = np.loadtxt(out / "overlap.csv", delimiter=",", skiprows=1, usecols=range(1, 37))
+    assert overlap.shape == (36, 36) and np.allclose(overlap.sum(axis=1), 1.0, atol=1e-6)
+    assert result["lowest_neighbour_overlap"] == pytest.approx(min(overlap[i, (i + 1) % 36] for i in range(36)))
+    rows = list(csv.DictReader(open(out / "windows.csv")))
+    assert len(rows) == 36 and all(0 < float(r["kish_ess"]) <= int(r["retained"]) for r in rows)
+    # MM -> QM/MM of a methyl group: the energy gap fluctuates by a few kJ/mol, reweighting keeps a fraction
+    assert 0.02 < result["lowest_cheap_ess_fraction"] < 1.0
+    barrier = result["free_energy_barrier"]
+    assert barrier["unit"] == "kJ/mol" and 0 < barrier["uncertainty"] < 5
+    assert -1.0 < result["barrier_position"]["value"] < 1.0  # the C7eq -> C7ax barrier near φ = 0
+    profile = np.loadtxt(out / "pmf.csv", delimiter=",", skiprows=1, usecols=(0, 1, 2))
+    assert profile[:, 1].min() > -5 * profile[:, 2].max() and (out / "pmf.png").stat().st_size > 0
+
+
+def test_pmf_windows_under_mpirun_equal_the_serial_run(tmp_path):
+    """Acceptance: the same windows (cheap MM ones and one QM/MM-sampled one) under mpirun -n 2 give the
+    serial run's profile and windows to the last digit; a rerun with more samples extends the windows."""
+    serial = run_protocol(_reduced(tmp_path, "serial"), progress=False)
+    parallel = mpirun(sys.executable, "-m", "bioqmmm.cli", "run", str(_reduced(tmp_path, "mpi")), "--no-progress",
+                      timeout=600)
+    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    for name in ("pmf.csv", "windows.csv", "overlap.csv"):
+        assert (tmp_path / "serial" / name).read_text() == (tmp_path / "mpi" / name).read_text(), name
+    record = json.loads((tmp_path / "mpi" / "windows" / "replicas.json").read_text())
+    assert {r["rank"] for r in record["replicas"].values()} == {0, 1}
+    assert serial["windows"] == {"cheap": 12, "target": 1}
+    rows = {r["window"]: r for r in csv.DictReader(open(tmp_path / "serial" / "windows.csv"))}
+    assert rows["t00"]["level"] == "target" and float(rows["t00"]["kish_ess"]) == int(rows["t00"]["retained"])
+    longer = run_protocol(_reduced(tmp_path, "serial", samples=40), progress=False)
+    rows = {r["window"]: r for r in csv.DictReader(open(tmp_path / "serial" / "windows.csv"))}
+    assert rows["c00"]["samples"] == "40" and longer["samples_retained"] >= serial["samples_retained"]
+    with np.load(tmp_path / "serial" / "windows" / "c00" / "checkpoint.npz") as data:
+        assert json.loads(str(data["meta"]))["samples"] == 40
+
+
+def test_target_energies_are_the_qmmm_energies_of_the_retained_frames(tmp_path):
+    """The reweighting's target energies are QMMMSystem energies of the recorded frames, its cheap
+    energies the MM force field's, and its coordinate values those of the frames."""
+    path = _reduced(tmp_path, "check", samples=10, target=False)
+    run_protocol(path, progress=False)
+    config = load_protocol(path)
+    qmmm, _, _ = build_qmmm(config)
+    folder = tmp_path / "check" / "windows" / "c03"
+    with np.load(folder / "window.npz") as window, np.load(folder / "samples_0000.npz") as samples:
+        frame = int(window["retained"][-1])
+        x = samples["positions"][frame].astype(float)
+        recorded = float(samples["s"][frame])
+        assert window["s"][-1] == recorded
+        assert window["target"][-1] == pytest.approx(qmmm.energy_and_forces(x)[0], abs=1e-6)
+        assert window["cheap"][-1] == pytest.approx(mm_energy(qmmm.reference_system, x), abs=1e-6)
+    phi = mdtraj.compute_phi(mdtraj.Trajectory(x[None], mdtraj.Topology.from_openmm(qmmm.topology)))[1][0, 0]
+    assert recorded == pytest.approx(float(phi), abs=1e-5)  # the float32 frame vs the recorded s
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ('atoms: ["resid 0 and name C", "resid 1 and name N", "resid 1 and name CA", "resid 1 and name C"]',
+     None),
+    ('atoms: ["resid 0 and name C", "resid 1 and name N", "resid 1", "resid 1 and name C"]', "selects 10 atoms"),
+    ('atoms: ["resid 0 and name C", "resid 1 and name N", "resid 1 and name CA"]', "needs 4 atom selections"),
+])
+def test_coordinate_selections_are_checked_before_sampling(tmp_path, change, message):
+    text = (PROTOCOLS / "pmf.yaml").read_text()
+    original = [line for line in text.splitlines() if line.strip().startswith("atoms:")][0].strip()
+    path = tmp_path / "p.yaml"
+    path.write_text(text.replace(original, change).replace("reactant_range: [-2.2, -0.9]",
+                                                           "reactant_range: [4.0, 5.0]"))
+    if message is None:  # a valid coordinate, but the reactant range lies outside (−π, π]
+        with pytest.raises(InputError, match="reactant_range.*outside"):
+            run_protocol(path, progress=False)
+        return
+    with pytest.raises(InputError, match=message):
+        load_protocol(path) if "needs" in message else run_protocol(path, progress=False)
+    assert not (tmp_path / "pmf_out" / "windows").exists()
