@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import openmm
@@ -22,6 +23,22 @@ import openmm
 from bioqmmm.units import kt_kjmol
 
 _TERM_ATOMS = {"distance": 2, "angle": 3, "dihedral": 4}
+
+
+class Bias(Protocol):
+    """A bias on s: its energy in NumPy (kJ/mol) and the same function as an OpenMM expression of s.
+    ``center`` is None for a bias that is not a window (metadynamics)."""
+
+    center: float | None
+    period: float | None
+
+    def energy(self, s: np.ndarray) -> np.ndarray: ...
+
+    def expression(self) -> str: ...
+
+    def configure(self, force: openmm.CustomCVForce) -> None: ...
+
+    def describe(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -83,22 +100,24 @@ class ReactionCoordinate:
         """s from the term values (as ``CustomCVForce.getCollectiveVariableValues`` returns them)."""
         return float(sum(t.coefficient * v for t, v in zip(self.terms, term_values, strict=True)))
 
-    def bias_force(self, bias: Umbrella, periodic_box: bool) -> openmm.CustomCVForce:
-        """``bias`` as a CustomCVForce (kJ/mol) whose collective variables are the terms."""
-        terms = " + ".join(f"({t.coefficient!r})*t{i}" for i, t in enumerate(self.terms))
-        force = openmm.CustomCVForce(f"0.5*k_bias*d^2; {_displacement(self.period)}; s = {terms}")
-        force.addGlobalParameter("k_bias", bias.force_constant)
-        force.addGlobalParameter("s0_bias", bias.center)
+    def _terms_expression(self) -> str:
+        return " + ".join(f"({t.coefficient!r})*t{i}" for i, t in enumerate(self.terms))
+
+    def _with_terms(self, expression: str, periodic_box: bool) -> openmm.CustomCVForce:
+        force = openmm.CustomCVForce(expression)
         for i, term in enumerate(self.terms):
             force.addCollectiveVariable(f"t{i}", term.force(periodic_box))
         return force
 
+    def cv_force(self, periodic_box: bool) -> openmm.CustomCVForce:
+        """A force whose energy is s (what OpenMM's ``BiasVariable`` takes)."""
+        return self._with_terms(self._terms_expression(), periodic_box)
 
-def _displacement(period: float | None) -> str:
-    """Lepton expression for d = s − s₀, to the nearest period when there is one."""
-    if period is None:
-        return "d = s - s0_bias"
-    return f"d = dd - {period!r}*floor(dd/{period!r} + 0.5); dd = s - s0_bias"
+    def bias_force(self, bias: Bias, periodic_box: bool) -> openmm.CustomCVForce:
+        """``bias`` as a CustomCVForce (kJ/mol) whose collective variables are the terms."""
+        force = self._with_terms(f"{bias.expression()}; s = {self._terms_expression()}", periodic_box)
+        bias.configure(force)
+        return force
 
 
 def distance(i: int, j: int) -> ReactionCoordinate:
@@ -128,10 +147,26 @@ class Umbrella:
 
     def energy(self, s: np.ndarray) -> np.ndarray:
         """Bias energies (kJ/mol) at coordinate values ``s``."""
-        d = np.asarray(s, dtype=float) - self.center
-        if self.period is not None:
-            d = d - self.period * np.floor(d / self.period + 0.5)
+        d = self.displacement(s)
         return 0.5 * self.force_constant * d * d
+
+    def displacement(self, s: np.ndarray) -> np.ndarray:
+        """s − s₀, to the nearest period for a periodic coordinate."""
+        d = np.asarray(s, dtype=float) - self.center
+        return d if self.period is None else d - self.period * np.floor(d / self.period + 0.5)
+
+    def expression(self) -> str:
+        """The same function in OpenMM's expression language, of s."""
+        if self.period is None:
+            return "0.5*k_bias*d^2; d = s - s0_bias"
+        return f"0.5*k_bias*d^2; d = dd - {self.period!r}*floor(dd/{self.period!r} + 0.5); dd = s - s0_bias"
+
+    def configure(self, force: openmm.CustomCVForce) -> None:
+        force.addGlobalParameter("k_bias", self.force_constant)
+        force.addGlobalParameter("s0_bias", self.center)
+
+    def describe(self) -> str:
+        return f"s = {self.center:.4g}"
 
 
 def umbrella_windows(low: float, high: float, count: int, temperature: float,

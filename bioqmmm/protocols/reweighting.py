@@ -25,7 +25,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from bioqmmm.errors import CalculationError
-from bioqmmm.protocols.coordinates import Umbrella
+from bioqmmm.protocols.coordinates import Bias
 from bioqmmm.units import kt_kjmol
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class Window:
 
     name: str
     level: str
-    bias: Umbrella
+    bias: Bias
     s: np.ndarray
     cheap: np.ndarray
     target: np.ndarray
@@ -97,20 +97,25 @@ def _pymbar():
     return pymbar
 
 
-def decorrelate(s: np.ndarray, energy: np.ndarray, bias: Umbrella, temperature: float) -> tuple[np.ndarray, float]:
+def decorrelate(s: np.ndarray, energy: np.ndarray, bias: Bias, temperature: float) -> tuple[np.ndarray, float]:
     """Indices of effectively uncorrelated samples and the statistical inefficiency g used.
 
-    g is the larger of the inefficiencies of s (as its displacement from the window centre, so that
-    a periodic coordinate does not jump) and of the sampled reduced potential β(U + w); pymbar's
+    g is the largest of the inefficiencies of s (as its displacement from an umbrella's centre, or as
+    sin s and cos s under a bias over a whole turn, so that a periodic coordinate does not jump) and
+    of the sampled reduced potential β(U + w); pymbar's
     ``subsample_correlated_data`` keeps every g-th sample (Chodera, J. Chem. Theory Comput. 12, 1799 (2016)).
     """
     timeseries = _pymbar().timeseries
-    displacement = np.asarray(s) - bias.center
-    if bias.period is not None:
-        displacement -= bias.period * np.floor(displacement / bias.period + 0.5)
-    reduced = (np.asarray(energy) + bias.energy(s)) / kt_kjmol(temperature)
-    g = max(_inefficiency(displacement), _inefficiency(reduced))
-    return np.asarray(timeseries.subsample_correlated_data(displacement, g=g), dtype=int), g
+    s = np.asarray(s, dtype=float)
+    if bias.center is not None:
+        series = [bias.displacement(s)]
+    elif bias.period is not None:  # a bias over the whole circle: s itself would jump at ±π
+        series = [np.sin(s), np.cos(s)]
+    else:
+        series = [s]
+    series.append((np.asarray(energy) + bias.energy(s)) / kt_kjmol(temperature))
+    g = max(_inefficiency(x) for x in series)
+    return np.asarray(timeseries.subsample_correlated_data(series[0], g=g), dtype=int), g
 
 
 def _inefficiency(series: np.ndarray) -> float:
@@ -156,7 +161,7 @@ def reweight(
     centers = 0.5 * (bin_edges[occupied] + bin_edges[occupied + 1])
 
     mbar = _mbar(u_kn, n_k)
-    overlap = np.asarray(mbar.compute_overlap()["matrix"])
+    overlap = np.asarray(mbar.compute_overlap()["matrix"]) if len(windows) > 1 else np.ones((1, 1))
     neighbours = {(windows[a].name, windows[b].name): float(overlap[a, b]) for a, b in neighbour_pairs(windows)}
     warnings = _overlap_warnings(windows, overlap, neighbours)
     ess, ess_warnings = _ess(windows, kt, min_ess_fraction)
@@ -249,9 +254,11 @@ def _bootstrap(windows, u_kn, n_k, in_bin, u_target, ref: int, count: int, seed:
 
 
 def neighbour_pairs(windows: Sequence[Window]) -> list[tuple[int, int]]:
-    """Index pairs of windows next to each other in centre order (the last and first too on a circle);
-    windows at the same centre (of two levels) are neighbours as well."""
-    order = [int(i) for i in np.argsort([w.bias.center for w in windows], kind="stable")]
+    """Index pairs of umbrella windows next to each other in centre order (the last and first too on a
+    circle); windows at the same centre (of two levels) are neighbours as well. A bias without a centre
+    (metadynamics) has no neighbours: the overlap matrix and the connectivity check cover it."""
+    umbrellas = [i for i, w in enumerate(windows) if w.bias.center is not None]
+    order = sorted(umbrellas, key=lambda i: windows[i].bias.center)
     pairs = list(zip(order[:-1], order[1:], strict=True))
     centres = [windows[i].bias.center for i in order]
     period = windows[0].bias.period
@@ -268,8 +275,8 @@ def _overlap_warnings(windows: Sequence[Window], overlap: np.ndarray,
         groups = "; ".join(", ".join(windows[i].name for i in sorted(group)) for group in connected)
         raise CalculationError(f"the windows fall into {len(connected)} groups with no overlap between them "
                                f"({groups}): add windows between the groups or raise the number of samples")
-    centre = {w.name: w.bias.center for w in windows}
-    return [f"windows {a} (s = {centre[a]:.4g}) and {b} (s = {centre[b]:.4g}) overlap {value:.3g} < {MIN_OVERLAP}: "
+    where = {w.name: w.bias.describe() for w in windows}
+    return [f"windows {a} ({where[a]}) and {b} ({where[b]}) overlap {value:.3g} < {MIN_OVERLAP}: "
             "add a window between them or sample longer" for (a, b), value in neighbours.items() if value < MIN_OVERLAP]
 
 
@@ -297,7 +304,7 @@ def _ess(windows: Sequence[Window], kt: float, min_fraction: float) -> tuple[dic
             continue
         ess[w.name] = kish_ess(-(w.target - w.cheap) / kt)
         if ess[w.name] < min_fraction * len(w.s):
-            warnings.append(f"window {w.name} (s = {w.bias.center:.4g}): reweighting cheap -> target keeps "
+            warnings.append(f"window {w.name} ({w.bias.describe()}): reweighting cheap -> target keeps "
                             f"{ess[w.name]:.1f} of {len(w.s)} samples (Kish ESS < {min_fraction:g} of them); "
-                            f"add target-level windows around s = {w.bias.center:.4g}")
+                            f"add target-level windows at {w.bias.describe()}")
     return ess, warnings

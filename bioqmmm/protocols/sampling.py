@@ -23,7 +23,7 @@ import openmm
 from openmm import unit
 
 from bioqmmm.errors import BioQMMMError, CalculationError, InputError, ReplicaAbortedError
-from bioqmmm.protocols.coordinates import ReactionCoordinate, Umbrella
+from bioqmmm.protocols.coordinates import Bias, ReactionCoordinate, Umbrella
 from bioqmmm.protocols.reweighting import Window, decorrelate
 from bioqmmm.run.checkpoint import read_checkpoint, read_meta, save_arrays, write_checkpoint
 from bioqmmm.run.environment import mm_context
@@ -63,7 +63,7 @@ class WindowSamples:
 def sample_window(
     system: openmm.System,
     coordinate: ReactionCoordinate,
-    bias: Umbrella,
+    bias: Bias,
     positions: np.ndarray,
     settings: SamplingSettings,
     folder: str | Path,
@@ -135,7 +135,7 @@ def sample_window(
     except (ReplicaAbortedError, InputError):
         raise
     except BioQMMMError as exc:
-        raise CalculationError(f"window at s = {bias.center:.4g} stopped after {meta['samples']} samples: {exc}; "
+        raise CalculationError(f"window at {bias.describe()} stopped after {meta['samples']} samples: {exc}; "
                                f"rerun to resume from {checkpoint}") from exc
     joined = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
     return WindowSamples(joined["s"], joined["energy"], joined["positions"], joined.get("boxes"))
@@ -213,7 +213,7 @@ def frame_energies(energy: EnergyFunction, samples: WindowSamples, indices: np.n
     return np.array(values, dtype=float)
 
 
-def retained_window(name: str, level: str, bias: Umbrella, samples: WindowSamples,
+def retained_window(name: str, level: str, bias: Bias, samples: WindowSamples,
                     energies: dict[str, EnergyFunction], temperature: float,
                     poll: Callable[[], None] | None = None) -> Window:
     """The window's decorrelated samples (:func:`~bioqmmm.protocols.reweighting.decorrelate`) with the

@@ -29,12 +29,13 @@ from bioqmmm.errors import InputError
 from bioqmmm.parallel.replicas import Replica, run_replicas
 from bioqmmm.parallel.schedule import estimated_cost
 from bioqmmm.protocols.coordinates import ReactionCoordinate, Term, Umbrella, umbrella_windows
+from bioqmmm.protocols.metadynamics import MetadynamicsSettings, TabulatedBias, build_bias
 from bioqmmm.protocols.reweighting import Profile, Window, reweight
 from bioqmmm.protocols.sampling import SamplingSettings, pulled_start, retained_window, sample_window, system_energy
 from bioqmmm.run.build import qmmm_model
 from bioqmmm.run.checkpoint import save_arrays
 from bioqmmm.run.md import fingerprint
-from bioqmmm.run.protocol import CoordinateSection, PMFProtocol, WindowsSection
+from bioqmmm.run.protocol import CoordinateSection, MetadynamicsSection, PMFProtocol, WindowsSection
 from bioqmmm.run.results import new_figure, quantity, write_results
 from bioqmmm.selection import resolve_qm_atoms
 
@@ -45,8 +46,8 @@ class WindowPlan:
 
     name: str
     level: str
-    bias: Umbrella
-    section: WindowsSection
+    bias: Umbrella | None  # None: a metadynamics state, whose bias is built when it runs
+    section: WindowsSection | MetadynamicsSection
     seed: int
 
 
@@ -76,14 +77,17 @@ def reaction_coordinate(section: CoordinateSection, topology: app.Topology) -> R
 
 
 def window_plans(settings: PMFProtocol, coordinate: ReactionCoordinate) -> list[WindowPlan]:
-    """Cheap windows ``c00, c01, …`` and target windows ``t00, …``, each with its own seed."""
+    """Cheap windows ``c00, c01, …``, the metadynamics state ``m00`` and target windows ``t00, …``, each
+    with its own seed."""
     plans = []
-    sets = [("cheap", "c", settings.windows, 0)]
-    if settings.target_windows is not None:
-        sets.append(("target", "t", settings.target_windows, 100000))
+    sets = [("cheap", "c", settings.windows, 0), ("target", "t", settings.target_windows, 100000)]
     for level, prefix, section, offset in sets:
+        if section is None:
+            continue
         for i, bias in enumerate(_umbrellas(section, coordinate.period, settings.temperature_k)):
             plans.append(WindowPlan(f"{prefix}{i:02d}", level, bias, section, settings.seed + offset + i))
+    if settings.metadynamics is not None:
+        plans.append(WindowPlan("m00", "cheap", None, settings.metadynamics, settings.seed + 50000))
     return plans
 
 
@@ -97,10 +101,11 @@ def _umbrellas(section: WindowsSection, period: float | None, temperature: float
 
 
 def bin_edges(settings: PMFProtocol, period: float | None) -> np.ndarray:
-    """``bins`` equal bins over (−π, π] for a dihedral, else over the span of all window sets."""
+    """``bins`` equal bins over (−π, π] for a dihedral, else over the span of all window sets and the
+    metadynamics range."""
     if period is not None:
         return np.linspace(-math.pi, math.pi, settings.bins + 1)
-    spans = [s.span() for s in (settings.windows, settings.target_windows) if s is not None]
+    spans = [s.span() for s in (settings.windows, settings.target_windows, settings.metadynamics) if s is not None]
     return np.linspace(min(a for a, _ in spans), max(b for _, b in spans), settings.bins + 1)
 
 
@@ -128,13 +133,18 @@ def run_pmf(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], co
             temperature_k=settings.temperature_k, friction_per_ps=settings.friction_per_ps, seed=plan.seed,
             checkpoint_interval=settings.checkpoint_interval,
         )
-        x = start if (where / "checkpoint.npz").exists() else pulled_start(qmmm.reference_system, coordinate,
-                                                                             plan.bias, start, box)
+        resumed = (where / "checkpoint.npz").exists()
+        if plan.bias is None:
+            bias, x = _metadynamics_bias(plan, where, identities[plan.name], start, box, coordinate, levels, config,
+                                         poll)
+        else:
+            bias = plan.bias
+            x = start if resumed else pulled_start(qmmm.reference_system, coordinate, bias, start, box)
         system, sampled_qmmm = levels.sampling_system(plan.level)
-        samples = sample_window(system, coordinate, plan.bias, x, sampling, where, box=box, qmmm=sampled_qmmm,
+        samples = sample_window(system, coordinate, bias, x, sampling, where, box=box, qmmm=sampled_qmmm,
                                 platform=config.resources.platform, threads=config.resources.threads,
                                 identity=identities[plan.name], poll=poll)
-        window = retained_window(plan.name, plan.level, plan.bias, samples, levels.energies(), settings.temperature_k,
+        window = retained_window(plan.name, plan.level, bias, samples, levels.energies(), settings.temperature_k,
                                  poll)
         save_arrays(where / "window.npz", {
             "s": window.s, "cheap": window.cheap, "target": window.target, "retained": window.retained,
@@ -154,7 +164,7 @@ def run_pmf(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], co
     run_replicas(replicas, work, folder, finished=finished, comm=comm)
     record = None
     if comm.rank == 0:
-        windows = [_load_window(folder / name / "window.npz", plan) for name, plan in plans.items()]
+        windows = [_load_window(folder / name / "window.npz", plan, coordinate.period) for name, plan in plans.items()]
         profile = reweight(windows, settings.temperature_k, edges, bootstraps=settings.bootstraps, seed=settings.seed,
                            reactant=settings.reactant_range, product=settings.product_range,
                            min_ess_fraction=settings.min_ess_fraction)
@@ -189,8 +199,9 @@ class _Levels:
             self._energies = {}
             for level in ("cheap", "target"):
                 model = self._qm_level(level)
-                self._energies[level] = (system_energy(openmm.XmlSerializer.clone(self.qmmm.reference_system))
-                                         if model is None else _energy_of(model))
+                mm = openmm.XmlSerializer.clone(self.qmmm.reference_system)
+                self._energies[level] = (system_energy(mm, self.config.resources.platform) if model is None
+                                         else _energy_of(model))
         return self._energies
 
 
@@ -199,6 +210,40 @@ def _energy_of(model):
         return model.energy_and_forces(positions, box)[0]
 
     return energy
+
+
+def _metadynamics_bias(plan: WindowPlan, where: Path, identity: str, start: np.ndarray, box, coordinate, levels,
+                       config, poll) -> tuple[TabulatedBias, np.ndarray]:
+    """The frozen metadynamics bias and the structure it ended at: built at the cheap level, or read from
+    ``bias.npz`` when an earlier run built it with the same settings."""
+    path = where / "bias.npz"
+    meta = _window_meta(path)
+    if meta is not None and meta["identity"] == identity:
+        return _load_bias(path, coordinate.period)
+    section: MetadynamicsSection = plan.section
+    settings: PMFProtocol = config.protocol
+    system, model = levels.sampling_system("cheap")
+    bias, positions = build_bias(
+        system, levels.qmmm.topology, coordinate, start,
+        MetadynamicsSettings(
+            low=section.range[0], high=section.range[1], width=section.width, steps=section.build_steps,
+            height=section.height_kjmol, bias_factor=section.bias_factor, frequency=section.frequency,
+            timestep_fs=section.timestep_fs, temperature_k=settings.temperature_k,
+            friction_per_ps=settings.friction_per_ps, seed=plan.seed,
+        ),
+        box=box, platform=config.resources.platform, threads=config.resources.threads,
+        typed_errors=None if model is None else model.typed_errors, poll=poll,
+    )
+    where.mkdir(parents=True, exist_ok=True)
+    save_arrays(path, {"values": np.array(bias.values), "range": np.array([bias.minimum, bias.maximum]),
+                       "positions": positions, "meta": np.array(json.dumps({"identity": identity}))})
+    return bias, positions
+
+
+def _load_bias(path: Path, period: float | None) -> tuple[TabulatedBias, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        low, high = (float(v) for v in data["range"])
+        return TabulatedBias(tuple(float(v) for v in data["values"]), low, high, period), np.array(data["positions"])
 
 
 def _restore_constraints(system: openmm.System, reference: openmm.System) -> None:
@@ -215,6 +260,7 @@ def _cost(plan: WindowPlan, qmmm, cheap_is_mm: bool) -> float:
     n_qm = len(qmmm.qm_atoms) + len(qmmm.links)
     n_mm = qmmm.topology.getNumAtoms() - n_qm
     steps = plan.section.samples * plan.section.sample_interval + plan.section.equilibration_steps
+    steps += getattr(plan.section, "build_steps", 0)
     qm_steps = steps if plan.level == "target" or not cheap_is_mm else plan.section.samples
     return estimated_cost(n_qm, 0, qm_steps) + estimated_cost(0, n_mm, steps)
 
@@ -235,10 +281,11 @@ def _window_meta(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _load_window(path: Path, plan: WindowPlan) -> Window:
+def _load_window(path: Path, plan: WindowPlan, period: float | None) -> Window:
+    bias = plan.bias or _load_bias(path.parent / "bias.npz", period)[0]
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
-        return Window(plan.name, plan.level, plan.bias, data["s"], data["cheap"], data["target"],
+        return Window(plan.name, plan.level, bias, data["s"], data["cheap"], data["target"],
                       frames=meta["samples"], statistical_inefficiency=meta["statistical_inefficiency"],
                       retained=data["retained"])
 
@@ -266,7 +313,9 @@ def _write(out: Path, profile: Profile, windows: list[Window], coordinate: React
         writer.writerow(["window", "level", f"center_{unit}", "force_constant", "samples", "statistical_inefficiency",
                          "retained", "kish_ess", "ess_fraction"])
         for w in windows:
-            writer.writerow([w.name, w.level, f"{w.bias.center:.6g}", f"{w.bias.force_constant:.6g}", w.frames,
+            umbrella = w.bias.center is not None
+            writer.writerow([w.name, w.level, f"{w.bias.center:.6g}" if umbrella else "",
+                             f"{w.bias.force_constant:.6g}" if umbrella else "metadynamics", w.frames,
                              f"{w.statistical_inefficiency:.3f}", len(w.s), f"{profile.ess[w.name]:.2f}",
                              f"{profile.ess[w.name] / len(w.s):.4f}"])
     with open(out / "overlap.csv", "w", newline="") as handle:
@@ -280,12 +329,13 @@ def _write(out: Path, profile: Profile, windows: list[Window], coordinate: React
     figures = {
         **common,
         "coordinate_unit": unit,
-        "windows": {"cheap": sum(w.level == "cheap" for w in windows),
+        "windows": {"cheap": sum(w.level == "cheap" and w.bias.center is not None for w in windows),
+                    "metadynamics": sum(w.bias.center is None for w in windows),
                     "target": sum(w.level == "target" for w in windows)},
         "cheap_level": settings.cheap if settings.cheap == "mm" else f"{settings.cheap.method}/{settings.cheap.basis}",
         "samples_retained": int(sum(len(w.s) for w in windows)),
         "profile_reference": quantity(profile.reference, unit),
-        "lowest_neighbour_overlap": min(profile.neighbour_overlap.values()),
+        "lowest_neighbour_overlap": min(profile.neighbour_overlap.values(), default=None),
         "lowest_cheap_ess_fraction": float(min(ess_fraction)) if ess_fraction else None,
         "warnings": profile.warnings,
     }
@@ -309,7 +359,8 @@ def _plot_profile(path: Path, profile: Profile, windows: list[Window], unit: str
     ax.fill_between(profile.centers, f - 2 * df, f + 2 * df, color="tab:blue", alpha=0.25, label="±2σ (MBAR)")
     ax.plot(profile.centers, f, "o-", color="tab:blue", ms=3, label="target free energy")
     for w in windows:
-        ax.axvline(w.bias.center, color="tab:red" if w.level == "target" else "0.8", lw=0.6, zorder=0)
+        if w.bias.center is not None:
+            ax.axvline(w.bias.center, color="tab:red" if w.level == "target" else "0.8", lw=0.6, zorder=0)
     ax.set_ylabel("F (kJ/mol)")
     ax.legend(loc="best", fontsize=8)
     ax.set_title("free-energy profile (grey: cheap windows, red: target windows)", fontsize=9)

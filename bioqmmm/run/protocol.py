@@ -303,6 +303,41 @@ class WindowsSection:
 
 
 @dataclass(frozen=True)
+class MetadynamicsSection:
+    """Well-tempered metadynamics at the cheap level over ``range`` (:mod:`bioqmmm.protocols.metadynamics`):
+    Gaussians of ``width`` (unit of s) and ``height_kjmol`` every ``frequency`` steps, ``bias_factor``, for
+    ``build_steps``; then the bias is frozen and ``samples`` are taken every ``sample_interval`` steps
+    after ``equilibration_steps``, a state of the MBAR like any window."""
+
+    range: tuple[float, ...]
+    width: float
+    build_steps: int
+    height_kjmol: float = 1.0
+    bias_factor: float = 10.0
+    frequency: int = 500
+    samples: int = 2000
+    sample_interval: int = 50
+    equilibration_steps: int = 0
+    timestep_fs: float = 2.0
+
+    def __post_init__(self) -> None:
+        if len(self.range) != 2 or not self.range[1] > self.range[0]:
+            raise FieldError("range", "must be [low, high] with high > low")
+        for key in ("width", "height_kjmol", "timestep_fs"):
+            _positive(self, key)
+        if not self.bias_factor > 1:
+            raise FieldError("bias_factor", "must exceed 1 (well-tempered)")
+        for key in ("build_steps", "frequency", "samples", "sample_interval"):
+            if getattr(self, key) < 1:
+                raise FieldError(key, "must be a positive integer")
+        if self.equilibration_steps < 0:
+            raise FieldError("equilibration_steps", "must be zero or positive")
+
+    def span(self) -> tuple[float, float]:
+        return self.range[0], self.range[1]
+
+
+@dataclass(frozen=True)
 class LevelSection:
     """A QM level of theory for the QM region of the ``qm`` block."""
 
@@ -312,15 +347,17 @@ class LevelSection:
 
 @dataclass(frozen=True)
 class PMFProtocol:
-    """Free-energy profile along a reaction coordinate: umbrella windows sampled at the ``cheap`` level
-    (``mm``: the MM force field, or a QM/MM ``method``/``basis``) and, optionally, ``target_windows``
+    """Free-energy profile along a reaction coordinate: umbrella windows and/or a well-tempered
+    metadynamics run sampled at the ``cheap`` level (``mm``: the MM force field, or a QM/MM
+    ``method``/``basis``) and, optionally, ``target_windows``
     sampled at the target level (the ``qm`` block), all reweighted to the target with MBAR
     (see :mod:`bioqmmm.run.pmf`). ``reactant_range``/``product_range`` (ranges of the coordinate)
     give the barrier and reaction free energy."""
 
     type: Literal["pmf"]
     coordinate: CoordinateSection
-    windows: WindowsSection
+    windows: WindowsSection | None = None
+    metadynamics: MetadynamicsSection | None = None
     cheap: Literal["mm"] | LevelSection = "mm"
     target_windows: WindowsSection | None = None
     temperature_k: float = 300.0
@@ -334,6 +371,8 @@ class PMFProtocol:
     min_ess_fraction: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.windows is None and self.metadynamics is None:
+            raise FieldError("windows", "give cheap-level 'windows', 'metadynamics', or both")
         _positive(self, "temperature_k")
         if not self.friction_per_ps > 0:
             raise FieldError("friction_per_ps", "must be positive (umbrella sampling runs at constant temperature)")
