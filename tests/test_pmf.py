@@ -134,7 +134,8 @@ def test_multilevel_windows_merge_into_one_profile(tmp_path):
     profile = reweight(windows, T, edges)
     assert_matches_exact(profile, edges[1] - edges[0])
     near = np.abs(profile.centers - R0) < 0.02
-    assert profile.target_share[near].min() > 0.5 and profile.target_share[~near].min() < 0.5
+    far = np.abs(profile.centers - R0) > 0.06  # beyond the target windows' reach (σ = 0.01 nm)
+    assert profile.target_share[near].min() > 0.5 and profile.target_share[far].max() < 0.05
     assert all(profile.ess[name] == len(w.s) for (name, _, _), w in zip(target, windows[6:], strict=True))
 
 
@@ -235,7 +236,7 @@ def test_diagnostics_name_the_windows():
     assert any("window b" in m and "Kish" in m and "target-level windows" in m for m in profile.warnings)
     assert not any("window a" in m or "window c" in m for m in profile.warnings)
     profile = reweight([window("a", 0.0), window("b", 0.22), window("c", 0.26)], T, np.linspace(-0.1, 0.35, 10))
-    assert any("windows a" in m and "b" in m and "overlap" in m for m in profile.warnings)
+    assert any(m.startswith("windows a (s = 0)") and " and b (s = 0.22)" in m for m in profile.warnings)
     with pytest.raises(CalculationError, match="no overlap.*a.*b, c|no overlap.*b, c.*a"):
         reweight([window("a", 0.0), window("b", 1.0), window("c", 1.05)], T, np.linspace(-0.1, 1.2, 10))
 
@@ -339,15 +340,16 @@ def test_shipped_alanine_dipeptide_protocols(tmp_path):
     assert (out / "pmf.png").stat().st_size > 0 and (out / "overlap.png").stat().st_size > 0
 
     metad = run_protocol(tmp_path / "pmf_metadynamics.yaml", progress=False)
-    assert metad["windows"] == {"cheap": 0, "metadynamics": 1, "target": 0} and metad["samples_retained"] > 100
+    assert metad["windows"] == {"cheap": 0, "metadynamics": 1, "target": 0} and metad["samples_retained"] > 50
     for key in ("free_energy_barrier", "reaction_free_energy"):
         a, b = result[key], metad[key]
         assert abs(a["value"] - b["value"]) < 4 * math.hypot(a["uncertainty"], b["uncertainty"]), key
 
 
 def test_pmf_windows_under_mpirun_equal_the_serial_run(tmp_path):
-    """Acceptance: the same windows (cheap MM ones and one QM/MM-sampled one) under mpirun -n 2 give the
-    serial run's profile and windows to the last digit; a rerun with more samples extends the windows."""
+    """Acceptance: the same windows (cheap MM ones, a metadynamics state and a QM/MM-sampled window) under
+    mpirun -n 2 give the serial run's profile and windows to the last digit; a rerun with more samples
+    continues the windows (the first chunk stays as it was)."""
     serial = run_protocol(_reduced(tmp_path, "serial"), progress=False)
     parallel = mpirun(sys.executable, "-m", "bioqmmm.cli", "run", str(_reduced(tmp_path, "mpi")), "--no-progress",
                       timeout=600)
@@ -358,12 +360,92 @@ def test_pmf_windows_under_mpirun_equal_the_serial_run(tmp_path):
     assert {r["rank"] for r in record["replicas"].values()} == {0, 1}
     assert serial["windows"] == {"cheap": 12, "metadynamics": 1, "target": 1}
     rows = {r["window"]: r for r in csv.DictReader(open(tmp_path / "serial" / "windows.csv"))}
-    assert rows["t00"]["level"] == "target" and float(rows["t00"]["kish_ess"]) == int(rows["t00"]["retained"])
+    assert rows["t+0.0000"]["level"] == "target"
+    assert float(rows["t+0.0000"]["kish_ess"]) == int(rows["t+0.0000"]["retained"])
+    # the QM/MM-sampled window kept the MM model's C–H constraints inside the QM region
+    config = load_protocol(tmp_path / "serial.yaml")
+    qmmm, _, _ = build_qmmm(config)
+    reference = qmmm.reference_system
+    inside = [reference.getConstraintParameters(k) for k in range(reference.getNumConstraints())]
+    inside = [(i, j, d.value_in_unit(unit.nanometer)) for i, j, d in inside if {i, j} <= set(qmmm.qm_atoms)]
+    with np.load(tmp_path / "serial" / "windows" / "t+0.0000" / "samples_0000.npz") as data:
+        frames = data["positions"].astype(float)
+    assert len(inside) == 3 and all(np.allclose(np.linalg.norm(frames[:, i] - frames[:, j], axis=1), d, atol=1e-5)
+                                    for i, j, d in inside)
+    first = (tmp_path / "serial" / "windows" / "c+0.0000" / "samples_0000.npz").read_bytes()
     longer = run_protocol(_reduced(tmp_path, "serial", samples=40), progress=False)
     rows = {r["window"]: r for r in csv.DictReader(open(tmp_path / "serial" / "windows.csv"))}
-    assert rows["c00"]["samples"] == "40" and longer["samples_retained"] >= serial["samples_retained"]
-    with np.load(tmp_path / "serial" / "windows" / "c00" / "checkpoint.npz") as data:
-        assert json.loads(str(data["meta"]))["samples"] == 40
+    assert rows["c+0.0000"]["samples"] == "40" and longer["samples_retained"] >= serial["samples_retained"]
+    assert (tmp_path / "serial" / "windows" / "c+0.0000" / "samples_0000.npz").read_bytes() == first
+    assert (tmp_path / "serial" / "windows" / "c+0.0000" / "samples_0001.npz").exists()
+
+
+def _two_windows(tmp_path: Path, centers: str, samples: int = 20) -> Path:
+    """A small MM-only variant of the shipped file: explicit centres, no target windows."""
+    text = (PROTOCOLS / "pmf.yaml").read_text()
+    text = text.replace("    range: [-3.14159265, 3.14159265]  # a whole turn: 36 centres 10 degrees apart\n"
+                        "    count: 36\n", f"    centers: {centers}\n")
+    text = text.replace("samples: 150", f"samples: {samples}").replace("equilibration_steps: 2000",
+                                                                       "equilibration_steps: 100")
+    text = text.replace("bootstraps: 50", "bootstraps: 0").replace("reactant_range: [-2.2, -0.9]", "")
+    text = text.replace("product_range: [0.6, 1.5]", "")
+    path = tmp_path / "few.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_added_window_and_fewer_samples_reuse_the_others(tmp_path):
+    """Windows are named by centre: adding one samples only it; asking for fewer samples reuses the stored
+    ones (cut to the request) and counts the windows as done."""
+    run_protocol(_two_windows(tmp_path, "[-1.6, -1.4]"), progress=False)
+    run_protocol(_two_windows(tmp_path, "[-1.6, -1.4, -1.2]"), progress=False)
+    record = json.loads((tmp_path / "pmf_out" / "windows" / "replicas.json").read_text())["replicas"]
+    assert {name: r.get("resumed", False) for name, r in record.items()} == {
+        "c-1.6000": True, "c-1.4000": True, "c-1.2000": False}
+    fewer = run_protocol(_two_windows(tmp_path, "[-1.6, -1.4, -1.2]", samples=12), progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "pmf_out" / "windows.csv")))
+    assert [r["samples"] for r in rows] == ["12"] * 3 and fewer["windows"]["cheap"] == 3
+    run_protocol(_two_windows(tmp_path, "[-1.6, -1.4, -1.2]", samples=12), progress=False)
+    record = json.loads((tmp_path / "pmf_out" / "windows" / "replicas.json").read_text())["replicas"]
+    assert all(r.get("resumed") for r in record.values())
+
+
+def test_mbar_failure_on_rank_0_stops_every_rank(tmp_path):
+    """Windows with no overlap: rank 0's MBAR step fails, and under mpirun -n 2 both ranks stop with the
+    error naming the groups (no rank left waiting)."""
+    path = _two_windows(tmp_path, "[-2.0, 1.5]", samples=10)
+    run = mpirun(sys.executable, "-m", "bioqmmm.cli", "run", str(path), "--no-progress", timeout=240)
+    assert run.returncode != 0
+    assert "no overlap" in run.stderr and "c-2.0000" in run.stderr and "c+1.5000" in run.stderr
+
+
+def test_barrier_goes_the_lower_way_round_a_circle():
+    """A periodic profile with a 40 kJ/mol barrier at φ = 0 and a 20 kJ/mol one at ±π between minima at
+    ±1.5 rad: the barrier reported is the lower one, at ±π; a path through unsampled bins is warned of."""
+    rng = np.random.default_rng(3)
+    grid = np.linspace(-math.pi, math.pi, 20001)[:-1]
+
+    def free(s):
+        wrapped = np.abs(s) - math.pi
+        return 40 * np.exp(-s**2 / 0.2) + 20 * np.exp(-wrapped**2 / 0.2) - 5 * np.cos(2 * s)
+
+    windows = []
+    for bias in umbrella_windows(-math.pi, math.pi, 24, T, period=2 * math.pi):
+        weights = np.exp(-(free(grid) + bias.energy(grid)) / KT)
+        s = rng.choice(grid, 400, p=weights / weights.sum()) + rng.uniform(0, grid[1] - grid[0], 400)
+        windows.append(Window(f"w{bias.center:+.3f}", "cheap", bias, s, free(s), free(s)))
+    edges = np.linspace(-math.pi, math.pi, 37)
+    profile = reweight(windows, T, edges, reactant=(-2.0, -1.0), product=(1.0, 2.0))
+    assert abs(abs(profile.ts_position) - math.pi) < 0.2
+    exact_top = free(np.array([math.pi]))[0] - free(np.array([profile.reference]))[0]
+    assert abs(profile.barrier[0] - exact_top) < 4 * profile.barrier[1] + 1.0
+    gapped = [w for w in windows if abs(abs(w.bias.center) - math.pi) > 0.6]  # nothing sampled near ±π
+    profile = reweight(gapped, T, edges, reactant=(-2.0, -1.0), product=(1.0, 2.0))
+    assert abs(profile.ts_position) < 0.2 and profile.warnings == []  # the gap does not pass for a low way
+    coarse = [dataclasses.replace(w, s=np.round(w.s, 1), cheap=free(np.round(w.s, 1)), target=free(np.round(w.s, 1)))
+              for w in windows]  # samples on a 0.1 rad lattice, bins 0.05 rad wide: every other bin is empty
+    profile = reweight(coarse, T, np.linspace(-math.pi, math.pi, 127), reactant=(-2.0, -1.0), product=(1.0, 2.0))
+    assert any("unsampled bins" in m for m in profile.warnings)
 
 
 def test_target_energies_are_the_qmmm_energies_of_the_retained_frames(tmp_path):
@@ -373,7 +455,7 @@ def test_target_energies_are_the_qmmm_energies_of_the_retained_frames(tmp_path):
     run_protocol(path, progress=False)
     config = load_protocol(path)
     qmmm, _, _ = build_qmmm(config)
-    folder = tmp_path / "check" / "windows" / "c03"
+    folder = tmp_path / "check" / "windows" / "c-1.5708"
     with np.load(folder / "window.npz") as window, np.load(folder / "samples_0000.npz") as samples:
         frame = int(window["retained"][-1])
         x = samples["positions"][frame].astype(float)
@@ -397,8 +479,8 @@ def test_coordinate_selections_are_checked_before_sampling(tmp_path, change, mes
     path = tmp_path / "p.yaml"
     path.write_text(text.replace(original, change).replace("reactant_range: [-2.2, -0.9]",
                                                            "reactant_range: [4.0, 5.0]"))
-    if message is None:  # a valid coordinate, but the reactant range lies outside (−π, π]
-        with pytest.raises(InputError, match="reactant_range.*outside"):
+    if message is None:  # a valid coordinate, but the reactant range holds no bin of (−π, π]
+        with pytest.raises(InputError, match="reactant_range.*holds no bin"):
             run_protocol(path, progress=False)
         return
     with pytest.raises(InputError, match=message):

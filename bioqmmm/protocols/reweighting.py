@@ -194,7 +194,7 @@ def reweight(
         state_uncertainties=kt * np.asarray(differences["dDelta_f"])[0], warnings=warnings,
     )
     if reactant is not None and product is not None:
-        _barrier(profile, product)
+        _barrier(profile, product, bin_edges, windows[0].bias.period)
     for message in warnings:
         log.warning(message)
     return profile
@@ -211,25 +211,42 @@ def _target_log_weights(mbar, u_kn, n_k, u_target) -> np.ndarray:
     return -u_target - logsumexp(np.asarray(mbar.f_k)[:, None] - u_kn, b=n_k[:, None], axis=0)
 
 
-def _reference_bin(centers: np.ndarray, f_bins: np.ndarray, reactant: tuple[float, float] | None) -> int:
-    if reactant is None:
-        return int(np.argmin(f_bins))
-    inside = np.flatnonzero((centers >= reactant[0]) & (centers <= reactant[1]))
+def in_range(values: np.ndarray, bounds: Sequence[float]) -> np.ndarray:
+    """Mask of ``values`` in [lo, hi]; with lo > hi, the range wraps round a periodic coordinate."""
+    lo, hi = bounds
+    return (values >= lo) & (values <= hi) if lo <= hi else (values >= lo) | (values <= hi)
+
+
+def _lowest_in(centers: np.ndarray, f: np.ndarray, bounds: Sequence[float], name: str) -> int:
+    inside = np.flatnonzero(in_range(centers, bounds))
     if inside.size == 0:
-        raise CalculationError(f"no sampled bin lies in the reactant range {list(reactant)}")
-    return int(inside[np.argmin(f_bins[inside])])
+        raise CalculationError(f"no sampled bin lies in the {name} range {list(bounds)}")
+    return int(inside[np.argmin(f[inside])])
 
 
-def _barrier(profile: Profile, product: tuple[float, float]) -> None:
-    """Barrier (highest bin between the reactant and product minima) and reaction free energy, ± 1σ."""
+def _reference_bin(centers: np.ndarray, f_bins: np.ndarray, reactant: tuple[float, float] | None) -> int:
+    return int(np.argmin(f_bins)) if reactant is None else _lowest_in(centers, f_bins, reactant, "reactant")
+
+
+def _barrier(profile: Profile, product: tuple[float, float], bin_edges: np.ndarray, period: float | None) -> None:
+    """Barrier (highest bin on the path between the reactant and product minima; on a circle, the lower
+    of the two ways round, a way without unsampled bins first) and reaction free energy, ± 1σ. A path
+    through unsampled bins is warned of."""
     centers, f, df = profile.centers, profile.free_energy, profile.uncertainty
     ref = int(np.argmin(np.abs(centers - profile.reference)))
-    inside = np.flatnonzero((centers >= product[0]) & (centers <= product[1]))
-    if inside.size == 0:
-        raise CalculationError(f"no sampled bin lies in the product range {list(product)}")
-    prod = int(inside[np.argmin(f[inside])])
-    lo, hi = sorted((ref, prod))
-    top = lo + int(np.argmax(f[lo:hi + 1]))
+    prod = _lowest_in(centers, f, product, "product")
+    low, high = sorted((centers[ref], centers[prod]))
+    arcs = [(low, high)] + ([(high, low)] if period is not None else [])  # (high, low): through ±π
+    all_centers = 0.5 * (bin_edges[1:] + bin_edges[:-1])
+    paths = []
+    for arc in arcs:
+        on_path = np.flatnonzero(in_range(centers, arc))
+        top = int(on_path[np.argmax(f[on_path])])
+        paths.append((int(in_range(all_centers, arc).sum()) - len(on_path), float(f[top]), top, arc))
+    unsampled, _, top, arc = min(paths)  # a fully sampled way first: a gap may hide the real top
+    if unsampled:
+        profile.warnings.append(f"the path from reactant to product (s from {arc[0]:.4g} to {arc[1]:.4g}) crosses "
+                                f"{unsampled} unsampled bins: the barrier may be underestimated; add windows there")
     profile.barrier = (float(f[top]), float(df[top]))
     profile.reaction_free_energy = (float(f[prod]), float(df[prod]))
     profile.ts_position = float(centers[top])
@@ -262,7 +279,8 @@ def neighbour_pairs(windows: Sequence[Window]) -> list[tuple[int, int]]:
     pairs = list(zip(order[:-1], order[1:], strict=True))
     centres = [windows[i].bias.center for i in order]
     period = windows[0].bias.period
-    if period is not None and len(order) > 2 and centres[0] + period - centres[-1] <= max(np.diff(centres)):
+    wrap_gap = None if period is None or len(order) < 3 else centres[0] + period - centres[-1]
+    if wrap_gap is not None and wrap_gap <= max(np.diff(centres)) * (1 + 1e-9):
         pairs.append((order[-1], order[0]))  # the windows go round the circle
     return pairs
 

@@ -33,6 +33,8 @@ PULL_TOLERANCE = 10.0
 PULL_MAX_ITERATIONS = 2000
 #: How much stiffer than the window's umbrella the pulling restraint is.
 PULL_STIFFENING = 100.0
+#: Frames between saves of the evaluated energies (``retained_window(cache=...)``).
+ENERGY_CACHE_EVERY = 10
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,8 @@ def sample_window(
     except BioQMMMError as exc:
         raise CalculationError(f"window at {bias.describe()} stopped after {meta['samples']} samples: {exc}; "
                                f"rerun to resume from {checkpoint}") from exc
-    joined = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
+    # a rerun asking for fewer samples than are stored gets the first ones
+    joined = {key: np.concatenate([c[key] for c in chunks])[:settings.samples] for key in chunks[0]}
     return WindowSamples(joined["s"], joined["energy"], joined["positions"], joined.get("boxes"))
 
 
@@ -202,24 +205,42 @@ def system_energy(system: openmm.System, platform: str = "CPU") -> EnergyFunctio
     return energy
 
 
-def frame_energies(energy: EnergyFunction, samples: WindowSamples, indices: np.ndarray,
-                   poll: Callable[[], None] | None = None) -> np.ndarray:
-    """``energy`` (kJ/mol) on the recorded frames ``indices`` of ``samples``."""
-    values = []
-    for i in indices:
-        values.append(energy(samples.positions[i].astype(float), None if samples.boxes is None else samples.boxes[i]))
-        if poll is not None:
-            poll()
-    return np.array(values, dtype=float)
-
-
 def retained_window(name: str, level: str, bias: Bias, samples: WindowSamples,
                     energies: dict[str, EnergyFunction], temperature: float,
-                    poll: Callable[[], None] | None = None) -> Window:
+                    poll: Callable[[], None] | None = None, cache: Path | None = None,
+                    cache_identity: str = "") -> Window:
     """The window's decorrelated samples (:func:`~bioqmmm.protocols.reweighting.decorrelate`) with the
-    ``"cheap"`` and ``"target"`` energies evaluated on them, ready for
-    :func:`~bioqmmm.protocols.reweighting.reweight`."""
+    ``"cheap"`` and ``"target"`` energies (kJ/mol) evaluated on their frames, ready for
+    :func:`~bioqmmm.protocols.reweighting.reweight`.
+
+    With ``cache`` (an .npz path), the energies are saved every :data:`ENERGY_CACHE_EVERY` frames, and a
+    rerun with the same ``cache_identity`` and retained frames continues from them (a killed run does
+    not redo its QM energies).
+    """
     indices, g = decorrelate(samples.s, samples.energy, bias, temperature)
-    values = {lvl: frame_energies(energies[lvl], samples, indices, poll) for lvl in ("cheap", "target")}
-    return Window(name, level, bias, samples.s[indices], values["cheap"], values["target"],
+    values = _cached_energies(cache, cache_identity, indices)
+    for lvl in ("cheap", "target"):
+        for i in indices[len(values[lvl]):]:
+            values[lvl].append(energies[lvl](samples.positions[i].astype(float),
+                                             None if samples.boxes is None else samples.boxes[i]))
+            if poll is not None:
+                poll()
+            if cache is not None and len(values[lvl]) % ENERGY_CACHE_EVERY == 0:
+                _save_energies(cache, cache_identity, indices, values)
+    return Window(name, level, bias, samples.s[indices], np.array(values["cheap"]), np.array(values["target"]),
                   frames=len(samples.s), statistical_inefficiency=g, retained=indices)
+
+
+def _cached_energies(cache: Path | None, identity: str, indices: np.ndarray) -> dict[str, list[float]]:
+    try:
+        with np.load(cache, allow_pickle=False) as data:
+            if str(data["identity"]) == identity and np.array_equal(data["indices"], indices):
+                return {lvl: data[lvl].tolist() for lvl in ("cheap", "target")}
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: evaluate afresh
+        pass
+    return {"cheap": [], "target": []}
+
+
+def _save_energies(cache: Path, identity: str, indices: np.ndarray, values: dict[str, list[float]]) -> None:
+    save_arrays(cache, {"identity": np.array(identity), "indices": indices,
+                        **{lvl: np.array(v, dtype=float) for lvl, v in values.items()}})

@@ -18,6 +18,7 @@ import csv
 import dataclasses
 import json
 import math
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,12 @@ import numpy as np
 import openmm
 from openmm import app
 
-from bioqmmm.errors import InputError
+from bioqmmm.errors import CalculationError, InputError
 from bioqmmm.parallel.replicas import Replica, run_replicas
 from bioqmmm.parallel.schedule import estimated_cost
 from bioqmmm.protocols.coordinates import ReactionCoordinate, Term, Umbrella, umbrella_windows
 from bioqmmm.protocols.metadynamics import MetadynamicsSettings, TabulatedBias, build_bias
-from bioqmmm.protocols.reweighting import Profile, Window, reweight
+from bioqmmm.protocols.reweighting import Profile, Window, in_range, reweight
 from bioqmmm.protocols.sampling import SamplingSettings, pulled_start, retained_window, sample_window, system_energy
 from bioqmmm.run.build import qmmm_model
 from bioqmmm.run.checkpoint import save_arrays
@@ -77,18 +78,26 @@ def reaction_coordinate(section: CoordinateSection, topology: app.Topology) -> R
 
 
 def window_plans(settings: PMFProtocol, coordinate: ReactionCoordinate) -> list[WindowPlan]:
-    """Cheap windows ``c00, c01, …``, the metadynamics state ``m00`` and target windows ``t00, …``, each
-    with its own seed."""
+    """Cheap windows ``c-1.0472`` …, target windows ``t+0.0000`` … (named by level and centre, so that
+    adding a window leaves the others' folders, names and seeds alone) and the metadynamics state ``m``."""
     plans = []
-    sets = [("cheap", "c", settings.windows, 0), ("target", "t", settings.target_windows, 100000)]
-    for level, prefix, section, offset in sets:
+    for level, prefix, section in (("cheap", "c", settings.windows), ("target", "t", settings.target_windows)):
         if section is None:
             continue
-        for i, bias in enumerate(_umbrellas(section, coordinate.period, settings.temperature_k)):
-            plans.append(WindowPlan(f"{prefix}{i:02d}", level, bias, section, settings.seed + offset + i))
+        for bias in _umbrellas(section, coordinate.period, settings.temperature_k):
+            name = f"{prefix}{bias.center:+.4f}"
+            plans.append(WindowPlan(name, level, bias, section, _seed(settings.seed, name)))
     if settings.metadynamics is not None:
-        plans.append(WindowPlan("m00", "cheap", None, settings.metadynamics, settings.seed + 50000))
+        plans.append(WindowPlan("m", "cheap", None, settings.metadynamics, _seed(settings.seed, "m")))
+    names = [p.name for p in plans]
+    if len(set(names)) != len(names):
+        raise InputError(f"two windows of one level share a centre (to 4 decimals): {sorted(names)}")
     return plans
+
+
+def _seed(seed: int, name: str) -> int:
+    """A window's own seed, from the file's seed and the window's name (positive, below 2³¹)."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31 - 1) + 1
 
 
 def _umbrellas(section: WindowsSection, period: float | None, temperature: float) -> list[Umbrella]:
@@ -97,6 +106,9 @@ def _umbrellas(section: WindowsSection, period: float | None, temperature: float
     low, high = section.range
     if period is not None and abs(high - low - period) < 1e-3:  # a whole turn given to a few digits
         high = low + period
+    if period is not None and high - low > period:
+        raise InputError(f"windows range {list(section.range)} spans more than a turn ({period:.6g} rad): "
+                         "dihedral ranges are in radians")
     return umbrella_windows(low, high, section.count, temperature, section.force_constant, period)
 
 
@@ -106,7 +118,10 @@ def bin_edges(settings: PMFProtocol, period: float | None) -> np.ndarray:
     if period is not None:
         return np.linspace(-math.pi, math.pi, settings.bins + 1)
     spans = [s.span() for s in (settings.windows, settings.target_windows, settings.metadynamics) if s is not None]
-    return np.linspace(min(a for a, _ in spans), max(b for _, b in spans), settings.bins + 1)
+    low, high = min(a for a, _ in spans), max(b for _, b in spans)
+    if not high > low:
+        raise InputError("the windows span no range of the coordinate: give a 'range' or several centres")
+    return np.linspace(low, high, settings.bins + 1)
 
 
 def run_pmf(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], comm, progress: bool) -> dict:
@@ -118,9 +133,10 @@ def run_pmf(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], co
     plans = {p.name: p for p in window_plans(settings, coordinate)}
     edges = bin_edges(settings, coordinate.period)
     for name in ("reactant_range", "product_range"):
-        _check_range(getattr(settings, name), edges, name)
+        _check_range(getattr(settings, name), edges, name, coordinate.period)
     start = comm.bcast(np.asarray(positions) if comm.rank == 0 else None)
     identities = {name: _window_identity(config, plan, coordinate) for name, plan in plans.items()}
+    energies_identity = fingerprint(config.system, config.qm, settings.cheap, config.resources.platform)
     levels = _Levels(config, qmmm, settings)
     folder = out / "windows"
 
@@ -145,10 +161,11 @@ def run_pmf(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], co
                                 platform=config.resources.platform, threads=config.resources.threads,
                                 identity=identities[plan.name], poll=poll)
         window = retained_window(plan.name, plan.level, bias, samples, levels.energies(), settings.temperature_k,
-                                 poll)
+                                 poll, cache=where / "energies.npz", cache_identity=energies_identity)
         save_arrays(where / "window.npz", {
             "s": window.s, "cheap": window.cheap, "target": window.target, "retained": window.retained,
-            "meta": np.array(json.dumps({"identity": identities[plan.name], "samples": window.frames,
+            "meta": np.array(json.dumps({"identity": identities[plan.name], "energies": energies_identity,
+                                         "samples": window.frames,
                                          "statistical_inefficiency": window.statistical_inefficiency})),
         })
         return {"samples": window.frames, "retained": len(window.s)}
@@ -156,20 +173,28 @@ def run_pmf(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], co
     def finished(replica: Replica) -> dict[str, Any] | None:
         meta = _window_meta(folder / replica.name / "window.npz")
         plan = plans[replica.name]
-        same = meta is not None and meta["identity"] == identities[plan.name]
+        same = meta is not None and (meta["identity"], meta.get("energies")) == (identities[plan.name],
+                                                                                   energies_identity)
         done = same and meta["samples"] == plan.section.samples
         return {"samples": meta["samples"]} if done else None
 
     replicas = [Replica(name, cost=_cost(plan, qmmm, settings.cheap == "mm")) for name, plan in plans.items()]
     run_replicas(replicas, work, folder, finished=finished, comm=comm)
-    record = None
+    outcome = None
     if comm.rank == 0:
-        windows = [_load_window(folder / name / "window.npz", plan, coordinate.period) for name, plan in plans.items()]
-        profile = reweight(windows, settings.temperature_k, edges, bootstraps=settings.bootstraps, seed=settings.seed,
-                           reactant=settings.reactant_range, product=settings.product_range,
-                           min_ess_fraction=settings.min_ess_fraction)
-        record = _write(out, profile, windows, coordinate, common, settings)
-    return comm.bcast(record)
+        try:
+            windows = [_load_window(folder / name / "window.npz", plan, coordinate.period)
+                       for name, plan in plans.items()]
+            profile = reweight(windows, settings.temperature_k, edges, bootstraps=settings.bootstraps,
+                               seed=settings.seed, reactant=settings.reactant_range, product=settings.product_range,
+                               min_ess_fraction=settings.min_ess_fraction)
+            outcome = _write(out, profile, windows, coordinate, common, settings)
+        except (InputError, CalculationError) as exc:  # every rank raises it (the others wait for rank 0)
+            outcome = (type(exc).__name__, str(exc))
+    outcome = comm.bcast(outcome)
+    if isinstance(outcome, tuple):
+        raise {"InputError": InputError}.get(outcome[0], CalculationError)(outcome[1])
+    return outcome
 
 
 class _Levels:
@@ -195,13 +220,19 @@ class _Levels:
         return model.system, model
 
     def energies(self) -> dict[str, Any]:
+        """Energy functions of both levels, QM ones starting from a fresh SCF guess: a window's energies do
+        not depend on which windows its rank evaluated before (serial and MPI runs agree)."""
         if self._energies is None:
-            self._energies = {}
+            self._energies, self._models = {}, []
             for level in ("cheap", "target"):
                 model = self._qm_level(level)
                 mm = openmm.XmlSerializer.clone(self.qmmm.reference_system)
                 self._energies[level] = (system_energy(mm, self.config.resources.platform) if model is None
                                          else _energy_of(model))
+                self._models += [] if model is None else [model]
+        for model in self._models:
+            model.engine.set_state({})
+            model.kernel.clear_cache()
         return self._energies
 
 
@@ -266,11 +297,17 @@ def _cost(plan: WindowPlan, qmmm, cheap_is_mm: bool) -> float:
 
 
 def _window_identity(config, plan: WindowPlan, coordinate: ReactionCoordinate) -> str:
-    """What a window's samples depend on; its length excluded, so a longer rerun extends it."""
+    """What a window's trajectory depends on: the system, the Hamiltonian it samples (an MM window not the
+    QM block), its bias and sampling settings; not its length (a longer rerun extends it), nor the other
+    windows, nor the target level (a changed target only re-evaluates energies)."""
     s: PMFProtocol = config.protocol
-    return fingerprint(config.system, config.qm, s.cheap, coordinate, s.temperature_k, s.friction_per_ps,
-                       s.checkpoint_interval, plan.name, plan.level, plan.bias, plan.seed,
-                       dataclasses.replace(plan.section, samples=1))
+    hamiltonian = ("mm",) if plan.level == "cheap" and s.cheap == "mm" else (config.qm, s.cheap, plan.level)
+    section = plan.section
+    sampling = (section.sample_interval, section.equilibration_steps, section.timestep_fs)
+    if plan.bias is None:  # metadynamics: its settings make the bias
+        sampling += (dataclasses.replace(section, samples=1),)
+    return fingerprint(config.system, *hamiltonian, coordinate, s.temperature_k, s.friction_per_ps,
+                       s.checkpoint_interval, plan.bias, plan.seed, *sampling)
 
 
 def _window_meta(path: Path) -> dict[str, Any] | None:
@@ -290,9 +327,16 @@ def _load_window(path: Path, plan: WindowPlan, period: float | None) -> Window:
                       retained=data["retained"])
 
 
-def _check_range(value, edges: np.ndarray, name: str) -> None:
-    if value is not None and (value[1] < edges[0] or value[0] > edges[-1]):
-        raise InputError(f"{name} {list(value)} lies outside the profile's range [{edges[0]:.4g}, {edges[-1]:.4g}]")
+def _check_range(value, edges: np.ndarray, name: str, period: float | None) -> None:
+    """A reactant/product range must hold a bin centre (``lo > hi`` wraps round a periodic coordinate)."""
+    if value is None:
+        return
+    if value[0] > value[1] and period is None:
+        raise InputError(f"{name} {list(value)}: low > high only wraps round a periodic coordinate")
+    centers = 0.5 * (edges[1:] + edges[:-1])
+    if not in_range(centers, value).any():
+        raise InputError(f"{name} {list(value)} holds no bin centre of the profile (bins over "
+                         f"[{edges[0]:.4g}, {edges[-1]:.4g}], width {edges[1] - edges[0]:.4g}): widen it or add bins")
 
 
 def _write(out: Path, profile: Profile, windows: list[Window], coordinate: ReactionCoordinate,

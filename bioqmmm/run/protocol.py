@@ -383,8 +383,8 @@ class PMFProtocol:
             raise FieldError("bootstraps", "must be zero or positive")
         for key in ("reactant_range", "product_range"):
             value = getattr(self, key)
-            if value is not None and (len(value) != 2 or not value[1] > value[0]):
-                raise FieldError(key, "must be [low, high] with high > low")
+            if value is not None and (len(value) != 2 or value[0] == value[1]):
+                raise FieldError(key, "must be [low, high] (low > high wraps round a dihedral's ±π)")
         if (self.product_range is None) != (self.reactant_range is None):
             raise FieldError("product_range", "give both 'reactant_range' and 'product_range', or neither")
         if not 0 <= self.min_ess_fraction <= 1:
