@@ -486,3 +486,15 @@ def test_coordinate_selections_are_checked_before_sampling(tmp_path, change, mes
     with pytest.raises(InputError, match=message):
         load_protocol(path) if "needs" in message else run_protocol(path, progress=False)
     assert not (tmp_path / "pmf_out" / "windows").exists()
+
+
+def test_cheap_qm_level_is_checked_before_sampling(tmp_path):
+    """A cheap QM level whose basis PySCF does not know is refused before any window runs."""
+    text = (PROTOCOLS / "pmf.yaml").read_text()
+    text = text.replace("  cheap: mm                         # sampling level; the target is the qm block",
+                        "  cheap: {method: hf, basis: no-such-basis}")
+    assert "no-such-basis" in text
+    (tmp_path / "p.yaml").write_text(text)
+    with pytest.raises(InputError, match="no-such-basis"):
+        run_protocol(tmp_path / "p.yaml", progress=False)
+    assert not (tmp_path / "pmf_out" / "windows").exists()

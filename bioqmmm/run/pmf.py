@@ -1,11 +1,13 @@
-"""``protocol: pmf``: umbrella windows at a cheap level (and optionally at the target level), MBAR to the target.
+"""``protocol: pmf``: umbrella windows and/or a frozen-bias metadynamics state at a cheap level (and
+optionally windows at the target level), MBAR to the target.
 
-Every window is a replica of the replica runner (over MPI under mpirun): its start is pulled into
-the window on the MM surface, it samples at its level (:mod:`bioqmmm.protocols.sampling`) into
-``OUTPUT/windows/NAME`` with checkpoints, decorrelates its samples and evaluates both levels on
-the retained frames (the target's QM/MM energies, the expensive part, are thus spread over the
-ranks). Rank 0 then merges all windows in one MBAR (:mod:`bioqmmm.protocols.reweighting`) and
-writes ``pmf.csv``, ``windows.csv``, ``overlap.csv``, ``pmf.png``, ``overlap.png`` and ``result.json``.
+Every window (and the metadynamics state) is a replica of the replica runner (over MPI under
+mpirun): its start is pulled into the window on the MM surface, it samples at its level
+(:mod:`bioqmmm.protocols.sampling`) into ``OUTPUT/windows/NAME`` with checkpoints, decorrelates
+its samples and evaluates both levels on the retained frames (the target's QM/MM energies, the
+expensive part, are thus spread over the ranks). Rank 0 then merges all states in one MBAR
+(:mod:`bioqmmm.protocols.reweighting`) and writes ``pmf.csv``, ``windows.csv``, ``overlap.csv``,
+``pmf.png``, ``overlap.png`` and ``result.json``.
 
 A window sampled at a QM level keeps the MM model's bond constraints (also those inside the QM
 region, which the QM/MM System otherwise leaves flexible), so that every state lives on the same
@@ -203,6 +205,7 @@ class _Levels:
     def __init__(self, config, qmmm, settings: PMFProtocol) -> None:
         self.config, self.qmmm, self.settings = config, qmmm, settings
         self._energies: dict[str, Any] | None = None
+        self._qm_level("cheap")  # a cheap QM level is validated (basis, electrons) before any sampling
 
     def _qm_level(self, level: str):
         """A fresh QMMMSystem at the level's QM method (None for the MM cheap level)."""
