@@ -170,6 +170,10 @@ def run_pmf(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], co
                                          "samples": window.frames,
                                          "statistical_inefficiency": window.statistical_inefficiency})),
         })
+        if progress:
+            rank = f"rank {comm.rank}: " if comm.size > 1 else ""
+            print(f"{rank}window {plan.name} ({plan.level}): {window.frames} samples, g = "
+                  f"{window.statistical_inefficiency:.1f}, {len(window.s)} kept with both energies", flush=True)
         return {"samples": window.frames, "retained": len(window.s)}
 
     def finished(replica: Replica) -> dict[str, Any] | None:
