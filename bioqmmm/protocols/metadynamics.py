@@ -19,6 +19,7 @@ from openmm import app, unit
 from scipy.interpolate import CubicSpline
 
 from bioqmmm.protocols.coordinates import ReactionCoordinate
+from bioqmmm.run.environment import reproducible_properties
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def build_bias(
     integrator = openmm.LangevinMiddleIntegrator(temperature, settings.friction_per_ps / unit.picosecond,
                                                  settings.timestep_fs * 1e-3 * unit.picosecond)
     integrator.setRandomNumberSeed(settings.seed)
-    properties = {"DeterministicForces": "true", "Threads": str(threads or 1)} if platform == "CPU" else {}
+    properties = reproducible_properties(platform, threads or 1)
     simulation = app.Simulation(topology, system, integrator, openmm.Platform.getPlatformByName(platform), properties)
     if box is not None:
         simulation.context.setPeriodicBoxVectors(*box)

@@ -26,7 +26,7 @@ from bioqmmm.errors import BioQMMMError, CalculationError, InputError, ReplicaAb
 from bioqmmm.protocols.coordinates import Bias, ReactionCoordinate, Umbrella
 from bioqmmm.protocols.reweighting import Window, decorrelate
 from bioqmmm.run.checkpoint import read_checkpoint, read_meta, save_arrays, write_checkpoint
-from bioqmmm.run.environment import mm_context
+from bioqmmm.run.environment import mm_context, reproducible_properties
 
 #: MM minimisation that pulls a start structure into a window: RMS force tolerance (kJ/mol/nm), iterations.
 PULL_TOLERANCE = 10.0
@@ -101,7 +101,7 @@ def sample_window(
         settings.timestep_fs * 1e-3 * unit.picosecond,
     )
     integrator.setRandomNumberSeed(settings.seed)
-    properties = {"DeterministicForces": "true", "Threads": str(threads or 1)} if platform == "CPU" else {}
+    properties = reproducible_properties(platform, threads or 1)
     context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform), properties)
 
     def typed():

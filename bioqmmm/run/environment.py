@@ -49,10 +49,16 @@ def mm_context(system: openmm.System, platform: str = "CPU") -> openmm.Context:
     """A Context for MM-only work (minimisation). On the CPU platform it uses one thread and
     deterministic forces: multithreaded PME sums are not reproducible bit for bit, and a rebuilt
     run must start from the same positions."""
-    properties = {"DeterministicForces": "true", "Threads": "1"} if platform == "CPU" else {}
-    return openmm.Context(
-        system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform), properties
-    )
+    return openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform),
+                          reproducible_properties(platform, 1))
+
+
+def reproducible_properties(platform: str, threads: int | None) -> dict[str, str]:
+    """Context properties that make runs reproducible bit for bit (a resumed run continues exactly): on the
+    CPU platform deterministic force sums and ``threads`` threads (None: OpenMM's default)."""
+    if platform != "CPU":
+        return {}
+    return {"DeterministicForces": "true", **({"Threads": str(threads)} if threads else {})}
 
 
 def fixed_atoms(system: openmm.System, seeds: set[int]) -> set[int]:

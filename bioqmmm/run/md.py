@@ -28,7 +28,7 @@ from openmm import app, unit
 
 from bioqmmm.errors import BioQMMMError, CalculationError, InputError, ReplicaAbortedError
 from bioqmmm.run.checkpoint import read_checkpoint, read_meta, write_checkpoint
-from bioqmmm.run.environment import relax_environment
+from bioqmmm.run.environment import relax_environment, reproducible_properties
 from bioqmmm.run.protocol import MDProtocol
 from bioqmmm.run.reporters import QMMMReporter, close_reporter
 
@@ -119,12 +119,8 @@ def run_md(
         if settings.seed is not None:
             barostat.setRandomNumberSeed(settings.seed)
         qmmm.system.addForce(barostat)
-    properties = {}
-    if platform == "CPU":  # reproducible force sums, so that a resumed run continues bit for bit
-        properties = {"DeterministicForces": "true", **({"Threads": str(threads)} if threads else {})}
-    simulation = app.Simulation(
-        qmmm.topology, qmmm.system, _integrator(settings), openmm.Platform.getPlatformByName(platform), properties
-    )
+    simulation = app.Simulation(qmmm.topology, qmmm.system, _integrator(settings),
+                                openmm.Platform.getPlatformByName(platform), reproducible_properties(platform, threads))
     context = simulation.context
     start_step = 0
     if resume:
