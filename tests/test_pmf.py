@@ -22,14 +22,15 @@ from conftest import mm_energy, mpirun
 from openmm import app, unit
 from scipy.integrate import quad
 
-from bioqmmm.errors import CalculationError, InputError, ReplicaAbortedError
+from bioqmmm.errors import CalculationError, InputError, ReplicaAbortedError, ReplicaFailedError
 from bioqmmm.examples import alanine_dipeptide
 from bioqmmm.protocols.coordinates import Umbrella, dihedral, distance, distance_difference, umbrella_windows
 from bioqmmm.protocols.metadynamics import MetadynamicsSettings, TabulatedBias, build_bias
 from bioqmmm.protocols.reweighting import Window, kish_ess, reweight
 from bioqmmm.protocols.sampling import SamplingSettings, retained_window, sample_window, system_energy
 from bioqmmm.run.build import build_qmmm
-from bioqmmm.run.protocol import load_protocol
+from bioqmmm.run.pmf import _checked_range, _window_identity, reaction_coordinate, window_plans
+from bioqmmm.run.protocol import LevelSection, load_protocol
 from bioqmmm.run.runner import run_protocol
 from bioqmmm.units import kt_kjmol
 
@@ -167,15 +168,18 @@ def test_frozen_metadynamics_bias_gives_the_exact_profile(tmp_path):
 
 
 def test_tabulated_bias_matches_openmm():
-    """The frozen bias in NumPy (SciPy cubic spline, zero outside the grid) equals OpenMM's
-    Continuous1DFunction, periodic and not."""
+    """The frozen bias in NumPy (SciPy cubic spline) equals OpenMM's Continuous1DFunction: periodic over
+    (−π, π] and over [0, 2π), and non-periodic, clamped to its end values outside the grid."""
     rng = np.random.default_rng(4)
     top, _, positions = alanine_dipeptide()
     x = np.array(positions.value_in_unit(unit.nanometer))
-    cases = [(dihedral(4, 6, 8, 14), TabulatedBias(tuple(rng.normal(0, 5, 40)) + (0.0,), -math.pi, math.pi,
-                                                    2 * math.pi)),
+
+    def turn(low: float) -> TabulatedBias:
+        values = tuple(rng.normal(0, 5, 40))
+        return TabulatedBias(values + values[:1], low, low + 2 * math.pi, 2 * math.pi)
+
+    cases = [(dihedral(4, 6, 8, 14), turn(-math.pi)), (dihedral(4, 6, 8, 14), turn(0.0)),
              (distance(0, 21), TabulatedBias(tuple(rng.normal(0, 5, 30)), 0.5, 0.8))]
-    cases[0] = (cases[0][0], dataclasses.replace(cases[0][1], values=cases[0][1].values[:-1] + cases[0][1].values[:1]))
     for coordinate, bias in cases:
         probe = openmm.System()
         for _ in range(len(x)):
@@ -190,8 +194,35 @@ def test_tabulated_bias_matches_openmm():
             energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
             assert bias.energy(np.array([s]))[0] == pytest.approx(energy, abs=1e-8)
             values.append(s)
-        if bias.period is None:  # some probes fell outside the grid, where both are zero
+        if bias.period is None:  # some probes fell outside the grid, where both hold the end value
             assert min(values) < 0.5 or max(values) > 0.8
+    with pytest.raises(ValueError, match="one period"):
+        TabulatedBias((0.0, 1.0, 0.0), -2.0, 2.0, 2 * math.pi)
+
+
+def test_samples_beyond_a_metadynamics_range_are_weighted_right(tmp_path):
+    """A non-periodic metadynamics range narrower than the sampled coordinate: outside it the dynamics feels
+    no bias force, so the bias there is the end value, not zero; the profile over a wider range is exact."""
+    stiff = "1000*(r-0.3)^2"
+    settings = MetadynamicsSettings(low=0.27, high=0.33, width=0.01, steps=20000, height=1.0, bias_factor=8,
+                                    frequency=100, friction_per_ps=10.0, seed=5)
+    bias, start = build_bias(pair_system(stiff), pair_topology(), distance(0, 1), START, settings,
+                             platform="Reference")
+    sampling = SamplingSettings(samples=3000, sample_interval=20, equilibration_steps=500, temperature_k=T,
+                                friction_per_ps=10.0, seed=6)
+    found = sample_window(pair_system(stiff), distance(0, 1), bias, start, sampling, tmp_path, platform="Reference")
+    energies = {"cheap": system_energy(pair_system(stiff), "Reference"), "target": system_energy(pair_system(stiff))}
+    window = retained_window("m", "cheap", bias, found, energies, T)
+    assert np.mean((window.s < 0.27) | (window.s > 0.33)) > 0.1  # a good share lies beyond the range
+    edges = np.linspace(0.22, 0.38, 17)
+    profile = reweight([window], T, edges)
+
+    def potential(r):
+        return 1000 * (r - 0.3) ** 2
+
+    exact = exact_bins(profile, edges[1] - edges[0], potential)
+    sigma = np.where(profile.uncertainty > 0, profile.uncertainty, np.inf)
+    assert np.all(np.abs((profile.free_energy - exact) / sigma) < 4)
 
 
 def test_mbar_on_two_states_equals_bar():
@@ -441,7 +472,8 @@ def test_barrier_goes_the_lower_way_round_a_circle():
     assert abs(profile.barrier[0] - exact_top) < 4 * profile.barrier[1] + 1.0
     gapped = [w for w in windows if abs(abs(w.bias.center) - math.pi) > 0.6]  # nothing sampled near ±π
     profile = reweight(gapped, T, edges, reactant=(-2.0, -1.0), product=(1.0, 2.0))
-    assert abs(profile.ts_position) < 0.2 and profile.warnings == []  # the gap does not pass for a low way
+    assert abs(profile.ts_position) < 0.2  # the gap does not pass for a low way, but it is named
+    assert any("other way round" in m and "upper bound" in m for m in profile.warnings)
     coarse = [dataclasses.replace(w, s=np.round(w.s, 1), cheap=free(np.round(w.s, 1)), target=free(np.round(w.s, 1)))
               for w in windows]  # samples on a 0.1 rad lattice, bins 0.05 rad wide: every other bin is empty
     profile = reweight(coarse, T, np.linspace(-math.pi, math.pi, 127), reactant=(-2.0, -1.0), product=(1.0, 2.0))
@@ -478,9 +510,9 @@ def test_coordinate_selections_are_checked_before_sampling(tmp_path, change, mes
     original = [line for line in text.splitlines() if line.strip().startswith("atoms:")][0].strip()
     path = tmp_path / "p.yaml"
     path.write_text(text.replace(original, change).replace("reactant_range: [-2.2, -0.9]",
-                                                           "reactant_range: [4.0, 5.0]"))
-    if message is None:  # a valid coordinate, but the reactant range holds no bin of (−π, π]
-        with pytest.raises(InputError, match="reactant_range.*holds no bin"):
+                                                           "reactant_range: [-180, 180]"))
+    if message is None:  # a valid coordinate, but the reactant range is in degrees
+        with pytest.raises(InputError, match="reactant_range.*whole turn"):
             run_protocol(path, progress=False)
         return
     with pytest.raises(InputError, match=message):
@@ -498,3 +530,97 @@ def test_cheap_qm_level_is_checked_before_sampling(tmp_path):
     with pytest.raises(InputError, match="no-such-basis"):
         run_protocol(tmp_path / "p.yaml", progress=False)
     assert not (tmp_path / "pmf_out" / "windows").exists()
+
+
+def test_window_identities_follow_what_each_window_samples():
+    """An MM window does not depend on the QM block, a cheap QM window not on the target level, a target window
+    not on the cheap level; each depends on its own Hamiltonian."""
+    config = load_protocol(PROTOCOLS / "pmf.yaml")
+    config_qm = dataclasses.replace(config, protocol=dataclasses.replace(
+        config.protocol, cheap=LevelSection("hf", "sto-3g"), target_windows=config.protocol.windows))
+    object.__setattr__(config_qm, "source", config.source)
+    top, _, _ = alanine_dipeptide()
+    coordinate = reaction_coordinate(config.protocol.coordinate, top)
+
+    def identities(cfg):
+        return {p.name: _window_identity(cfg, p, coordinate) for p in window_plans(cfg.protocol, coordinate)}
+
+    def changed(cfg, **qm):
+        new = dataclasses.replace(cfg, qm=dataclasses.replace(cfg.qm, **qm))
+        object.__setattr__(new, "source", cfg.source)
+        return new
+
+    base, mm = identities(config_qm), identities(config)
+    assert identities(changed(config, method="b3lyp")) == mm  # MM windows: no QM in them
+    target_changed = identities(changed(config_qm, method="b3lyp"))
+    assert all((target_changed[n] == base[n]) == n.startswith("c") for n in base)
+    cheap_changed = dataclasses.replace(config_qm, protocol=dataclasses.replace(
+        config_qm.protocol, cheap=LevelSection("hf", "3-21g")))
+    cheap_changed = identities(cheap_changed)
+    assert all((cheap_changed[n] == base[n]) == n.startswith("t") for n in base)
+
+
+def test_energy_cache_evaluates_each_frame_once(tmp_path):
+    """Energies saved per frame: a rerun evaluates nothing, a longer window only its new frames, another
+    cache identity everything again."""
+    settings = SamplingSettings(samples=200, sample_interval=5, seed=2)
+    bias = Umbrella(0.3, 20000.0)
+    calls = {"n": 0}
+
+    def target(x, box=None):
+        calls["n"] += 1
+        return target_energy(x, box)
+
+    energies = {"cheap": system_energy(pair_system(CHEAP), "Reference"), "target": target}
+    cache = tmp_path / "energies.npz"
+
+    def evaluate(samples: int, identity: str = "a") -> Window:
+        found = sample_window(pair_system(CHEAP), distance(0, 1), bias, START,
+                              dataclasses.replace(settings, samples=samples), tmp_path / "w", platform="Reference")
+        return retained_window("w", "cheap", bias, found, energies, T, cache=cache, cache_identity=identity)
+
+    first = evaluate(200)
+    assert calls["n"] == len(first.s)
+    again = evaluate(200)
+    assert calls["n"] == len(first.s) and np.array_equal(again.target, first.target)
+    longer = evaluate(400)
+    new = len(set(longer.retained.tolist()) - set(first.retained.tolist()))
+    assert calls["n"] == len(first.s) + new and new < len(longer.s)
+    evaluate(400, identity="b")
+    assert calls["n"] == len(first.s) + new + len(longer.s)
+
+
+def test_metadynamics_bias_is_reused_and_foreign_samples_refused(tmp_path):
+    """A rerun reuses the frozen bias (no new build); other metadynamics settings with samples already in the
+    folder are refused before anything is built."""
+    text = _two_windows(tmp_path, "[-1.5, -1.3]", samples=10).read_text()
+    text = text.replace("  temperature_k: 300\n", "  metadynamics:\n    range: [-3.14159265, 3.14159265]\n"
+                        "    width: 0.3\n    build_steps: 2000\n    frequency: 200\n    samples: 20\n"
+                        "  temperature_k: 300\n")
+    path = tmp_path / "metad.yaml"
+    path.write_text(text)
+    run_protocol(path, progress=False)
+    bias_file = tmp_path / "pmf_out" / "windows" / "m" / "bias.npz"
+    built = bias_file.read_bytes()
+    path.write_text(text.replace("samples: 20", "samples: 30"))
+    longer = run_protocol(path, progress=False)
+    assert bias_file.read_bytes() == built and longer["windows"]["metadynamics"] == 1
+    path.write_text(text.replace("build_steps: 2000", "build_steps: 4000"))
+    with pytest.raises(ReplicaFailedError, match="metadynamics samples of other settings"):
+        run_protocol(path, progress=False)
+    assert bias_file.read_bytes() == built
+    path.write_text(text.replace("range: [-3.14159265, 3.14159265]", "range: [-2.0, 2.0]"))
+    with pytest.raises(InputError, match="one whole turn"):
+        run_protocol(path, progress=False)
+
+
+def test_periodic_ranges_are_taken_round_the_circle():
+    edges = np.linspace(-math.pi, math.pi, 37)
+    low, high = _checked_range((2.8, 3.6), edges, "product_range", 2 * math.pi)
+    assert low == pytest.approx(2.8) and high == pytest.approx(3.6 - 2 * math.pi)
+    with pytest.raises(InputError, match="whole turn"):
+        _checked_range((-180.0, 180.0), edges, "reactant_range", 2 * math.pi)
+    with pytest.raises(InputError, match="only wraps"):
+        _checked_range((0.4, 0.3), np.linspace(0.2, 0.5, 10), "reactant_range", None)
+    with pytest.raises(InputError, match="holds no bin centre"):
+        _checked_range((0.31, 0.32), np.linspace(0.2, 0.5, 4), "product_range", None)

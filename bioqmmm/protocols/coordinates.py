@@ -183,4 +183,4 @@ def umbrella_windows(low: float, high: float, count: int, temperature: float,
     centres = low + (high - low) * np.arange(count) / (count if whole_circle else count - 1)
     spacing = (high - low) / (count if whole_circle else count - 1)
     k = force_constant if force_constant is not None else 4 * kt_kjmol(temperature) / spacing**2
-    return [Umbrella(float(c), float(k), period) for c in centres]
+    return [Umbrella(round(float(c), 9), float(k), period) for c in centres]  # one value for one centre

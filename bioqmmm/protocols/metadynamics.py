@@ -25,8 +25,11 @@ from bioqmmm.run.environment import reproducible_properties
 @dataclass(frozen=True)
 class TabulatedBias:
     """V(s) (kJ/mol) tabulated at ``len(values)`` evenly spaced s from ``minimum`` to ``maximum`` inclusive,
-    interpolated by a natural (periodic, when ``period`` is set) cubic spline and zero outside the range:
-    the function OpenMM's ``Continuous1DFunction`` evaluates during sampling."""
+    interpolated by a natural cubic spline, or by a periodic one when ``period`` is set (the table then
+    spans one whole period). Outside a non-periodic range V is its value at the nearer end: OpenMM's
+    ``Continuous1DFunction`` is zero there but exerts no force at the edge either, so the dynamics
+    samples the clamped function — which both OpenMM (``bias_table(min(max(s, lo), hi))``) and NumPy use.
+    """
 
     values: tuple[float, ...]
     minimum: float
@@ -34,17 +37,23 @@ class TabulatedBias:
     period: float | None = None
     center = None  # not a window: no centre to order neighbours by
 
+    def __post_init__(self) -> None:
+        if self.period is not None and abs(self.maximum - self.minimum - self.period) > 1e-9 * self.period:
+            raise ValueError(f"a periodic table must span one period ({self.period}), not "
+                             f"[{self.minimum}, {self.maximum}]")
+
     def energy(self, s: np.ndarray) -> np.ndarray:
         s = np.asarray(s, dtype=float)
         grid = np.linspace(self.minimum, self.maximum, len(self.values))
         if self.period is not None:
             spline = CubicSpline(grid, self.values, bc_type="periodic")
             return spline(self.minimum + np.mod(s - self.minimum, self.period))
-        inside = (s >= self.minimum) & (s <= self.maximum)
-        return np.where(inside, CubicSpline(grid, self.values, bc_type="natural")(np.clip(s, grid[0], grid[-1])), 0.0)
+        return CubicSpline(grid, self.values, bc_type="natural")(np.clip(s, self.minimum, self.maximum))
 
     def expression(self) -> str:
-        return "bias_table(s)"
+        if self.period is not None:
+            return "bias_table(s)"
+        return f"bias_table(min(max(s, {self.minimum!r}), {self.maximum!r}))"
 
     def configure(self, force: openmm.CustomCVForce) -> None:
         table = openmm.Continuous1DFunction(list(self.values), self.minimum, self.maximum, self.period is not None)

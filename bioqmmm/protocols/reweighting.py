@@ -243,10 +243,16 @@ def _barrier(profile: Profile, product: tuple[float, float], bin_edges: np.ndarr
         on_path = np.flatnonzero(in_range(centers, arc))
         top = int(on_path[np.argmax(f[on_path])])
         paths.append((int(in_range(all_centers, arc).sum()) - len(on_path), float(f[top]), top, arc))
-    unsampled, _, top, arc = min(paths)  # a fully sampled way first: a gap may hide the real top
+    unsampled, height, top, arc = min(paths)  # a fully sampled way first: a gap may hide the real top
     if unsampled:
         profile.warnings.append(f"the path from reactant to product (s from {arc[0]:.4g} to {arc[1]:.4g}) crosses "
                                 f"{unsampled} unsampled bins: the barrier may be underestimated; add windows there")
+    for gaps, other_height, _, other in paths:
+        if gaps and other_height < height:
+            profile.warnings.append(
+                f"the other way round (s from {other[0]:.4g} to {other[1]:.4g}) has a lower sampled top "
+                f"({other_height:.1f} kJ/mol) but {gaps} unsampled bins: the barrier reported may be an upper "
+                "bound; add windows there")
     profile.barrier = (float(f[top]), float(df[top]))
     profile.reaction_free_energy = (float(f[prod]), float(df[prod]))
     profile.ts_position = float(centers[top])

@@ -213,34 +213,45 @@ def retained_window(name: str, level: str, bias: Bias, samples: WindowSamples,
     ``"cheap"`` and ``"target"`` energies (kJ/mol) evaluated on their frames, ready for
     :func:`~bioqmmm.protocols.reweighting.reweight`.
 
-    With ``cache`` (an .npz path), the energies are saved every :data:`ENERGY_CACHE_EVERY` frames, and a
-    rerun with the same ``cache_identity`` and retained frames continues from them (a killed run does
-    not redo its QM energies).
+    With ``cache`` (an .npz path), the energies of every evaluated frame are saved every
+    :data:`ENERGY_CACHE_EVERY` frames; a rerun with the same ``cache_identity`` (what the frames and the
+    energy models are) reuses them for every frame it retains again, and evaluates only new ones.
     """
     indices, g = decorrelate(samples.s, samples.energy, bias, temperature)
-    values = _cached_energies(cache, cache_identity, indices)
-    for lvl in ("cheap", "target"):
-        for i in indices[len(values[lvl]):]:
-            values[lvl].append(energies[lvl](samples.positions[i].astype(float),
-                                             None if samples.boxes is None else samples.boxes[i]))
-            if poll is not None:
-                poll()
-            if cache is not None and len(values[lvl]) % ENERGY_CACHE_EVERY == 0:
-                _save_energies(cache, cache_identity, indices, values)
-    return Window(name, level, bias, samples.s[indices], np.array(values["cheap"]), np.array(values["target"]),
+    known = _cached_energies(cache, cache_identity)
+    fresh = 0
+    for i in indices:
+        if int(i) in known:
+            continue
+        box = None if samples.boxes is None else samples.boxes[i]
+        x = samples.positions[i].astype(float)
+        known[int(i)] = (energies["cheap"](x, box), energies["target"](x, box))
+        fresh += 1
+        if poll is not None:
+            poll()
+        if cache is not None and fresh % ENERGY_CACHE_EVERY == 0:
+            _save_energies(cache, cache_identity, known)
+    if cache is not None and fresh:
+        _save_energies(cache, cache_identity, known)
+    pairs = np.array([known[int(i)] for i in indices], dtype=float).reshape(-1, 2)
+    return Window(name, level, bias, samples.s[indices], pairs[:, 0], pairs[:, 1],
                   frames=len(samples.s), statistical_inefficiency=g, retained=indices)
 
 
-def _cached_energies(cache: Path | None, identity: str, indices: np.ndarray) -> dict[str, list[float]]:
+def _cached_energies(cache: Path | None, identity: str) -> dict[int, tuple[float, float]]:
+    """{frame: (cheap, target)} saved for ``identity`` (empty when there is none)."""
     try:
         with np.load(cache, allow_pickle=False) as data:
-            if str(data["identity"]) == identity and np.array_equal(data["indices"], indices):
-                return {lvl: data[lvl].tolist() for lvl in ("cheap", "target")}
+            if str(data["identity"]) == identity:
+                return {int(f): (float(c), float(t)) for f, c, t in zip(data["frames"], data["cheap"], data["target"],
+                                                                         strict=True)}
     except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: evaluate afresh
         pass
-    return {"cheap": [], "target": []}
+    return {}
 
 
-def _save_energies(cache: Path, identity: str, indices: np.ndarray, values: dict[str, list[float]]) -> None:
-    save_arrays(cache, {"identity": np.array(identity), "indices": indices,
-                        **{lvl: np.array(v, dtype=float) for lvl, v in values.items()}})
+def _save_energies(cache: Path, identity: str, known: dict[int, tuple[float, float]]) -> None:
+    frames = np.array(sorted(known), dtype=int)
+    values = np.array([known[f] for f in frames], dtype=float).reshape(-1, 2)
+    save_arrays(cache, {"identity": np.array(identity), "frames": frames, "cheap": values[:, 0],
+                        "target": values[:, 1]})

@@ -37,7 +37,7 @@ from bioqmmm.protocols.reweighting import Profile, Window, in_range, reweight
 from bioqmmm.protocols.sampling import SamplingSettings, pulled_start, retained_window, sample_window, system_energy
 from bioqmmm.run.build import qmmm_model
 from bioqmmm.run.checkpoint import save_arrays
-from bioqmmm.run.md import fingerprint
+from bioqmmm.run.md import array_digest, fingerprint
 from bioqmmm.run.protocol import CoordinateSection, MetadynamicsSection, PMFProtocol, WindowsSection
 from bioqmmm.run.results import new_figure, quantity, write_results
 from bioqmmm.selection import resolve_qm_atoms
@@ -134,8 +134,10 @@ def run_pmf(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], co
     coordinate = reaction_coordinate(settings.coordinate, topology)
     plans = {p.name: p for p in window_plans(settings, coordinate)}
     edges = bin_edges(settings, coordinate.period)
-    for name in ("reactant_range", "product_range"):
-        _check_range(getattr(settings, name), edges, name, coordinate.period)
+    ranges = {name: _checked_range(getattr(settings, name), edges, name, coordinate.period)
+              for name in ("reactant_range", "product_range")}
+    if settings.metadynamics is not None:
+        metadynamics_range(settings.metadynamics, coordinate.period)
     start = comm.bcast(np.asarray(positions) if comm.rank == 0 else None)
     identities = {name: _window_identity(config, plan, coordinate) for name, plan in plans.items()}
     energies_identity = fingerprint(config.system, config.qm, settings.cheap, config.resources.platform)
@@ -152,18 +154,20 @@ def run_pmf(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], co
             checkpoint_interval=settings.checkpoint_interval,
         )
         resumed = (where / "checkpoint.npz").exists()
+        identity = identities[plan.name]
         if plan.bias is None:
-            bias, x = _metadynamics_bias(plan, where, identities[plan.name], start, box, coordinate, levels, config,
-                                         poll)
+            bias, x = _metadynamics_bias(plan, where, identity, start, box, coordinate, levels, config, poll)
+            identity = fingerprint(identity, array_digest(np.array(bias.values), 9))  # the samples' own bias
         else:
             bias = plan.bias
             x = start if resumed else pulled_start(qmmm.reference_system, coordinate, bias, start, box)
         system, sampled_qmmm = levels.sampling_system(plan.level)
         samples = sample_window(system, coordinate, bias, x, sampling, where, box=box, qmmm=sampled_qmmm,
                                 platform=config.resources.platform, threads=config.resources.threads,
-                                identity=identities[plan.name], poll=poll)
+                                identity=identity, poll=poll)
         window = retained_window(plan.name, plan.level, bias, samples, levels.energies(), settings.temperature_k,
-                                 poll, cache=where / "energies.npz", cache_identity=energies_identity)
+                                 poll, cache=where / "energies.npz",
+                                 cache_identity=fingerprint(energies_identity, identity))
         save_arrays(where / "window.npz", {
             "s": window.s, "cheap": window.cheap, "target": window.target, "retained": window.retained,
             "meta": np.array(json.dumps({"identity": identities[plan.name], "energies": energies_identity,
@@ -192,8 +196,8 @@ def run_pmf(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], co
             windows = [_load_window(folder / name / "window.npz", plan, coordinate.period)
                        for name, plan in plans.items()]
             profile = reweight(windows, settings.temperature_k, edges, bootstraps=settings.bootstraps,
-                               seed=settings.seed, reactant=settings.reactant_range, product=settings.product_range,
-                               min_ess_fraction=settings.min_ess_fraction)
+                               seed=settings.seed, reactant=ranges["reactant_range"],
+                               product=ranges["product_range"], min_ess_fraction=settings.min_ess_fraction)
             outcome = _write(out, profile, windows, coordinate, common, settings)
         except (InputError, CalculationError) as exc:  # every rank raises it (the others wait for rank 0)
             outcome = (type(exc).__name__, str(exc))
@@ -258,13 +262,17 @@ def _metadynamics_bias(plan: WindowPlan, where: Path, identity: str, start: np.n
     meta = _window_meta(path)
     if meta is not None and meta["identity"] == identity:
         return _load_bias(path, coordinate.period)
+    if (where / "checkpoint.npz").exists():  # samples whose bias is gone or from other settings
+        raise InputError(f"{where} holds metadynamics samples of other settings (or lost bias.npz): use another "
+                         "output folder or remove it")
     section: MetadynamicsSection = plan.section
     settings: PMFProtocol = config.protocol
+    low, high = metadynamics_range(section, coordinate.period)
     system, model = levels.sampling_system("cheap")
     bias, positions = build_bias(
         system, levels.qmmm.topology, coordinate, start,
         MetadynamicsSettings(
-            low=section.range[0], high=section.range[1], width=section.width, steps=section.build_steps,
+            low=low, high=high, width=section.width, steps=section.build_steps,
             height=section.height_kjmol, bias_factor=section.bias_factor, frequency=section.frequency,
             timestep_fs=section.timestep_fs, temperature_k=settings.temperature_k,
             friction_per_ps=settings.friction_per_ps, seed=plan.seed,
@@ -276,6 +284,17 @@ def _metadynamics_bias(plan: WindowPlan, where: Path, identity: str, start: np.n
     save_arrays(path, {"values": np.array(bias.values), "range": np.array([bias.minimum, bias.maximum]),
                        "positions": positions, "meta": np.array(json.dumps({"identity": identity}))})
     return bias, positions
+
+
+def metadynamics_range(section: MetadynamicsSection, period: float | None) -> tuple[float, float]:
+    """The metadynamics grid's range; for a dihedral exactly one turn (given to a few digits)."""
+    low, high = section.range
+    if period is None:
+        return low, high
+    if abs(high - low - period) > 1e-3:
+        raise InputError(f"metadynamics range {list(section.range)} of a dihedral must be one whole turn in radians "
+                         "(e.g. [-3.14159265, 3.14159265])")
+    return low, low + period
 
 
 def _load_bias(path: Path, period: float | None) -> tuple[TabulatedBias, np.ndarray]:
@@ -308,12 +327,17 @@ def _window_identity(config, plan: WindowPlan, coordinate: ReactionCoordinate) -
     QM block), its bias and sampling settings; not its length (a longer rerun extends it), nor the other
     windows, nor the target level (a changed target only re-evaluates energies)."""
     s: PMFProtocol = config.protocol
-    hamiltonian = ("mm",) if plan.level == "cheap" and s.cheap == "mm" else (config.qm, s.cheap, plan.level)
+    if plan.level == "target":
+        hamiltonian = config.qm
+    elif s.cheap == "mm":
+        hamiltonian = "mm"
+    else:
+        hamiltonian = dataclasses.replace(config.qm, method=s.cheap.method, basis=s.cheap.basis)
     section = plan.section
     sampling = (section.sample_interval, section.equilibration_steps, section.timestep_fs)
     if plan.bias is None:  # metadynamics: its settings make the bias
         sampling += (dataclasses.replace(section, samples=1),)
-    return fingerprint(config.system, *hamiltonian, coordinate, s.temperature_k, s.friction_per_ps,
+    return fingerprint(config.system, hamiltonian, coordinate, s.temperature_k, s.friction_per_ps,
                        s.checkpoint_interval, plan.bias, plan.seed, *sampling)
 
 
@@ -334,16 +358,24 @@ def _load_window(path: Path, plan: WindowPlan, period: float | None) -> Window:
                       retained=data["retained"])
 
 
-def _check_range(value, edges: np.ndarray, name: str, period: float | None) -> None:
-    """A reactant/product range must hold a bin centre (``lo > hi`` wraps round a periodic coordinate)."""
+def _checked_range(value, edges: np.ndarray, name: str, period: float | None) -> tuple[float, float] | None:
+    """A reactant/product range that holds a bin centre. For a dihedral both ends are taken into (−π, π]
+    (so [2.8, 3.6] is 2.8 through ±π to −2.68; lo > hi wraps round ±π) and less than a turn is required."""
     if value is None:
-        return
-    if value[0] > value[1] and period is None:
-        raise InputError(f"{name} {list(value)}: low > high only wraps round a periodic coordinate")
+        return None
+    low, high = value
+    if period is None:
+        if low > high:
+            raise InputError(f"{name} {list(value)}: low > high only wraps round a periodic coordinate")
+    else:
+        if low < high and high - low >= period:
+            raise InputError(f"{name} {list(value)} spans a whole turn or more: dihedral ranges are in radians")
+        low, high = (float(math.pi - np.mod(math.pi - v, period)) for v in (low, high))
     centers = 0.5 * (edges[1:] + edges[:-1])
-    if not in_range(centers, value).any():
+    if not in_range(centers, (low, high)).any():
         raise InputError(f"{name} {list(value)} holds no bin centre of the profile (bins over "
                          f"[{edges[0]:.4g}, {edges[-1]:.4g}], width {edges[1] - edges[0]:.4g}): widen it or add bins")
+    return low, high
 
 
 def _write(out: Path, profile: Profile, windows: list[Window], coordinate: ReactionCoordinate,
