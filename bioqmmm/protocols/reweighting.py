@@ -179,7 +179,7 @@ def reweight(
     uncertainty = kt * np.asarray(bin_states["dDelta_f"])[ref]
     boot = None
     if bootstraps:
-        boot = kt * _bootstrap(windows, u_kn, n_k, in_bin, reduced["target"], ref, bootstraps, seed)
+        boot = kt * _bootstrap(u_kn, n_k, in_bin, reduced["target"], ref, bootstraps, seed)
 
     log_w = _target_log_weights(mbar, u_kn, n_k, reduced["target"])
     from_target = np.concatenate([np.full(len(w.s), w.level == "target") for w in windows])
@@ -258,7 +258,7 @@ def _barrier(profile: Profile, product: tuple[float, float], bin_edges: np.ndarr
     profile.ts_position = float(centers[top])
 
 
-def _bootstrap(windows, u_kn, n_k, in_bin, u_target, ref: int, count: int, seed: int) -> np.ndarray:
+def _bootstrap(u_kn, n_k, in_bin, u_target, ref: int, count: int, seed: int) -> np.ndarray:
     """Standard deviation (k_BT) of F_b − F_ref over ``count`` resamplings of every window."""
     rng = np.random.default_rng(seed)
     starts = np.concatenate([[0], np.cumsum(n_k)])

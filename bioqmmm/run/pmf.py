@@ -237,10 +237,12 @@ class _Levels:
             self._energies, self._models = {}, []
             for level in ("cheap", "target"):
                 model = self._qm_level(level)
-                mm = openmm.XmlSerializer.clone(self.qmmm.reference_system)
-                self._energies[level] = (system_energy(mm, self.config.resources.platform) if model is None
-                                         else _energy_of(model))
-                self._models += [] if model is None else [model]
+                if model is None:
+                    mm = openmm.XmlSerializer.clone(self.qmmm.reference_system)
+                    self._energies[level] = system_energy(mm, self.config.resources.platform)
+                else:
+                    self._energies[level] = _energy_of(model)
+                    self._models.append(model)
         for model in self._models:
             model.engine.set_state({})
             model.kernel.clear_cache()
