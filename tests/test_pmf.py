@@ -510,6 +510,8 @@ def test_target_energies_are_the_qmmm_energies_of_the_retained_frames(tmp_path):
      None),
     ('atoms: ["resid 0 and name C", "resid 1 and name N", "resid 1", "resid 1 and name C"]', "selects 10 atoms"),
     ('atoms: ["resid 0 and name C", "resid 1 and name N", "resid 1 and name CA"]', "needs 4 atom selections"),
+    ('atoms: ["resid 0 and name C", "resid 0 and name C", "resid 1 and name CA", "resid 1 and name C"]',
+     "4 different atoms"),
 ])
 def test_coordinate_selections_are_checked_before_sampling(tmp_path, change, message):
     text = (PROTOCOLS / "pmf.yaml").read_text()

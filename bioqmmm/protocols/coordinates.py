@@ -92,10 +92,6 @@ class ReactionCoordinate:
         units = {"nm" if t.kind == "distance" else "rad" for t in self.terms}
         return units.pop() if len(units) == 1 else "nm|rad"
 
-    @property
-    def atoms(self) -> tuple[int, ...]:
-        return tuple(sorted({a for t in self.terms for a in t.atoms}))
-
     def value(self, term_values: Sequence[float]) -> float:
         """s from the term values (as ``CustomCVForce.getCollectiveVariableValues`` returns them)."""
         return float(sum(t.coefficient * v for t, v in zip(self.terms, term_values, strict=True)))

@@ -31,7 +31,7 @@ from openmm import app
 from bioqmmm.errors import CalculationError, InputError
 from bioqmmm.parallel.replicas import Replica, run_replicas
 from bioqmmm.parallel.schedule import estimated_cost
-from bioqmmm.protocols.coordinates import ReactionCoordinate, Term, Umbrella, umbrella_windows
+from bioqmmm.protocols.coordinates import ReactionCoordinate, Term, Umbrella, distance_difference, umbrella_windows
 from bioqmmm.protocols.metadynamics import MetadynamicsSettings, TabulatedBias, build_bias
 from bioqmmm.protocols.reweighting import Profile, Window, in_range, reweight
 from bioqmmm.protocols.sampling import SamplingSettings, pulled_start, retained_window, sample_window, system_energy
@@ -66,16 +66,13 @@ def reaction_coordinate(section: CoordinateSection, topology: app.Topology) -> R
             found.append(match[0])
         return tuple(found)
 
-    if section.kind == "combination":
-        terms = tuple(Term(t.kind, atoms(t.atoms), t.coefficient) for t in section.terms)
-    elif section.kind == "distance_difference":
-        a = atoms(section.atoms)
-        terms = (Term("distance", a[:2]), Term("distance", a[2:], -1.0))
-    else:
-        terms = (Term(section.kind, atoms(section.atoms)),)
     try:
-        return ReactionCoordinate(terms)
-    except ValueError as exc:
+        if section.kind == "combination":
+            return ReactionCoordinate(tuple(Term(t.kind, atoms(t.atoms), t.coefficient) for t in section.terms))
+        if section.kind == "distance_difference":
+            return distance_difference(*atoms(section.atoms))
+        return ReactionCoordinate((Term(section.kind, atoms(section.atoms)),))
+    except ValueError as exc:  # an atom named twice in a term
         raise InputError(f"coordinate: {exc}") from exc
 
 
