@@ -167,6 +167,16 @@ def test_frozen_metadynamics_bias_gives_the_exact_profile(tmp_path):
     assert_matches_exact(profile, edges[1] - edges[0])
 
 
+def bias_probe(coordinate, bias, n_particles: int) -> tuple[openmm.CustomCVForce, openmm.Context]:
+    """A Reference Context holding only ``bias`` on ``coordinate`` (its energy is the bias, kJ/mol)."""
+    probe = openmm.System()
+    for _ in range(n_particles):
+        probe.addParticle(1.0)
+    force = coordinate.bias_force(bias, False)
+    probe.addForce(force)
+    return force, openmm.Context(probe, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+
+
 def test_tabulated_bias_matches_openmm():
     """The frozen bias in NumPy (SciPy cubic spline) equals OpenMM's Continuous1DFunction: periodic over
     (−π, π] and over [0, 2π), and non-periodic, clamped to its end values outside the grid."""
@@ -181,12 +191,7 @@ def test_tabulated_bias_matches_openmm():
     cases = [(dihedral(4, 6, 8, 14), turn(-math.pi)), (dihedral(4, 6, 8, 14), turn(0.0)),
              (distance(0, 21), TabulatedBias(tuple(rng.normal(0, 5, 30)), 0.5, 0.8))]
     for coordinate, bias in cases:
-        probe = openmm.System()
-        for _ in range(len(x)):
-            probe.addParticle(1.0)
-        force = coordinate.bias_force(bias, False)
-        probe.addForce(force)
-        context = openmm.Context(probe, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+        force, context = bias_probe(coordinate, bias, len(x))
         values = []
         for _ in range(20):
             context.setPositions(x + rng.normal(0, 0.08, x.shape))
@@ -283,12 +288,7 @@ def test_bias_and_coordinate_match_openmm_and_mdtraj():
              (distance_difference(4, 6, 6, 8), Umbrella(0.02, 5000.0)), (distance(0, 21), Umbrella(0.5, 900.0))]
     rng = np.random.default_rng(2)
     for coordinate, bias in cases:
-        probe = openmm.System()
-        for _ in range(len(x)):
-            probe.addParticle(1.0)
-        force = coordinate.bias_force(bias, False)
-        probe.addForce(force)
-        context = openmm.Context(probe, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+        force, context = bias_probe(coordinate, bias, len(x))
         for _ in range(5):
             y = x + rng.normal(0, 0.03, x.shape)
             context.setPositions(y)
