@@ -59,12 +59,13 @@ def point_tensors(x: np.ndarray, q: np.ndarray, alpha: float | None) -> FieldTen
     """Potential derivatives at the origin of sources q at -x (x = field point - source)."""
     if len(q) == 0:
         return FieldTensors(0.0, np.zeros(3), np.zeros((3, 3)), np.zeros((3, 3, 3)))
-    b0, b1, b2, b3 = radial_b(np.linalg.norm(x, axis=1), alpha)
+    b0, b1, b2, b3 = radial_b(np.sqrt(np.einsum("ja,ja->j", x, x)), alpha)
     eye = np.eye(3)
-    t1 = -np.einsum("j,ja->a", q * b1, x)
-    t2 = np.einsum("j,ja,jb->ab", q * b2, x, x) - eye * np.sum(q * b1)
-    qxb2 = np.einsum("j,ja->a", q * b2, x)
-    t3 = -np.einsum("j,ja,jb,jc->abc", q * b3, x, x, x)
+    t1 = -((q * b1) @ x)
+    qxb2 = (q * b2) @ x
+    t2 = x.T @ ((q * b2)[:, None] * x) - eye * np.sum(q * b1)
+    xx = (x[:, :, None] * x[:, None, :]).reshape(-1, 9)
+    t3 = -(((q * b3)[:, None] * x).T @ xx).reshape(3, 3, 3)
     t3 += np.einsum("ab,c->abc", eye, qxb2) + np.einsum("ac,b->abc", eye, qxb2) + np.einsum("bc,a->abc", eye, qxb2)
     return FieldTensors(float(np.sum(q * b0)), t1, t2, t3)
 
@@ -76,8 +77,7 @@ def multipole_response(x: np.ndarray, m0: float, m1: np.ndarray, m2: np.ndarray,
     U = m0 f + m1 . grad f + 1/2 m2 : grad grad f (f evaluated at x). Returns U (n,)
     and G = grad_x U (n, 3); the force on the source is +G times its charge.
     """
-    r = np.linalg.norm(x, axis=1)
-    b0, b1, b2, b3 = radial_b(r, alpha)
+    b0, b1, b2, b3 = radial_b(np.sqrt(np.einsum("ja,ja->j", x, x)), alpha)
     m1x = x @ m1
     m2x = x @ m2
     xm2x = np.einsum("ja,ja->j", m2x, x)

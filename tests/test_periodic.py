@@ -9,7 +9,7 @@ from conftest import assert_fd_forces, directional_derivative
 from openmm import unit
 
 from bioqmmm import QMMMSystem
-from bioqmmm.embedding import PeriodicEmbedding, minimum_image
+from bioqmmm.embedding import REAL_SPACE_FACTOR, PeriodicEmbedding, _images_within, minimum_image
 from bioqmmm.ewald import ReciprocalSum, point_tensors
 from bioqmmm.qm import PySCFEngine
 from bioqmmm.surgery import mm_charges
@@ -147,3 +147,23 @@ def test_ewald_potential_and_field_match_openmm(small_water_box):
     ours = point_tensors(-images, np.tile(q, 27), alpha) + recip.tensors(recip.phases(-d0), q)
     assert COULOMB_KJMOL_NM * ours.t0 == pytest.approx(phi_openmm, rel=1e-4)
     np.testing.assert_allclose(-COULOMB_KJMOL_NM * ours.t1, field_openmm, rtol=1e-3, atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "box",
+    [np.diag([2.0, 2.5, 3.0]), np.array([[3.0, 0.0, 0.0], [1.0, 2.8, 0.0], [-1.4, 1.3, 2.6]])],
+    ids=["rectangular", "triclinic"],
+)
+def test_far_field_images_are_every_lattice_image_within_the_real_space_cutoff(box):
+    """The shift search finds exactly the images a brute-force lattice sum finds."""
+    rng = np.random.default_rng(3)
+    d0 = minimum_image(rng.uniform(-4.0, 4.0, (300, 3)), box)
+    r_max = REAL_SPACE_FACTOR * np.diag(box).min()
+    images, owners = _images_within(d0, box, r_max)
+    lattice = np.array(np.meshgrid(*[np.arange(-5, 6)] * 3)).reshape(3, -1).T @ box
+    brute = (d0[None] + lattice[:, None]).reshape(-1, 3)
+    brute_owner = np.tile(np.arange(len(d0)), len(lattice))
+    inside = np.linalg.norm(brute, axis=1) < r_max
+    assert len(images) == inside.sum()
+    key = lambda pts, own: sorted(zip(own.tolist(), np.round(pts, 9).tolist(), strict=True))  # noqa: E731
+    assert key(images, owners) == key(brute[inside], brute_owner[inside])
