@@ -10,7 +10,6 @@ enters as a second-order polynomial operator; its Hellmann-Feynman and basis-fun
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pyscf import dft, gto, lib, qmmm, scf
 
 from bioqmmm.errors import InputError, SCFAttempt, SCFConvergenceError
 from bioqmmm.qm.base import PolynomialPotential, QMInfo, QMMoments, QMResult
+from bioqmmm.qm.extrapolation import DensityExtrapolator
 from bioqmmm.qm.ladder import DEFAULT_LADDER, SCFStrategy
 from bioqmmm.units import BOHR_NM, HARTREE_KJMOL, HARTREE_PER_BOHR_KJMOL_NM
 
@@ -37,7 +37,9 @@ class PySCFOptions:
     grid_level: PySCF DFT grid level. grid_response: include the DFT grid-weight
     derivatives so forces are the exact gradient. threads: OpenMP threads for PySCF, a
     process-wide setting applied at each call (None leaves PySCF's default).
-    warm_start: reuse the previous density as the guess.
+    warm_start: start each SCF from the previous densities (:mod:`bioqmmm.qm.extrapolation`);
+    density_history: how many past densities the always-stable predictor extrapolates along an
+    MD run (1: the previous density alone).
     """
 
     method: str = "b3lyp"
@@ -51,6 +53,7 @@ class PySCFOptions:
     grid_response: bool = True
     threads: int | None = None
     warm_start: bool = True
+    density_history: int = 4
     ladder: tuple[SCFStrategy, ...] = DEFAULT_LADDER
     max_memory: int = 4000  # MB
     verbose: int = 0
@@ -61,8 +64,9 @@ class PySCFEngine:
 
     >>> engine = PySCFEngine(method="b3lyp", basis="6-31g*", conv_tol=1e-9)
 
-    Keeps the converged density of the last call as the guess for the next one; the guess
-    is dropped when the atom set, charge or multiplicity changes.
+    Keeps the converged densities of the last calls and starts the next SCF from their
+    extrapolation (:class:`~bioqmmm.qm.extrapolation.DensityExtrapolator`); they are dropped
+    when the atom set, charge or multiplicity changes.
     """
 
     def __init__(self, method: str = "b3lyp", basis: str = "6-31g*", **options) -> None:
@@ -77,28 +81,23 @@ class PySCFEngine:
                 dft.libxc.parse_xc(self.options.method)
             except Exception as exc:  # PySCF raises KeyError/ValueError for unknown names
                 raise InputError(f"unknown QM method {method!r}: neither HF nor a functional PySCF knows") from exc
-        self._guess: tuple[tuple, np.ndarray] | None = None
+        if self.options.density_history < 1:
+            raise InputError(f"density_history must be at least 1, got {self.options.density_history}")
+        self._densities = DensityExtrapolator(self.options.density_history)
         self.calls = 0
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_guess"] = None
+        state["_densities"] = DensityExtrapolator(self.options.density_history)
         return state
 
     def get_state(self) -> dict[str, np.ndarray]:
-        """The SCF guess (density matrix and the atoms/charge/multiplicity it belongs to), for checkpoints."""
-        if self._guess is None:
-            return {}
-        (symbols, charge, multiplicity), dm = self._guess
-        return {"guess_key": np.array(json.dumps([list(symbols), charge, multiplicity])), "guess_dm": dm}
+        """The past densities the next SCF guess is built from (and their region and steps), for checkpoints."""
+        return self._densities.get_state()
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         """Inverse of :meth:`get_state`."""
-        if not state:
-            self._guess = None
-            return
-        symbols, charge, multiplicity = json.loads(str(state["guess_key"]))
-        self._guess = ((tuple(symbols), charge, multiplicity), np.array(state["guess_dm"]))
+        self._densities.set_state(state)
 
     # ----------------------------------------------------------------- validation
     def restricted_for(self, multiplicity: int) -> bool:
@@ -160,10 +159,11 @@ class PySCFEngine:
         ints = _multipole_integrals(mol, ext[0]) if ext is not None else None
 
         key = (tuple(symbols), charge, multiplicity)
-        guess = self._guess[1] if (self.options.warm_start and self._guess and self._guess[0] == key) else None
+        overlap = mol.intor_symmetric("int1e_ovlp")
+        guess = self._densities.guess(key, overlap, step) if self.options.warm_start else None
         mf, attempts = self._converge(mol, mm_bohr, mm_q, ext, ints, guess, step)
         dm = mf.make_rdm1()
-        self._guess = (key, dm)
+        self._densities.add(key, overlap, dm, step)
         dm_total = dm if dm.ndim == 2 else dm[0] + dm[1]
 
         energy, grad_qm, grad_mm = self._energy_and_gradients(mf, mol, dm_total, mm_bohr, mm_q, ext)
