@@ -1,6 +1,6 @@
 """Parallel efficiency of the replica runner: equal replicas, serial versus ``mpirun -n RANKS``.
 
-    python benchmarks/parallel_replicas.py [--ranks 2] [--steps 40] [--write docs/performance.md]
+    python benchmarks/parallel_replicas.py [--ranks 2] [--steps 40] [--write docs/performance/parallel_replicas.md]
 
 Both runs use the same protocol file (alanine dipeptide in TIP3P, Ala side chain QM, HF/STO-3G,
 one thread per rank) with RANKS equal replicas (different seeds). The serial run is ``mpirun -n 1``,
@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from report import write_section
 
 PROTOCOL = """\
 system:
@@ -58,7 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--write", type=Path, default=None, help="append the table to this markdown file")
+    parser.add_argument("--write", type=Path, default=None, help="write the section to this markdown file")
     args = parser.parse_args()
     replicas = "\n".join(f"  - name: r{i}\n    seed: {i + 1}" for i in range(args.ranks))
     work = Path(tempfile.mkdtemp(prefix="bioqmmm-parallel-"))
@@ -92,9 +94,7 @@ def main() -> None:
         "",
     ]
     print("\n".join(lines))
-    if args.write:
-        with open(args.write, "a") as handle:
-            handle.write("\n".join(lines))
+    write_section(args.write, lines)
     for label, record in (("serial", serial), ("mpirun", parallel)):
         walls = {name: round(entry.get("wall_s", 0.0), 1) for name, entry in record["replicas"].items()}
         print(f"{label}: replica walls {walls}")

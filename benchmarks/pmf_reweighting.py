@@ -1,6 +1,6 @@
 """Cost of a free-energy profile reweighted to QM/MM, against the bare QM calculation (the floor).
 
-    python benchmarks/pmf_reweighting.py [--windows 6] [--samples 150] [--write docs/performance.md]
+    python benchmarks/pmf_reweighting.py [--windows 6] [--samples 150] [--write docs/performance/pmf_reweighting.md]
 
 The model is protocols/pmf.yaml's (alanine dipeptide in vacuum, Ala side chain HF/STO-3G with a
 Cα–Cβ link atom, MM sampling on the Reference platform). For WINDOWS umbrella windows over φ the
@@ -25,6 +25,7 @@ import numpy as np
 import openmm
 import pyscf
 from pyscf import gto, scf
+from report import write_section
 
 from bioqmmm.protocols.coordinates import umbrella_windows
 from bioqmmm.protocols.sampling import SamplingSettings, pulled_start, retained_window, sample_window, system_energy
@@ -55,7 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, default=6)
     parser.add_argument("--samples", type=int, default=150)
-    parser.add_argument("--write", type=Path, default=None, help="append the table to this markdown file")
+    parser.add_argument("--write", type=Path, default=None, help="write the section to this markdown file")
     args = parser.parse_args()
     config = load_protocol(PROTOCOL)
     qmmm, positions, box = build_qmmm(config)
@@ -105,9 +106,7 @@ def main() -> None:
         "",
     ]
     print("\n".join(lines))
-    if args.write:
-        with open(args.write, "a") as handle:
-            handle.write("\n".join(lines))
+    write_section(args.write, lines)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import numpy as np
 import openmm
 
 from bioqmmm.errors import InputError
+from bioqmmm.units import COULOMB_KJMOL_NM
 
 #: Forces that carry no per-particle interaction terms.
 _NEUTRAL_FORCES = (
@@ -126,4 +127,118 @@ _HANDLERS = {
     openmm.PeriodicTorsionForce: _periodic_torsion,
     openmm.RBTorsionForce: _rb_torsion,
     openmm.CMAPTorsionForce: _cmap,
+}
+
+
+def qm_internal_forces(reference: openmm.System, qm_atoms: Sequence[int]) -> list[openmm.Force]:
+    """The MM force field's terms among QM atoms only: what :func:`build_mm_system` removes.
+
+    Bonded terms lying entirely inside the QM region (constraints: :func:`constraint_springs`),
+    and the Coulomb and Lennard-Jones
+    interactions of QM-QM pairs (exceptions as in the reference, plain Coulomb without cutoff:
+    the pairs are a few Angstrom apart). Used as the cheap reference potential of
+    multiple-time-step integration (:mod:`bioqmmm.mts`).
+    """
+    qm = frozenset(int(i) for i in qm_atoms)
+    forces = [_EXTRACTORS[type(f)](f, qm) for f in reference.getForces() if type(f) in _EXTRACTORS]
+    forces = [f for f in forces if f is not None]
+    for force in forces:
+        force.setUsesPeriodicBoundaryConditions(reference.usesPeriodicBoundaryConditions())
+    return forces
+
+
+#: Harmonic force constants (kJ/mol/nm^2, E = 1/2 k (r - r0)^2) and lengths (nm) of bonds to
+#: hydrogen, for the reference potential where a force field with constraints has no bond term:
+#: Amber ff14SB's CT-HC, N-H, OH-HO and SH-HS values (340, 434, 553, 274 kcal/mol/A^2, E = K (r - r0)^2).
+X_H_BONDS = {"C": (284512.0, 0.109), "N": (363171.2, 0.101), "O": (462750.4, 0.096), "S": (229283.2, 0.1336)}
+
+
+def constraint_springs(reference: openmm.System, qm_atoms: Sequence[int]) -> openmm.HarmonicBondForce:
+    """Springs at the constraint length for the constraints inside the QM region (which QM/MM frees)."""
+    qm = frozenset(int(i) for i in qm_atoms)
+    springs = openmm.HarmonicBondForce()
+    springs.setUsesPeriodicBoundaryConditions(reference.usesPeriodicBoundaryConditions())
+    for index in range(reference.getNumConstraints()):
+        i, j, length = reference.getConstraintParameters(index)
+        if i in qm and j in qm:
+            heavy = i if reference.getParticleMass(i) > reference.getParticleMass(j) else j
+            k, _ = X_H_BONDS.get(_element_of_mass(reference.getParticleMass(heavy)), X_H_BONDS["C"])
+            springs.addBond(i, j, length, k)
+    return springs
+
+
+def _element_of_mass(mass) -> str | None:
+    """Element symbol whose standard mass matches (hydrogen mass repartitioning aside)."""
+    element = openmm.app.Element.getByMass(mass)
+    return None if element is None else element.symbol
+
+
+def _internal_terms(force, count: int, get, n_atoms: int, qm: frozenset[int]) -> list[list]:
+    """Parameters of the terms whose first ``n_atoms`` entries are all QM atoms."""
+    terms = [get(force, index) for index in range(count(force))]
+    return [t for t in terms if set(t[:n_atoms]) <= qm]
+
+
+def _extract_bonds(force: openmm.HarmonicBondForce, qm: frozenset[int]):
+    out = openmm.HarmonicBondForce()
+    for t in _internal_terms(force, type(force).getNumBonds, type(force).getBondParameters, 2, qm):
+        out.addBond(*t)
+    return out if out.getNumBonds() else None
+
+
+def _extract_angles(force: openmm.HarmonicAngleForce, qm: frozenset[int]):
+    out = openmm.HarmonicAngleForce()
+    for t in _internal_terms(force, type(force).getNumAngles, type(force).getAngleParameters, 3, qm):
+        out.addAngle(*t)
+    return out if out.getNumAngles() else None
+
+
+def _extract_torsions(force: openmm.PeriodicTorsionForce | openmm.RBTorsionForce, qm: frozenset[int]):
+    out = type(force)()
+    for t in _internal_terms(force, type(force).getNumTorsions, type(force).getTorsionParameters, 4, qm):
+        out.addTorsion(*t)
+    return out if out.getNumTorsions() else None
+
+
+def _extract_cmap(force: openmm.CMAPTorsionForce, qm: frozenset[int]):
+    out = openmm.CMAPTorsionForce()
+    for index in range(force.getNumMaps()):
+        out.addMap(*force.getMapParameters(index))
+    for index in range(force.getNumTorsions()):
+        map_index, *atoms = force.getTorsionParameters(index)
+        if set(atoms) <= qm:
+            out.addTorsion(map_index, *atoms)
+    return out if out.getNumTorsions() else None
+
+
+def _extract_pairs(force: openmm.NonbondedForce, qm: frozenset[int]):
+    """Coulomb + Lennard-Jones of every QM-QM pair, exceptions applied."""
+    pair = openmm.CustomBondForce(f"{COULOMB_KJMOL_NM}*qq/r + 4*eps*((sig/r)^12 - (sig/r)^6)")
+    for name in ("qq", "sig", "eps"):
+        pair.addPerBondParameter(name)
+    params = {i: force.getParticleParameters(i) for i in qm}
+    exceptions = {}
+    for index in range(force.getNumExceptions()):
+        i, j, qq, sigma, epsilon = force.getExceptionParameters(index)
+        if i in qm and j in qm:
+            exceptions[min(i, j), max(i, j)] = (qq, sigma, epsilon)
+    for i, j in itertools.combinations(sorted(qm), 2):
+        if (i, j) in exceptions:
+            qq, sigma, epsilon = exceptions[i, j]
+        else:
+            (qi, si, ei), (qj, sj, ej) = params[i], params[j]
+            qq, sigma, epsilon = qi * qj, 0.5 * (si + sj), (ei * ej).sqrt()
+        values = [x.value_in_unit_system(openmm.unit.md_unit_system) for x in (qq, sigma, epsilon)]
+        if values[0] != 0.0 or values[2] != 0.0:
+            pair.addBond(i, j, values)
+    return pair if pair.getNumBonds() else None
+
+
+_EXTRACTORS = {
+    openmm.NonbondedForce: _extract_pairs,
+    openmm.HarmonicBondForce: _extract_bonds,
+    openmm.HarmonicAngleForce: _extract_angles,
+    openmm.PeriodicTorsionForce: _extract_torsions,
+    openmm.RBTorsionForce: _extract_torsions,
+    openmm.CMAPTorsionForce: _extract_cmap,
 }

@@ -107,6 +107,8 @@ class QMMMSystem:
         self.system.addForce(self.qm_force)
         self._platform = platform
         self._context: openmm.Context | None = None
+        #: force group of the multiple-time-step reference potential, once added (:mod:`bioqmmm.mts`)
+        self.reference_group: int | None = None
 
     @property
     def links(self) -> tuple[LinkAtom, ...]:
@@ -126,6 +128,10 @@ class QMMMSystem:
     def last_qm_step(self) -> int | None:
         """OpenMM step count of the structure that :attr:`last_qm` describes."""
         return self.kernel.last_step
+
+    def system_changed(self) -> None:
+        """Forget the evaluation Context after forces were added to :attr:`system`."""
+        self._context = None
 
     def _get_context(self) -> openmm.Context:
         if self._context is None:

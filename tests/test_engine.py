@@ -141,3 +141,60 @@ def test_unknown_method_and_option_are_refused():
         PySCFEngine("b3lpy", "sto-3g")
     with pytest.raises(InputError, match="conv_toll"):
         PySCFEngine("hf", "sto-3g", conv_toll=1e-9)
+
+
+def test_unknown_device_is_refused():
+    with pytest.raises(InputError, match="unknown device 'tpu'"):
+        PySCFEngine("hf", "sto-3g", device="tpu")
+
+
+def test_gpu_engine_matches_the_cpu_engine_or_names_what_is_missing():
+    """On a CUDA machine with gpu4pyscf: same energy, QM and MM forces, potentials and moments as
+    the CPU path (B3LYP, density fitting, MM charges, far-field polynomial). Elsewhere: a clear error."""
+    options = {"conv_tol": 1e-11, "conv_tol_grad": 1e-7}
+    try:
+        gpu = PySCFEngine("b3lyp", "6-31g*", device="gpu", **options)
+    except InputError as exc:
+        assert "gpu4pyscf" in str(exc) and "CUDA" in str(exc)
+        return
+    cpu = PySCFEngine("b3lyp", "6-31g*", **options)
+    external = PolynomialPotential(
+        WATER_XYZ.mean(axis=0), 3.0, np.array([20.0, -10.0, 5.0]), np.diag([40.0, -25.0, -15.0])
+    )
+    results = [
+        engine.compute(WATER, WATER_XYZ, 0, 1, MM_XYZ, MM_Q, potential_at=np.array([0, 2]), external=external)
+        for engine in (cpu, gpu)
+    ]
+    ref, test = results
+    print(f"GPU - CPU: energy {test.energy - ref.energy:.2e} kJ/mol, "
+          f"QM forces {np.abs(test.qm_forces - ref.qm_forces).max():.2e}, "
+          f"MM forces {np.abs(test.mm_forces - ref.mm_forces).max():.2e} kJ/mol/nm")
+    assert test.energy == pytest.approx(ref.energy, abs=1e-3)
+    np.testing.assert_allclose(test.qm_forces, ref.qm_forces, atol=1e-2)
+    np.testing.assert_allclose(test.mm_forces, ref.mm_forces, atol=1e-2)
+    np.testing.assert_allclose(test.mm_potentials, ref.mm_potentials, atol=1e-3)
+    np.testing.assert_allclose(test.moments.m1, ref.moments.m1, atol=1e-6)
+
+
+def test_threads_cap_pyscf_and_numpy_blas():
+    from pyscf import lib
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    with threadpool_limits(limits=None):  # restores the process's BLAS threads afterwards
+        before = lib.num_threads()
+        try:
+            PySCFEngine("hf", "sto-3g", threads=1).compute(WATER, WATER_XYZ, 0, 1, MM_XYZ, MM_Q)
+            assert lib.num_threads() == 1
+            assert all(pool["num_threads"] == 1 for pool in threadpool_info() if pool["user_api"] == "blas")
+        finally:
+            lib.num_threads(before)
+
+
+def test_engine_pickles_without_its_history_and_computes_after():
+    import pickle
+
+    engine = PySCFEngine("hf", "sto-3g", conv_tol=1e-10)
+    first = engine.compute(WATER, WATER_XYZ, 0, 1, MM_XYZ, MM_Q)
+    copy = pickle.loads(pickle.dumps(engine))
+    assert copy.get_state() == {} and engine.get_state()
+    assert copy.compute(WATER, WATER_XYZ, 0, 1, MM_XYZ, MM_Q).energy == pytest.approx(first.energy, abs=1e-6)

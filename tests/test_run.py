@@ -79,18 +79,20 @@ def test_malformed_protocol_fails_before_any_computation_naming_key_and_line(tmp
     assert not (tmp_path / "out").exists()
 
 
-def _md(tmp_path: Path, steps: int, out: str):
-    config = load_protocol(_write(tmp_path, MD_FILE.format(steps=steps), f"md_{out}_{steps}.yaml"))
+def _md(tmp_path: Path, steps: int, out: str, qm_every: int = 1):
+    text = MD_FILE.format(steps=steps).replace("  seed: 11", f"  seed: 11\n  qm_every: {qm_every}")
+    config = load_protocol(_write(tmp_path, text, f"md_{out}_{steps}.yaml"))
     qmmm, positions, box = build_qmmm(config)
     return qmmm, run_md(qmmm, positions, config.protocol, tmp_path / out, box=box, platform="Reference",
                         identity="continuation-test", progress=False)
 
 
-def test_twenty_steps_equal_ten_plus_checkpoint_plus_ten(tmp_path):
-    _, straight = _md(tmp_path, 20, "straight")
-    _, first = _md(tmp_path, 10, "split")
+@pytest.mark.parametrize("qm_every", [1, 3], ids=["single-step", "multiple-time-step"])
+def test_twenty_steps_equal_ten_plus_checkpoint_plus_ten(tmp_path, qm_every):
+    _, straight = _md(tmp_path, 20, "straight", qm_every)
+    _, first = _md(tmp_path, 10, "split", qm_every)
     assert first.steps == 10 and read_meta(tmp_path / "split" / "checkpoint.npz")["step"] == 10
-    fresh_qmmm, resumed = _md(tmp_path, 20, "split")  # a new process would build everything anew, too
+    fresh_qmmm, resumed = _md(tmp_path, 20, "split", qm_every)  # a new process would build everything anew, too
     assert resumed.resumed_from == 10 and resumed.steps == 20
     assert np.abs(resumed.positions - straight.positions).max() < 1e-10
     straight_rows, split_rows = (read_rows(tmp_path / d / "energies.csv") for d in ("straight", "split"))

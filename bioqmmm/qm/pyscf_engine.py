@@ -1,7 +1,11 @@
 """PySCF as a QM engine: HF or any DFT functional, electrostatic embedding, exact gradients.
 
 The MM point charges enter the one-electron Hamiltonian through ``pyscf.qmmm.mm_charge``
-(PySCF >= 2.11 gives correct MM-charge gradients). An optional smooth external potential
+(PySCF >= 2.11 gives correct MM-charge gradients). With ``device="gpu"`` the SCF and the
+gradients run on a CUDA GPU through gpu4pyscf's classes of the same names (``scf``, ``dft``,
+``qmmm.mm_charge``); everything else -- the far-field operator and its gradients, potentials,
+moments, the SCF guesses -- stays on the CPU with NumPy arrays, so the two paths share every
+line but the backend (:class:`_Backend`). An optional smooth external potential
 (:class:`~bioqmmm.qm.base.PolynomialPotential`, the far field of a periodic embedding)
 enters as a second-order polynomial operator; its Hellmann-Feynman and basis-function
 (Pulay) gradients are added here, so forces stay the exact gradient of the energy.
@@ -12,10 +16,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pyscf import dft, gto, lib, qmmm, scf
+from threadpoolctl import threadpool_limits
 
 from bioqmmm.errors import InputError, SCFAttempt, SCFConvergenceError
 from bioqmmm.qm.base import PolynomialPotential, QMInfo, QMMoments, QMResult
@@ -36,7 +43,10 @@ class PySCFOptions:
     for HF. restricted: None means restricted for singlets, unrestricted otherwise.
     grid_level: PySCF DFT grid level. grid_response: include the DFT grid-weight
     derivatives so forces are the exact gradient. threads: OpenMP threads for PySCF, a
-    process-wide setting applied at each call (None leaves PySCF's default).
+    process-wide setting for PySCF's OpenMP (at each call) and NumPy's BLAS (at the first call
+    in a process); None leaves the defaults.
+    device: ``"cpu"`` (PySCF) or ``"gpu"`` (gpu4pyscf on a CUDA GPU; needs the package
+    ``gpu4pyscf-cuda12x`` or ``-cuda13x``).
     warm_start: start each SCF from the previous densities (:mod:`bioqmmm.qm.extrapolation`);
     density_history: how many past densities the always-stable predictor extrapolates along an
     MD run (1: the previous density alone).
@@ -52,6 +62,7 @@ class PySCFOptions:
     grid_level: int = 3
     grid_response: bool = True
     threads: int | None = None
+    device: str = "cpu"
     warm_start: bool = True
     density_history: int = 4
     ladder: tuple[SCFStrategy, ...] = DEFAULT_LADDER
@@ -76,6 +87,7 @@ class PySCFEngine:
             raise InputError(f"unknown PySCFEngine option(s) {unknown}; known options: {sorted(known)}")
         self.options = PySCFOptions(method=method.lower().strip(), basis=basis, **options)
         self._is_hf = self.options.method in _HF_NAMES
+        self._backend = _backend(self.options.device)
         if not self._is_hf:
             try:
                 dft.libxc.parse_xc(self.options.method)
@@ -84,12 +96,19 @@ class PySCFEngine:
         if self.options.density_history < 1:
             raise InputError(f"density_history must be at least 1, got {self.options.density_history}")
         self._densities = DensityExtrapolator(self.options.density_history)
+        self._blas_limited = False
         self.calls = 0
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_densities"] = DensityExtrapolator(self.options.density_history)
+        state["_blas_limited"] = False
+        del state["_backend"]  # modules do not pickle; rebuilt from options.device
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._backend = _backend(self.options.device)
 
     def get_state(self) -> dict[str, np.ndarray]:
         """The past densities the next SCF guess is built from (and their region and steps), for checkpoints."""
@@ -152,6 +171,9 @@ class PySCFEngine:
         self.calls += 1
         if self.options.threads:
             lib.num_threads(self.options.threads)
+            if not self._blas_limited:  # NumPy's BLAS, used around the SCF (the limit is per process)
+                threadpool_limits(self.options.threads, user_api="blas")
+                self._blas_limited = True
         mol = self._molecule(symbols, np.asarray(coordinates) / BOHR_NM, charge, multiplicity)
         mm_bohr = np.asarray(mm_positions, dtype=float).reshape(-1, 3) / BOHR_NM
         mm_q = np.asarray(mm_charges, dtype=float).reshape(-1)
@@ -162,7 +184,7 @@ class PySCFEngine:
         overlap = mol.intor_symmetric("int1e_ovlp")
         guess = self._densities.guess(key, overlap, step) if self.options.warm_start else None
         mf, attempts = self._converge(mol, mm_bohr, mm_q, ext, ints, guess, step)
-        dm = mf.make_rdm1()
+        dm = self._backend.to_numpy(mf.make_rdm1())
         self._densities.add(key, overlap, dm, step)
         dm_total = dm if dm.ndim == 2 else dm[0] + dm[1]
 
@@ -175,7 +197,7 @@ class PySCFEngine:
             wall_time=time.perf_counter() - start,
             attempts=tuple(attempts),
             warm_start=guess is not None,
-            spin_square=float(mf.spin_square()[0]) if dm.ndim == 3 else None,
+            spin_square=float(self._backend.to_numpy(mf.spin_square()[0])) if dm.ndim == 3 else None,
         )
         return QMResult(
             energy=energy * HARTREE_KJMOL,
@@ -201,9 +223,9 @@ class PySCFEngine:
     def _base_method(self, mol: gto.Mole, multiplicity: int):
         restricted = self.restricted_for(multiplicity)
         if self._is_hf:
-            mf = scf.RHF(mol) if restricted else scf.UHF(mol)
+            mf = self._backend.scf.RHF(mol) if restricted else self._backend.scf.UHF(mol)
         else:
-            mf = dft.RKS(mol) if restricted else dft.UKS(mol)
+            mf = self._backend.dft.RKS(mol) if restricted else self._backend.dft.UKS(mol)
             mf.xc = self.options.method
             mf.grids.level = self.options.grid_level
         density_fit = self.options.density_fit if self.options.density_fit is not None else not self._is_hf
@@ -212,8 +234,9 @@ class PySCFEngine:
     def _scf_object(self, mol, mm_bohr, mm_q, h1e):
         mf = self._base_method(mol, mol.spin + 1)
         if mm_q.size:
-            mf = qmmm.mm_charge(mf, mm_bohr, mm_q, unit="Bohr")
+            mf = self._backend.mm_charge(mf, mm_bohr, mm_q, unit="Bohr")
         if h1e is not None:
+            h1e = self._backend.from_numpy(h1e)
             mf.get_hcore = lambda *args, **kwargs: h1e
         mf.conv_tol = self.options.conv_tol
         if self.options.conv_tol_grad is not None:
@@ -224,13 +247,13 @@ class PySCFEngine:
     def _converge(self, mol, mm_bohr, mm_q, ext, ints, guess, step):
         """Run the ladder; return the converged SCF object and the attempts made."""
         template = self._scf_object(mol, mm_bohr, mm_q, None)
-        h1e = template.get_hcore()
+        h1e = self._backend.to_numpy(template.get_hcore())
         if ext is not None:
             h1e = h1e - _polynomial_operator(ints, ext)
         attempts: list[SCFAttempt] = []
         for strategy in self.options.ladder:
             mf = self._scf_object(mol, mm_bohr, mm_q, h1e)
-            mf = _apply_strategy(mf, strategy, self.options.max_cycle)
+            mf = _apply_strategy(mf, strategy, self.options.max_cycle, self._backend)
             dm0 = None if strategy.fresh_guess else guess
             mf.kernel(dm0=dm0)
             attempts.append(
@@ -243,7 +266,7 @@ class PySCFEngine:
             logger.warning(
                 "SCF strategy %r failed at step %s after %d cycles", strategy.name, step, attempts[-1].cycles
             )
-            guess = mf.make_rdm1()
+            guess = self._backend.to_numpy(mf.make_rdm1())
         raise SCFConvergenceError(step, attempts)
 
     def _energy_and_gradients(self, mf, mol, dm_total, mm_bohr, mm_q, ext):
@@ -251,9 +274,9 @@ class PySCFEngine:
         if not self._is_hf:
             grad.grid_response = self.options.grid_response
         grad.verbose = self.options.verbose
-        grad_qm = grad.kernel()
+        grad_qm = self._backend.to_numpy(grad.kernel())
         grad_mm = grad.grad_hcore_mm(dm_total) + grad.grad_nuc_mm() if mm_q.size else np.zeros((0, 3))
-        energy = mf.e_tot
+        energy = float(mf.e_tot)
         if ext is not None:
             center, t0, t1, t2 = ext
             d = mol.atom_coords() - center
@@ -263,17 +286,50 @@ class PySCFEngine:
         return energy, grad_qm, grad_mm
 
 
-def _apply_strategy(mf, strategy: SCFStrategy, default_max_cycle: int):
+def _apply_strategy(mf, strategy: SCFStrategy, default_max_cycle: int, backend: _Backend):
     mf.max_cycle = strategy.max_cycle or default_max_cycle
     mf.level_shift = strategy.level_shift
     mf.damp = strategy.damp
     if strategy.diis == "none":
         mf.diis = False
-    elif strategy.diis == "adiis":
-        mf.DIIS = scf.ADIIS
-    elif strategy.diis == "ediis":
-        mf.DIIS = scf.EDIIS
+    elif strategy.diis in backend.diis:
+        mf.DIIS = backend.diis[strategy.diis]
     return mf.newton() if strategy.second_order else mf
+
+
+@dataclass(frozen=True)
+class _Backend:
+    """The PySCF classes an engine builds its SCF from, and the array conversions at the seam."""
+
+    scf: Any
+    dft: Any
+    mm_charge: Callable
+    to_numpy: Callable[[Any], np.ndarray]
+    from_numpy: Callable[[np.ndarray], Any]
+    diis: dict[str, type]  # extrapolation schemes of the ladder beyond the default CDIIS
+
+
+_CPU = _Backend(scf, dft, qmmm.mm_charge, np.asarray, np.asarray, {"adiis": scf.ADIIS, "ediis": scf.EDIIS})
+
+
+def _backend(device: str) -> _Backend:
+    """CPU (PySCF) or GPU (gpu4pyscf, same interface; its SCF has CDIIS only)."""
+    if device == "cpu":
+        return _CPU
+    if device != "gpu":
+        raise InputError(f"unknown device {device!r}: use 'cpu' or 'gpu'")
+    try:
+        import cupy
+        import gpu4pyscf.qmmm
+        from gpu4pyscf import dft as gpu_dft
+        from gpu4pyscf import scf as gpu_scf
+
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # ImportError, or CUDA without a device
+        raise InputError(
+            f"device='gpu' needs gpu4pyscf (pip install gpu4pyscf-cuda12x or -cuda13x) and a CUDA GPU: {exc}"
+        ) from exc
+    return _Backend(gpu_scf, gpu_dft, gpu4pyscf.qmmm.mm_charge, cupy.asnumpy, cupy.asarray, {})
 
 
 def _external_in_au(external: PolynomialPotential):

@@ -27,6 +27,7 @@ import openmm
 from openmm import app, unit
 
 from bioqmmm.errors import BioQMMMError, CalculationError, InputError, ReplicaAbortedError
+from bioqmmm.mts import mts_integrator
 from bioqmmm.run.checkpoint import read_checkpoint, read_meta, write_checkpoint
 from bioqmmm.run.environment import relax_environment, reproducible_properties
 from bioqmmm.run.protocol import MDProtocol
@@ -50,14 +51,21 @@ class MDOutcome:
     files: dict[str, Path]
 
 
-def _integrator(settings: MDProtocol) -> openmm.Integrator:
-    dt = settings.timestep_fs * 1e-3 * unit.picosecond
-    if settings.integrator == "verlet":
-        return openmm.VerletIntegrator(dt)
-    integrator = openmm.LangevinMiddleIntegrator(
-        settings.temperature_k * unit.kelvin, settings.friction_per_ps / unit.picosecond, dt
-    )
-    if settings.seed is not None:
+def _integrator(settings: MDProtocol, qmmm, positions: np.ndarray, box: np.ndarray | None) -> openmm.Integrator:
+    """The protocol's integrator; multiple time steps fit their reference springs at ``positions``."""
+    dt = settings.timestep_fs * 1e-3  # ps
+    langevin = settings.integrator == "langevin"
+    if settings.qm_every > 1:
+        integrator = mts_integrator(qmmm, settings.qm_every * dt, settings.qm_every,
+                                    temperature=settings.temperature_k if langevin else None,
+                                    friction=settings.friction_per_ps, fit_positions=positions, box_vectors=box)
+    elif langevin:
+        integrator = openmm.LangevinMiddleIntegrator(
+            settings.temperature_k * unit.kelvin, settings.friction_per_ps / unit.picosecond, dt * unit.picosecond
+        )
+    else:
+        integrator = openmm.VerletIntegrator(dt * unit.picosecond)
+    if langevin and settings.seed is not None:
         integrator.setRandomNumberSeed(settings.seed)
     return integrator
 
@@ -103,7 +111,8 @@ def run_md(
         "energies": out / "energies.csv",
         "checkpoint": out / "checkpoint.npz",
     }
-    identity = identity or fingerprint(settings.__class__.__name__, settings.timestep_fs, settings.integrator)
+    identity = identity or fingerprint(settings.__class__.__name__, settings.timestep_fs, settings.integrator,
+                                       settings.qm_every)
     resume = files["checkpoint"].exists()
     if resume:
         meta = read_meta(files["checkpoint"])
@@ -119,7 +128,8 @@ def run_md(
         if settings.seed is not None:
             barostat.setRandomNumberSeed(settings.seed)
         qmmm.system.addForce(barostat)
-    simulation = app.Simulation(qmmm.topology, qmmm.system, _integrator(settings),
+    integrator = _integrator(settings, qmmm, positions, box)  # before the Context: MTS adds forces
+    simulation = app.Simulation(qmmm.topology, qmmm.system, integrator,
                                 openmm.Platform.getPlatformByName(platform), reproducible_properties(platform, threads))
     context = simulation.context
     start_step = 0

@@ -104,12 +104,17 @@ class QMSection:
 
 @dataclass(frozen=True)
 class MDProtocol:
-    """QM/MM molecular dynamics: Langevin (NVT, LangevinMiddle) or Verlet (NVE), optional barostat."""
+    """QM/MM molecular dynamics: Langevin (NVT, LangevinMiddle) or Verlet (NVE), optional barostat.
+
+    ``qm_every`` > 1: multiple time steps (:mod:`bioqmmm.mts`): MM forces every ``timestep_fs``,
+    the QM force once per step, so each of ``steps`` is ``qm_every * timestep_fs`` long.
+    """
 
     type: Literal["md"]
     steps: int
     timestep_fs: float = 0.5
     integrator: Literal["langevin", "verlet"] = "langevin"
+    qm_every: int = 1
     temperature_k: float = 300.0
     friction_per_ps: float = 1.0
     pressure_bar: float | None = None
@@ -121,7 +126,7 @@ class MDProtocol:
     checkpoint_interval: int = 10
 
     def __post_init__(self) -> None:
-        for key in ("steps", "report_interval", "trajectory_interval", "checkpoint_interval"):
+        for key in ("steps", "report_interval", "trajectory_interval", "checkpoint_interval", "qm_every"):
             if getattr(self, key) < 1:
                 raise FieldError(key, "must be a positive integer")
         for key in ("timestep_fs", "temperature_k"):

@@ -1,0 +1,89 @@
+"""Regenerate docs/performance.md: run the benchmarks, each writing its section, then join them.
+
+    python benchmarks/report.py                       # every benchmark (about 1 h on 2 cores)
+    python benchmarks/report.py --only mts_drift      # rerun one, keep the other sections
+    python benchmarks/report.py --assemble            # only join the existing sections
+
+Each benchmark writes ``docs/performance/<name>.md``; ``gpu_engine`` runs only where a CUDA GPU and
+gpu4pyscf are present (elsewhere its last section is kept, with the machine it names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = ROOT / "docs" / "performance"
+REPORT = ROOT / "docs" / "performance.md"
+
+#: name -> arguments of benchmarks/<name>.py, in the order of the report
+BENCHMARKS = {
+    "qmmm_step": ["--naive", "--far-field"],
+    "mts_drift": ["--ps", "1.0", "--qm-every", "1", "2", "3", "4"],
+    "gpu_engine": ["--sizes", "2000", "20000", "100000"],
+    "parallel_replicas": ["--ranks", "2", "--steps", "40"],
+    "pmf_reweighting": ["--windows", "6", "--samples", "150"],
+}
+
+HEADER = """\
+# Performance
+
+Every section below is written by one script in `benchmarks/` (see `benchmarks/README.md`) and the
+whole file by `python benchmarks/report.py`. Each section names its command, machine, versions and
+date. Timings on shared machines are noisy: **compare ratios measured in one run, not absolute
+seconds across sections**.
+"""
+
+
+def write_section(path: Path | None, lines: list[str]) -> None:
+    """Write one benchmark's markdown section (``--write`` of every benchmark script)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def gpu_available() -> bool:
+    if importlib.util.find_spec("gpu4pyscf") is None:
+        return False
+    import cupy
+
+    try:
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except cupy.cuda.runtime.CUDARuntimeError:
+        return False
+
+
+def assemble() -> None:
+    parts = [HEADER]
+    for name in BENCHMARKS:
+        section = SECTIONS / f"{name}.md"
+        if section.exists():
+            parts.append(section.read_text())
+    REPORT.write_text("\n".join(parts))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run only these benchmarks")
+    parser.add_argument("--assemble", action="store_true", help="run nothing, only join the existing sections")
+    args = parser.parse_args(argv)
+    names = [] if args.assemble else (args.only or list(BENCHMARKS))
+    for name in names:
+        if name == "gpu_engine" and not gpu_available():
+            print("gpu_engine: no CUDA GPU with gpu4pyscf here; its last section is kept", flush=True)
+            continue
+        command = [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *BENCHMARKS[name],
+                   "--write", str(SECTIONS / f"{name}.md")]
+        print("$", " ".join(command), flush=True)
+        subprocess.run(command, check=True, cwd=ROOT)
+    assemble()
+    print(f"wrote {REPORT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
