@@ -58,12 +58,11 @@ def gpu_available() -> bool:
 
 
 def assemble() -> None:
-    parts = [HEADER]
-    for name in BENCHMARKS:
-        section = SECTIONS / f"{name}.md"
-        if section.exists():
-            parts.append(section.read_text())
-    REPORT.write_text("\n".join(parts))
+    """Join every benchmark's section; a missing one is an error (the report would lose it)."""
+    missing = [name for name in BENCHMARKS if not (SECTIONS / f"{name}.md").exists()]
+    if missing:
+        raise SystemExit(f"no section for {missing} in {SECTIONS}: run them first (--only {' '.join(missing)})")
+    REPORT.write_text("\n".join([HEADER, *((SECTIONS / f"{name}.md").read_text() for name in BENCHMARKS)]))
 
 
 def main(argv=None) -> int:

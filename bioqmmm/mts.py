@@ -30,9 +30,13 @@ from bioqmmm.system import QMMMSystem
 from bioqmmm.units import positions_nm
 
 
-def add_reference_potential(qmmm: QMMMSystem, fit_positions=None, box_vectors=None) -> int:
+def add_reference_potential(
+    qmmm: QMMMSystem, fit_positions=None, box_vectors=None, springs: np.ndarray | None = None
+) -> int:
     """Add +E_ref to a new fast force group and -E_ref to the QM force's group; return the fast group.
 
+    ``springs``: (r0 nm, k kJ/mol/nm^2) of every X-H spring, as ``qmmm.reference_springs`` of an
+    earlier run (a resumed run reuses its fit rather than redoing it).
     ``fit_positions`` (nm): fit every X-H spring of E_ref (freed constraints, link atoms) to the
     QM force along its bond at these positions, k = -dF/dr and r0 = r + F/k by central
     differences (two QM evaluations per spring). The QM force constants differ from the force
@@ -47,14 +51,24 @@ def add_reference_potential(qmmm: QMMMSystem, fit_positions=None, box_vectors=No
     if not free:
         raise InputError("no free force group left for the multiple-time-step reference potential")
     fast_group = free[0]
-    springs = constraint_springs(qmmm.reference_system, qmmm.qm_atoms)
-    _add_link_springs(qmmm, springs)
-    if fit_positions is not None:
-        _fit_springs(qmmm, springs, positions_nm(fit_positions), box_vectors)
+    x_h = constraint_springs(qmmm.reference_system, qmmm.qm_atoms, dict(zip(qmmm.qm_atoms, qmmm.symbols, strict=True)))
+    _add_link_springs(qmmm, x_h)
+    if springs is not None:
+        if len(springs) != x_h.getNumBonds():
+            raise InputError(f"{len(springs)} stored reference springs for {x_h.getNumBonds()} X-H bonds")
+        for index, (r0, k) in enumerate(springs):
+            i, j, _, _ = x_h.getBondParameters(index)
+            x_h.setBondParameters(index, i, j, float(r0), float(k))
+    elif fit_positions is not None:
+        _fit_springs(qmmm, x_h, positions_nm(fit_positions), box_vectors)
+    qmmm.reference_springs = np.array(
+        [[p[2].value_in_unit(unit.nanometer), p[3].value_in_unit(unit.kilojoule_per_mole / unit.nanometer**2)]
+         for p in map(x_h.getBondParameters, range(x_h.getNumBonds()))]
+    ).reshape(-1, 2)
     names = []
     negated = openmm.CustomCVForce("")
     terms = qm_internal_forces(qmmm.reference_system, qmmm.qm_atoms)
-    for index, force in enumerate([*terms, springs] if springs.getNumBonds() else terms):
+    for index, force in enumerate([*terms, x_h] if x_h.getNumBonds() else terms):
         fast = openmm.XmlSerializer.clone(force)
         fast.setForceGroup(fast_group)
         qmmm.system.addForce(fast)
@@ -128,20 +142,21 @@ def mts_integrator(
     friction: float = 1.0,
     fit_positions=None,
     box_vectors=None,
+    springs: np.ndarray | None = None,
 ) -> openmm.Integrator:
     """An OpenMM MTS integrator that evaluates the QM force once per outer step.
 
     timestep: the outer (QM) step, ps; MM forces are integrated with ``timestep / qm_every``.
     temperature (K) and friction (1/ps): Langevin dynamics (``MTSLangevinIntegrator``); without a
     temperature, velocity-Verlet r-RESPA (``MTSIntegrator``, NVE). Adds the reference potential
-    (:func:`add_reference_potential`, its springs fitted to the QM forces at ``fit_positions`` if
-    given) to ``qmmm.system``.
+    (:func:`add_reference_potential`: ``springs`` as stored, or fitted to the QM forces at
+    ``fit_positions``, or the force field's) to ``qmmm.system``.
     """
     if int(qm_every) != qm_every or qm_every < 1:
         raise InputError(f"qm_every must be a positive integer, got {qm_every}")
     if timestep <= 0:
         raise InputError(f"the outer time step must be positive, got {timestep} ps")
-    add_reference_potential(qmmm, fit_positions, box_vectors)
+    add_reference_potential(qmmm, fit_positions, box_vectors, springs)
     groups = force_groups(qmmm, int(qm_every))
     if temperature is None:
         return openmm.MTSIntegrator(timestep * unit.picosecond, groups)

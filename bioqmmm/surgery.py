@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import openmm
@@ -153,24 +153,23 @@ def qm_internal_forces(reference: openmm.System, qm_atoms: Sequence[int]) -> lis
 X_H_BONDS = {"C": (284512.0, 0.109), "N": (363171.2, 0.101), "O": (462750.4, 0.096), "S": (229283.2, 0.1336)}
 
 
-def constraint_springs(reference: openmm.System, qm_atoms: Sequence[int]) -> openmm.HarmonicBondForce:
-    """Springs at the constraint length for the constraints inside the QM region (which QM/MM frees)."""
+def constraint_springs(
+    reference: openmm.System, qm_atoms: Sequence[int], elements: Mapping[int, str]
+) -> openmm.HarmonicBondForce:
+    """Springs at the constraint length for the X-H constraints inside the QM region (which QM/MM frees).
+
+    ``elements``: element symbol of each QM atom. H-H constraints (rigid water) get no spring.
+    """
     qm = frozenset(int(i) for i in qm_atoms)
     springs = openmm.HarmonicBondForce()
     springs.setUsesPeriodicBoundaryConditions(reference.usesPeriodicBoundaryConditions())
     for index in range(reference.getNumConstraints()):
         i, j, length = reference.getConstraintParameters(index)
-        if i in qm and j in qm:
-            heavy = i if reference.getParticleMass(i) > reference.getParticleMass(j) else j
-            k, _ = X_H_BONDS.get(_element_of_mass(reference.getParticleMass(heavy)), X_H_BONDS["C"])
+        if i in qm and j in qm and "H" in (elements[i], elements[j]) and elements[i] != elements[j]:
+            heavy = elements[j] if elements[i] == "H" else elements[i]
+            k, _ = X_H_BONDS.get(heavy, X_H_BONDS["C"])
             springs.addBond(i, j, length, k)
     return springs
-
-
-def _element_of_mass(mass) -> str | None:
-    """Element symbol whose standard mass matches (hydrogen mass repartitioning aside)."""
-    element = openmm.app.Element.getByMass(mass)
-    return None if element is None else element.symbol
 
 
 def _internal_terms(force, count: int, get, n_atoms: int, qm: frozenset[int]) -> list[list]:

@@ -107,8 +107,10 @@ class QMMMSystem:
         self.system.addForce(self.qm_force)
         self._platform = platform
         self._context: openmm.Context | None = None
-        #: force group of the multiple-time-step reference potential, once added (:mod:`bioqmmm.mts`)
+        #: force group of the multiple-time-step reference potential, once added (:mod:`bioqmmm.mts`),
+        #: and its X-H springs as rows (r0 nm, k kJ/mol/nm^2), checkpointed with a run
         self.reference_group: int | None = None
+        self.reference_springs: np.ndarray | None = None
 
     @property
     def links(self) -> tuple[LinkAtom, ...]:
@@ -120,7 +122,9 @@ class QMMMSystem:
         """Result of the last successful QM evaluation (energy, forces, SCF info).
 
         OpenMM evaluates the forces of step k at the start of step k + 1, so after
-        ``simulation.step(n)`` this belongs to step ``last_qm_step`` = n - 1.
+        ``simulation.step(n)`` this belongs to step ``last_qm_step`` = n - 1. (Multiple-time-step
+        integrators evaluate the QM force at the end of their step, before OpenMM counts it: there the
+        result belongs to the structure of step ``last_qm_step`` + 1.)
         """
         return self.kernel.last
 

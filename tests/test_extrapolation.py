@@ -62,6 +62,23 @@ def test_only_an_equally_spaced_continuation_is_extrapolated():
     np.testing.assert_allclose(extrapolator.guess(KEY, _overlap(0.5), 10), _density(0.5), atol=1e-12)
 
 
+def test_a_repeated_step_replaces_the_last_density_and_keeps_the_history():
+    """A barostat trial re-evaluates step k: the sequence before it must survive."""
+    extrapolator = DensityExtrapolator(4)
+    for step in range(3):
+        extrapolator.add(KEY, _overlap(0.1 * step), _density(0.1 * step), step)
+    extrapolator.add(KEY, _overlap(0.2), _density(0.2) + 0.05, 2)  # trial move
+    extrapolator.add(KEY, _overlap(0.2), _density(0.2), 2)  # rejected: the original state again
+    np.testing.assert_allclose(extrapolator.guess(KEY, _overlap(0.3), 3), _density(0.3), atol=1e-12)
+
+
+def test_nearly_linearly_dependent_basis_starts_cold():
+    extrapolator = DensityExtrapolator(2)
+    extrapolator.add(KEY, _overlap(0.0), _density(0.0), 0)
+    singular = np.ones((3, 3)) + 1e-10 * np.eye(3)
+    assert extrapolator.guess(KEY, singular, 1) is None
+
+
 def test_history_survives_a_checkpoint_round_trip():
     extrapolator = DensityExtrapolator(3)
     for step in range(5):

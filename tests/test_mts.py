@@ -50,7 +50,7 @@ def _qmmm(model) -> QMMMSystem:
 
 def test_constraint_springs_rest_at_the_constraint_lengths():
     top, system, pos = alanine_dipeptide()
-    springs = constraint_springs(system, range(top.getNumAtoms()))
+    springs = constraint_springs(system, range(top.getNumAtoms()), {a.index: a.element.symbol for a in top.atoms()})
     assert springs.getNumBonds() == system.getNumConstraints() > 0
     constants = set()
     for index in range(springs.getNumBonds()):
@@ -102,6 +102,9 @@ def test_qm_is_evaluated_once_per_outer_step(side_chain_model):
     _run(qmmm, integrator, side_chain_model[2], 10)
     # one evaluation per outer step, plus the initial velocities' force evaluation at most
     assert 10 <= qmmm.kernel.evaluations - before <= 11
+    # and the SCF guesses extrapolate along the outer steps: four equally spaced past densities
+    steps = qmmm.engine.get_state()["history_steps"]
+    assert len(steps) == 4 and len(set(np.diff(steps))) == 1
 
 
 def test_bad_multiple_time_step_settings_are_refused(side_chain_model):

@@ -93,6 +93,7 @@ def test_twenty_steps_equal_ten_plus_checkpoint_plus_ten(tmp_path, qm_every):
     _, first = _md(tmp_path, 10, "split", qm_every)
     assert first.steps == 10 and read_meta(tmp_path / "split" / "checkpoint.npz")["step"] == 10
     fresh_qmmm, resumed = _md(tmp_path, 20, "split", qm_every)  # a new process would build everything anew, too
+    assert (fresh_qmmm.reference_group is not None) == (qm_every > 1)
     assert resumed.resumed_from == 10 and resumed.steps == 20
     assert np.abs(resumed.positions - straight.positions).max() < 1e-10
     straight_rows, split_rows = (read_rows(tmp_path / d / "energies.csv") for d in ("straight", "split"))
@@ -130,6 +131,7 @@ def test_sigterm_during_a_checkpoint_write_leaves_the_previous_checkpoint_usable
         class Fake:
             engine = Big()
             kernel = Big()
+            reference_springs = None
         system = openmm.System(); system.addParticle(1.0)
         context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
         context.setPositions([[0, 0, 0]])

@@ -103,8 +103,9 @@ class QMEngine(Protocol):
 
         coordinates (n, 3) and mm_positions (m, 3) in nm; mm_charges (m,) in e.
         ``potential_at``: indices of MM charges at which to return the QM potential.
-        ``step`` labels the call in errors. Never returns unconverged results: raises
-        :class:`bioqmmm.errors.SCFConvergenceError` instead.
+        ``step`` (the OpenMM step count) labels the call in errors, and an engine may use an equally
+        spaced sequence of steps to extrapolate its SCF guess (:mod:`bioqmmm.qm.extrapolation`).
+        Never returns unconverged results: raises :class:`bioqmmm.errors.SCFConvergenceError` instead.
         """
 
     def get_state(self) -> dict[str, np.ndarray]:

@@ -32,10 +32,15 @@ def aspc_coefficients(n: int) -> np.ndarray:
     return np.array([(-1) ** (j + 1) * j * comb(2 * n, n - j) / comb(2 * n - 2, n - 1) for j in range(1, n + 1)])
 
 
-def _overlap_roots(overlap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """S^1/2 and S^-1/2 of a symmetric positive-definite overlap matrix."""
+#: Smallest overlap eigenvalue for which S^-1/2 is used (PySCF's linear-dependence threshold).
+LINEAR_DEPENDENCE = 1e-8
+
+
+def _overlap_roots(overlap: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """S^1/2 and S^-1/2 of a symmetric positive-definite overlap (None when nearly singular)."""
     values, vectors = np.linalg.eigh(overlap)
-    return (vectors * np.sqrt(values)) @ vectors.T, (vectors / np.sqrt(values)) @ vectors.T
+    inverse = (vectors / np.sqrt(values)) @ vectors.T if values.min() > LINEAR_DEPENDENCE else None
+    return (vectors * np.sqrt(values)) @ vectors.T, inverse
 
 
 @dataclass
@@ -72,18 +77,24 @@ class DensityExtrapolator:
         return count
 
     def guess(self, key: tuple, overlap: np.ndarray, step: int | None) -> np.ndarray | None:
-        """AO density guess at the geometry with this ``overlap``; None without a history."""
+        """AO density guess at the geometry with this ``overlap``; None without a history (or with a
+        nearly linearly dependent basis)."""
         if key != self._key or not self._entries:
             return None
         n = max(self._continues(step), 1)
         coefficients = aspc_coefficients(n)
         predicted = sum(b * e.density for b, e in zip(coefficients, reversed(self._entries[-n:]), strict=True))
         _, inverse_root = _overlap_roots(overlap)
+        if inverse_root is None:  # near-linear dependence: S^-1/2 would amplify noise; start cold
+            return None
         return inverse_root @ predicted @ inverse_root
 
     def add(self, key: tuple, overlap: np.ndarray, density: np.ndarray, step: int | None) -> None:
         """Store the converged AO ``density`` of ``step``."""
         root, _ = _overlap_roots(overlap)
+        if key == self._key and self._entries and step is not None and step == self._entries[-1].step:
+            self._entries[-1] = _Entry(step, root @ density @ root)  # same step again (a barostat trial)
+            return
         kept = self._continues(step) if key == self._key else 0
         self._entries = [*self._entries[len(self._entries) - kept :], _Entry(step, root @ density @ root)]
         self._entries = self._entries[-self.history :]
@@ -110,4 +121,4 @@ class DensityExtrapolator:
         self._entries = [
             _Entry(None if s < 0 else int(s), np.array(d))
             for s, d in zip(state["history_steps"], state["history_densities"], strict=True)
-        ]
+        ][-self.history :]

@@ -252,6 +252,8 @@ class PySCFEngine:
             h1e = h1e - _polynomial_operator(ints, ext)
         attempts: list[SCFAttempt] = []
         for strategy in self.options.ladder:
+            if strategy.diis not in ("cdiis", "none") and strategy.diis not in self._backend.diis:
+                continue  # this backend has no such DIIS variant (gpu4pyscf: CDIIS only)
             mf = self._scf_object(mol, mm_bohr, mm_q, h1e)
             mf = _apply_strategy(mf, strategy, self.options.max_cycle, self._backend)
             dm0 = None if strategy.fresh_guess else guess
@@ -313,23 +315,24 @@ _CPU = _Backend(scf, dft, qmmm.mm_charge, np.asarray, np.asarray, {"adiis": scf.
 
 
 def _backend(device: str) -> _Backend:
-    """CPU (PySCF) or GPU (gpu4pyscf, same interface; its SCF has CDIIS only)."""
+    """CPU (PySCF) or GPU (gpu4pyscf, same interface; its SCF has CDIIS only, so the ladder's ADIIS and
+    EDIIS rungs are skipped there)."""
     if device == "cpu":
         return _CPU
     if device != "gpu":
         raise InputError(f"unknown device {device!r}: use 'cpu' or 'gpu'")
     try:
         import cupy
-        import gpu4pyscf.qmmm
         from gpu4pyscf import dft as gpu_dft
         from gpu4pyscf import scf as gpu_scf
+        from gpu4pyscf.qmmm.itrf import mm_charge
 
         cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # ImportError, or CUDA without a device
+    except Exception as exc:  # ImportError, an older gpu4pyscf, or CUDA without a device
         raise InputError(
             f"device='gpu' needs gpu4pyscf (pip install gpu4pyscf-cuda12x or -cuda13x) and a CUDA GPU: {exc}"
         ) from exc
-    return _Backend(gpu_scf, gpu_dft, gpu4pyscf.qmmm.mm_charge, cupy.asnumpy, cupy.asarray, {})
+    return _Backend(gpu_scf, gpu_dft, mm_charge, cupy.asnumpy, cupy.asarray, {})
 
 
 def _external_in_au(external: PolynomialPotential):

@@ -30,6 +30,8 @@ def write_checkpoint(path: str | Path, context: openmm.Context, qmmm, meta: dict
     if qmmm is not None:
         arrays.update({f"engine.{k}": v for k, v in qmmm.engine.get_state().items()})
         arrays.update({f"kernel.{k}": v for k, v in qmmm.kernel.get_state().items()})
+        if qmmm.reference_springs is not None:  # multiple time steps: the fitted springs (bioqmmm.mts)
+            arrays["mts.springs"] = qmmm.reference_springs
     arrays["meta"] = np.array(json.dumps({"format": FORMAT_VERSION, **meta}))
     save_arrays(path, arrays)
 
@@ -54,6 +56,12 @@ def read_meta(path: str | Path) -> dict[str, Any]:
             return json.loads(str(data["meta"]))
     except Exception as exc:  # zipfile.BadZipFile, KeyError, JSON errors: not a usable checkpoint
         raise InputError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
+def read_section(path: str | Path, prefix: str) -> dict[str, np.ndarray]:
+    """The arrays of a checkpoint whose names start with ``prefix`` (prefix removed), without a Context."""
+    with np.load(path, allow_pickle=False) as data:
+        return _section(data, prefix)
 
 
 def read_checkpoint(path: str | Path, context: openmm.Context, qmmm) -> dict[str, Any]:

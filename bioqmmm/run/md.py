@@ -28,7 +28,7 @@ from openmm import app, unit
 
 from bioqmmm.errors import BioQMMMError, CalculationError, InputError, ReplicaAbortedError
 from bioqmmm.mts import mts_integrator
-from bioqmmm.run.checkpoint import read_checkpoint, read_meta, write_checkpoint
+from bioqmmm.run.checkpoint import read_checkpoint, read_meta, read_section, write_checkpoint
 from bioqmmm.run.environment import relax_environment, reproducible_properties
 from bioqmmm.run.protocol import MDProtocol
 from bioqmmm.run.reporters import QMMMReporter, close_reporter
@@ -51,14 +51,17 @@ class MDOutcome:
     files: dict[str, Path]
 
 
-def _integrator(settings: MDProtocol, qmmm, positions: np.ndarray, box: np.ndarray | None) -> openmm.Integrator:
-    """The protocol's integrator; multiple time steps fit their reference springs at ``positions``."""
+def _integrator(settings: MDProtocol, qmmm, positions: np.ndarray, box: np.ndarray | None,
+                springs: np.ndarray | None) -> openmm.Integrator:
+    """The protocol's integrator; multiple time steps reuse stored reference ``springs`` or fit them
+    at ``positions``."""
     dt = settings.timestep_fs * 1e-3  # ps
     langevin = settings.integrator == "langevin"
     if settings.qm_every > 1:
         integrator = mts_integrator(qmmm, settings.qm_every * dt, settings.qm_every,
                                     temperature=settings.temperature_k if langevin else None,
-                                    friction=settings.friction_per_ps, fit_positions=positions, box_vectors=box)
+                                    friction=settings.friction_per_ps, fit_positions=positions, box_vectors=box,
+                                    springs=springs)
     elif langevin:
         integrator = openmm.LangevinMiddleIntegrator(
             settings.temperature_k * unit.kelvin, settings.friction_per_ps / unit.picosecond, dt * unit.picosecond
@@ -112,7 +115,7 @@ def run_md(
         "checkpoint": out / "checkpoint.npz",
     }
     identity = identity or fingerprint(settings.__class__.__name__, settings.timestep_fs, settings.integrator,
-                                       settings.qm_every)
+                                       *([settings.qm_every] if settings.qm_every > 1 else []))
     resume = files["checkpoint"].exists()
     if resume:
         meta = read_meta(files["checkpoint"])
@@ -128,7 +131,13 @@ def run_md(
         if settings.seed is not None:
             barostat.setRandomNumberSeed(settings.seed)
         qmmm.system.addForce(barostat)
-    integrator = _integrator(settings, qmmm, positions, box)  # before the Context: MTS adds forces
+    if not resume and settings.minimize_mm_first:
+        positions, _ = relax_environment(
+            qmmm, positions, tolerance=START_RELAX_TOLERANCE, max_iterations=START_RELAX_MAX_ITERATIONS,
+            box=box, platform="CPU" if platform == "Reference" else platform,
+        )
+    springs = read_section(files["checkpoint"], "mts.").get("springs") if resume else None
+    integrator = _integrator(settings, qmmm, positions, box, springs)  # before the Context: MTS adds forces
     simulation = app.Simulation(qmmm.topology, qmmm.system, integrator,
                                 openmm.Platform.getPlatformByName(platform), reproducible_properties(platform, threads))
     context = simulation.context
@@ -139,11 +148,6 @@ def run_md(
     else:
         if box is not None:
             context.setPeriodicBoxVectors(*box)
-        if settings.minimize_mm_first:
-            positions, _ = relax_environment(
-                qmmm, positions, tolerance=START_RELAX_TOLERANCE, max_iterations=START_RELAX_MAX_ITERATIONS,
-                box=box, platform="CPU" if platform == "Reference" else platform,
-            )
         context.setPositions(positions)
         with qmmm.typed_errors():
             context.setVelocitiesToTemperature(settings.temperature_k * unit.kelvin, settings.seed or 0)

@@ -62,9 +62,11 @@ _LENGTH = {MDProtocol: ("steps",), OptimizeProtocol: ("max_steps",),
 
 def identity(config: ProtocolFile) -> str:
     """Fingerprint of the model and settings, without the length of the run (which a rerun may extend)."""
-    settings = config.protocol
-    return fingerprint(config.system, config.qm,
-                       dataclasses.replace(settings, **dict.fromkeys(_LENGTH[type(settings)], 1)))
+    lengths = dict.fromkeys(_LENGTH[type(config.protocol)], 1)
+    settings = dataclasses.asdict(dataclasses.replace(config.protocol, **lengths))
+    if settings.get("qm_every") == 1:  # single-step MD keeps the identity it had before multiple time steps
+        del settings["qm_every"]
+    return fingerprint(config.system, config.qm, settings)
 
 
 def _target(settings: MDProtocol | OptimizeProtocol | NEBProtocol | PMFProtocol) -> int | None:
@@ -226,7 +228,7 @@ def _md(config: ProtocolFile, settings: MDProtocol, qmmm, positions, box, out: P
         **common,
         "steps": outcome.steps,
         "resumed_from_step": outcome.resumed_from,
-        "simulated_time": quantity(outcome.steps * settings.timestep_fs * 1e-3, "ps"),
+        "simulated_time": quantity(outcome.steps * settings.qm_every * settings.timestep_fs * 1e-3, "ps"),
         "final_potential_energy": quantity(rows[-1]["potential_kjmol"], "kJ/mol"),
         "final_qm_energy": quantity(rows[-1]["qm_kjmol"], "kJ/mol"),
         "mean_temperature": quantity(temperature.mean(), "K"),
