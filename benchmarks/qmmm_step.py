@@ -439,7 +439,9 @@ gradients, potentials at switched charges, multipoles).
   forces, PythonForce transfer, embedding); *of which embedding* is the part spent in
   bioqmmm's embedding layer (`QMForceKernel.overhead`). Target: **< 2 % of the step at ~20k atoms**.
 * **SCF cycles per MD step**: target **<= 5 on average** at `conv_tol` 1e-8 with the default
-  (extrapolated) guess; the cold-start count is the reference.
+  (extrapolated) guess; the cold-start count is the reference. The first entry of each row is
+  the setup evaluation's (the first step reuses it); *mean s/step* is wall time and moves with
+  the machine's load, the cycle counts do not.
 
 Timings are the minimum over the repeats; floor and QM/MM were measured alternately in the
 same process. The machine is shared and small, so absolute times are noisy and machine

@@ -86,8 +86,8 @@ def whole_region(qm_pos: np.ndarray, box: np.ndarray) -> np.ndarray:
 
 #: Real-space Ewald cutoff of the far field in units of the shortest box edge. The real-space
 #: sum costs ~(4/3)pi f^3 image evaluations per MM charge and the reciprocal sum ~K/f^3 plane
-#: waves per charge (K ~ 400 at f = 1, tolerance 1e-8); f = 1.5 about balances the two and is
-#: three times cheaper than f = 1 at 10^5 charges (benchmarks/qmmm_step.py, docs/performance.md).
+#: waves per charge (K ~ 420 at f = 1, tolerance 1e-8); f = 1.5 about balances the two
+#: (docs/theory.md; timings in docs/performance.md).
 REAL_SPACE_FACTOR = 1.5
 
 
