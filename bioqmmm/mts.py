@@ -51,8 +51,9 @@ def add_reference_potential(
     if not free:
         raise InputError("no free force group left for the multiple-time-step reference potential")
     fast_group = free[0]
-    x_h = constraint_springs(qmmm.reference_system, qmmm.qm_atoms, dict(zip(qmmm.qm_atoms, qmmm.symbols, strict=True)))
-    _add_link_springs(qmmm, x_h)
+    elements = dict(zip(qmmm.qm_atoms, qmmm.symbols, strict=True))
+    x_h = constraint_springs(qmmm.reference_system, qmmm.qm_atoms, elements)
+    _add_link_springs(qmmm, x_h, elements)
     if springs is not None:
         if len(springs) != x_h.getNumBonds():
             raise InputError(f"{len(springs)} stored reference springs for {x_h.getNumBonds()} X-H bonds")
@@ -84,11 +85,10 @@ def add_reference_potential(
     return fast_group
 
 
-def _add_link_springs(qmmm: QMMMSystem, springs: openmm.HarmonicBondForce) -> None:
+def _add_link_springs(qmmm: QMMMSystem, springs: openmm.HarmonicBondForce, elements: dict[int, str]) -> None:
     """Each link atom's X-H stretch as a spring on its cut bond (Amber X-H parameters)."""
-    atoms = list(qmmm.topology.atoms())
     for link in qmmm.links:
-        k, length = X_H_BONDS.get(atoms[link.qm_host].element.symbol, X_H_BONDS["C"])
+        k, length = X_H_BONDS.get(elements[link.qm_host], X_H_BONDS["C"])
         springs.addBond(link.qm_host, link.mm_host, length / link.ratio, link.ratio**2 * k)
 
 

@@ -178,10 +178,10 @@ class PySCFEngine:
         mm_bohr = np.asarray(mm_positions, dtype=float).reshape(-1, 3) / BOHR_NM
         mm_q = np.asarray(mm_charges, dtype=float).reshape(-1)
         ext = _external_in_au(external) if external is not None else None
-        ints = _multipole_integrals(mol, ext[0]) if ext is not None else None
+        overlap = mol.intor_symmetric("int1e_ovlp")  # shared by the guess, the multipoles and Mulliken
+        ints = _multipole_integrals(mol, ext[0], overlap) if ext is not None else None
 
         key = (tuple(symbols), charge, multiplicity)
-        overlap = mol.intor_symmetric("int1e_ovlp")
         guess = self._densities.guess(key, overlap, step) if self.options.warm_start else None
         mf, attempts = self._converge(mol, mm_bohr, mm_q, ext, ints, guess, step)
         dm = self._backend.to_numpy(mf.make_rdm1())
@@ -206,7 +206,7 @@ class PySCFEngine:
             info=info,
             mm_potentials=potentials * HARTREE_KJMOL,
             moments=moments,
-            atomic_charges=_mulliken_charges(mol, dm_total),
+            atomic_charges=_mulliken_charges(mol, dm_total, overlap),
         )
 
     def _molecule(self, symbols, coords_bohr, charge, multiplicity) -> gto.Mole:
@@ -345,13 +345,15 @@ def _external_in_au(external: PolynomialPotential):
     )
 
 
-def _multipole_integrals(mol: gto.Mole, center_bohr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """<mu|nu>, <mu|(r-c)_a|nu> (3, nao, nao) and <mu|(r-c)_a (r-c)_b|nu> (3, 3, nao, nao)."""
+def _multipole_integrals(
+    mol: gto.Mole, center_bohr: np.ndarray, overlap: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """<mu|nu> (the given overlap), <mu|(r-c)_a|nu> (3, nao, nao) and <mu|(r-c)_a (r-c)_b|nu> (3, 3, nao, nao)."""
     nao = mol.nao
     with mol.with_common_orig(center_bohr):
         r = mol.intor("int1e_r")
         rr = mol.intor("int1e_rr").reshape(3, 3, nao, nao)
-    return mol.intor("int1e_ovlp"), r, rr
+    return overlap, r, rr
 
 
 def _polynomial_operator(ints, ext) -> np.ndarray:
@@ -384,9 +386,9 @@ def _polynomial_pulay(mol: gto.Mole, dm: np.ndarray, ext) -> np.ndarray:
     return grad
 
 
-def _mulliken_charges(mol: gto.Mole, dm: np.ndarray) -> np.ndarray:
+def _mulliken_charges(mol: gto.Mole, dm: np.ndarray, overlap: np.ndarray) -> np.ndarray:
     """Mulliken atomic charges (e): Z_A − Σ_{μ on A} (D S)_μμ."""
-    population = np.einsum("pq,qp->p", dm, mol.intor_symmetric("int1e_ovlp"))
+    population = np.einsum("pq,qp->p", dm, overlap)
     charges = mol.atom_charges().astype(float)
     for atom, (_, _, p0, p1) in enumerate(mol.aoslice_by_atom()):
         charges[atom] -= population[p0:p1].sum()
