@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from bioqmmm import QMMMSystem
-from bioqmmm.embedding import PeriodicEmbedding
 from bioqmmm.examples import water_box
 from bioqmmm.qm import PySCFEngine
+from bioqmmm.qmmm.embedding import PeriodicEmbedding
 
 
 def main() -> None:

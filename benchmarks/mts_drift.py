@@ -3,7 +3,7 @@
 Alanine dipeptide in a 2.4 nm TIP3P box (amber14, PME, switched LJ, MM-relaxed), its Ala side
 chain in QM (HF/STO-3G, link atom on CA-CB, conv_tol 1e-10), NVE from the same positions and
 velocities (300 K): velocity Verlet at 0.5 fs (one QM evaluation per step) against r-RESPA with
-the QM force every ``n`` inner steps of 0.5 fs (``bioqmmm.mts.mts_integrator``). Drift is the slope
+the QM force every ``n`` inner steps of 0.5 fs (``bioqmmm.simulation.mts.mts_integrator``). Drift is the slope
 of a straight-line fit to the total energy (kJ/mol/ns per degree of freedom); fluctuation is the
 RMS residual of that fit.
 
@@ -27,10 +27,10 @@ from report import write_section
 
 from bioqmmm import QMMMSystem
 from bioqmmm.examples import alanine_dipeptide
-from bioqmmm.mts import mts_integrator
-from bioqmmm.protein import sidechain
 from bioqmmm.qm import PySCFEngine
+from bioqmmm.region.protein import sidechain
 from bioqmmm.run.build import relax_example
+from bioqmmm.simulation.mts import mts_integrator
 from bioqmmm.units import positions_nm
 
 INNER_STEP = 0.0005  # ps

@@ -27,11 +27,11 @@ import pyscf
 from pyscf import gto, scf
 from report import write_section
 
-from bioqmmm.protocols.coordinates import umbrella_windows
-from bioqmmm.protocols.sampling import SamplingSettings, pulled_start, retained_window, sample_window, system_energy
+from bioqmmm.protocols.pmf import reaction_coordinate
 from bioqmmm.run.build import build_qmmm
-from bioqmmm.run.pmf import reaction_coordinate
 from bioqmmm.run.protocol import load_protocol
+from bioqmmm.sampling.coordinates import umbrella_windows
+from bioqmmm.sampling.windows import SamplingSettings, pulled_start, retained_window, sample_window, system_energy
 from bioqmmm.units import BOHR_NM
 
 PROTOCOL = Path(__file__).resolve().parents[1] / "protocols" / "pmf.yaml"

@@ -44,10 +44,10 @@ from pyscf import qmmm as pyscf_qmmm
 from report import write_section
 
 from bioqmmm import QMMMSystem
-from bioqmmm.embedding import minimum_image, whole_region
 from bioqmmm.examples import alanine_dipeptide
 from bioqmmm.qm import PySCFEngine
-from bioqmmm.surgery import mm_charges
+from bioqmmm.qmmm.embedding import minimum_image, whole_region
+from bioqmmm.qmmm.surgery import mm_charges
 from bioqmmm.units import BOHR_NM
 
 QM_RESIDUES = ("ACE", "ALA", "NME")
@@ -299,7 +299,7 @@ def far_field_error(model: Model, method: str, basis: str) -> FarFieldError:
     its image nearest the QM region (the cell's corners and the periodic images stay in the
     Ewald far field, whose expansion error at >= L/2 from a 0.5 nm region is negligible).
     """
-    from bioqmmm.embedding import PeriodicEmbedding
+    from bioqmmm.qmmm.embedding import PeriodicEmbedding
 
     results = {}
     cutoff = 0.5 * model.box

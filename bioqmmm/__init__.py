@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 __all__ = ["QMMMSystem", "__version__", "freeze_beyond", "load_prepared", "prepare", "protein"]
 
 _LAZY = {
-    "QMMMSystem": "bioqmmm.system",
+    "QMMMSystem": "bioqmmm.qmmm.system",
     "freeze_beyond": "bioqmmm.preparation",
     "load_prepared": "bioqmmm.preparation",
     "prepare": "bioqmmm.preparation",
@@ -22,7 +22,7 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name == "protein":
-        return importlib.import_module("bioqmmm.protein")
+        return importlib.import_module("bioqmmm.region.protein")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'bioqmmm' has no attribute {name!r}")

@@ -186,7 +186,7 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bioqmmm.run.results import format_summary as format_result
+    from bioqmmm.protocols.results import format_summary as format_result
     from bioqmmm.run.runner import run_protocol
 
     record = run_protocol(args.protocol_file, output=args.output, progress=not args.no_progress)

@@ -11,13 +11,13 @@ a stock ``openmm.app.Simulation``. Everything it writes goes into one output dir
     One frame per MD step, steps 1..N (``openmm.app.DCDReporter``).
 ``energies.csv``
     One row per MD step, steps 1..N, the same structures as the DCD frames
-    (:class:`bioqmmm.run.reporters.QMMMReporter` columns: energies, temperature, SCF cycles, timings).
+    (:class:`bioqmmm.simulation.reporters.QMMMReporter` columns: energies, temperature, SCF cycles, timings).
 ``energies.png``
     Energies relative to step 1, temperature and SCF cycles against time.
 ``checkpoint.npz``
-    The end state (:mod:`bioqmmm.run.checkpoint`).
+    The end state (:mod:`bioqmmm.simulation.checkpoint`).
 
-The MD itself is :func:`bioqmmm.run.md.run_md`, the engine of ``bioqmmm run``.
+The MD itself is :func:`bioqmmm.protocols.md.run_md`, the engine of ``bioqmmm run``.
 
 Units: nm, ps, kJ/mol, K, s.
 """
@@ -33,12 +33,12 @@ import numpy as np
 
 from bioqmmm.errors import InputError
 from bioqmmm.examples import alanine_dipeptide
+from bioqmmm.protocols.md import run_md
+from bioqmmm.protocols.results import plot_md
 from bioqmmm.qm import PySCFEngine
-from bioqmmm.run.md import run_md
+from bioqmmm.qmmm.system import QMMMSystem
 from bioqmmm.run.protocol import MDProtocol
-from bioqmmm.run.reporters import read_rows
-from bioqmmm.run.results import plot_md
-from bioqmmm.system import QMMMSystem
+from bioqmmm.simulation.reporters import read_rows
 from bioqmmm.units import positions_nm
 
 #: The QM region: the whole dipeptide (residues ACE, ALA, NME).

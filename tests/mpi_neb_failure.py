@@ -10,9 +10,9 @@ from openmm import app, unit
 from bioqmmm.errors import CalculationError, SCFConvergenceError
 from bioqmmm.examples import formamide
 from bioqmmm.parallel.comm import world
-from bioqmmm.protocols.neb import NEB
+from bioqmmm.paths.neb import NEB
 from bioqmmm.qm import PySCFEngine
-from bioqmmm.system import QMMMSystem
+from bioqmmm.qmmm.system import QMMMSystem
 
 PRODUCT = sys.argv[1]
 comm = world()

@@ -10,13 +10,13 @@ from conftest import FD_ABS_TOL, assert_fd_forces, directional_derivative
 from openmm import app, unit
 
 from bioqmmm import QMMMSystem
-from bioqmmm.boundary import SCHEMES, build_boundary
-from bioqmmm.embedding import PeriodicEmbedding
 from bioqmmm.errors import InputError, SelectionError, TopologyError
 from bioqmmm.examples import alanine_dipeptide
-from bioqmmm.protein import find_residue, metal_site, residues, sidechain
 from bioqmmm.qm import PySCFEngine
-from bioqmmm.surgery import mm_charges
+from bioqmmm.qmmm.embedding import PeriodicEmbedding
+from bioqmmm.qmmm.surgery import mm_charges
+from bioqmmm.region.boundary import SCHEMES, build_boundary
+from bioqmmm.region.protein import find_residue, metal_site, residues, sidechain
 from bioqmmm.units import positions_nm
 
 
@@ -96,12 +96,12 @@ def test_rcd_moves_the_balanced_m1_charge_to_bond_midpoints(lysozyme):
 
 def test_declared_charge_mismatch_is_reported_with_the_numbers(lysozyme, caplog):
     top, system, _ = lysozyme
-    with caplog.at_level(logging.WARNING, logger="bioqmmm.boundary"):
+    with caplog.at_level(logging.WARNING, logger="bioqmmm.region.boundary"):
         build_boundary(top, sidechain(top, "ASP66"), mm_charges(system), -1)
     assert "-0.8581 e" in caplog.text and "+0.1419 e" in caplog.text and "ASP66:CA" in caplog.text
     assert "expected for a cut" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="bioqmmm.boundary"):
+    with caplog.at_level(logging.WARNING, logger="bioqmmm.region.boundary"):
         build_boundary(top, sidechain(top, "ASP66"), mm_charges(system), 0)  # forgot the carboxylate charge
     assert "the nearest integer is -1: check the declared charge" in caplog.text
 

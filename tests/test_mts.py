@@ -10,10 +10,10 @@ from openmm import unit
 from bioqmmm import QMMMSystem
 from bioqmmm.errors import InputError
 from bioqmmm.examples import alanine_dipeptide
-from bioqmmm.mts import add_reference_potential, force_groups, mts_integrator
-from bioqmmm.protein import sidechain
 from bioqmmm.qm import PySCFEngine
-from bioqmmm.surgery import X_H_BONDS, constraint_springs, qm_internal_forces
+from bioqmmm.qmmm.surgery import X_H_BONDS, constraint_springs, qm_internal_forces
+from bioqmmm.region.protein import sidechain
+from bioqmmm.simulation.mts import add_reference_potential, force_groups, mts_integrator
 from bioqmmm.units import positions_nm
 
 

@@ -15,17 +15,17 @@ from openmm import app, unit
 
 from bioqmmm.errors import CalculationError, InputError, SCFConvergenceError
 from bioqmmm.examples import formamide
-from bioqmmm.protocols.band import band_forces, relax_band, tangents
-from bioqmmm.protocols.models import FunctionModel
-from bioqmmm.protocols.neb import NEB, _nearest_copy
-from bioqmmm.protocols.surfaces import muller_brown
-from bioqmmm.protocols.tsopt import refine_transition_state
+from bioqmmm.paths.band import band_forces, relax_band, tangents
+from bioqmmm.paths.models import FunctionModel
+from bioqmmm.paths.neb import NEB, _nearest_copy
+from bioqmmm.paths.surfaces import muller_brown
+from bioqmmm.paths.tsopt import refine_transition_state
+from bioqmmm.protocols.drive import distances, drive
+from bioqmmm.protocols.neb import read_endpoint
+from bioqmmm.protocols.optimize import run_optimization
 from bioqmmm.qm import PySCFEngine
-from bioqmmm.run.drive import distances, drive
-from bioqmmm.run.neb import read_endpoint
-from bioqmmm.run.optimize import run_optimization
+from bioqmmm.qmmm.system import QMMMSystem
 from bioqmmm.run.protocol import OptimizeProtocol, load_protocol
-from bioqmmm.system import QMMMSystem
 
 # Müller & Brown, Theor. Chim. Acta 53, 75 (1979): minima A and B, and the saddle between A and the
 # intermediate minimum, the highest point on the A -> B path (coordinates as tabulated in the NEB
@@ -418,8 +418,8 @@ output: out
 
 
 def test_endpoints_share_one_partition_and_frozen_atoms_must_coincide():
-    from bioqmmm.protocols.qmmm_images import partition
-    from bioqmmm.run.neb import _same_frozen_atoms
+    from bioqmmm.paths.qmmm_images import partition
+    from bioqmmm.protocols.neb import _same_frozen_atoms
 
     top, system, positions = formamide(box_size=2.0)
     reactant = np.array(positions.value_in_unit(unit.nanometer))

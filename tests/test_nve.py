@@ -9,8 +9,8 @@ from openmm import unit
 
 from bioqmmm import QMMMSystem
 from bioqmmm.examples import alanine_dipeptide, water_box
-from bioqmmm.protein import sidechain
 from bioqmmm.qm import PySCFEngine
+from bioqmmm.region.protein import sidechain
 from bioqmmm.run.build import relax_example
 from bioqmmm.units import positions_nm
 

@@ -64,10 +64,10 @@ def test_mpirun_failure_stops_every_rank_and_a_rerun_completes_only_the_rest(tmp
 
 def test_md_stops_at_the_next_step_when_polled_and_keeps_its_checkpoint(tmp_path):
     from bioqmmm.errors import ReplicaAbortedError
+    from bioqmmm.protocols.md import run_md
     from bioqmmm.run.build import build_qmmm
-    from bioqmmm.run.checkpoint import read_meta
-    from bioqmmm.run.md import run_md
     from bioqmmm.run.protocol import load_protocol
+    from bioqmmm.simulation.checkpoint import read_meta
 
     protocol = tmp_path / "md.yaml"
     protocol.write_text(REPLICA_FILE.split("replicas:")[0])

@@ -9,10 +9,10 @@ from conftest import assert_fd_forces, directional_derivative
 from openmm import unit
 
 from bioqmmm import QMMMSystem
-from bioqmmm.embedding import REAL_SPACE_FACTOR, PeriodicEmbedding, _images_within, minimum_image
-from bioqmmm.ewald import ReciprocalSum, point_tensors
 from bioqmmm.qm import PySCFEngine
-from bioqmmm.surgery import mm_charges
+from bioqmmm.qmmm.embedding import REAL_SPACE_FACTOR, PeriodicEmbedding, _images_within, minimum_image
+from bioqmmm.qmmm.ewald import ReciprocalSum, point_tensors
+from bioqmmm.qmmm.surgery import mm_charges
 from bioqmmm.units import COULOMB_KJMOL_NM
 
 QM = [0, 1, 2]

@@ -24,14 +24,14 @@ from scipy.integrate import quad
 
 from bioqmmm.errors import CalculationError, InputError, ReplicaAbortedError, ReplicaFailedError
 from bioqmmm.examples import alanine_dipeptide
-from bioqmmm.protocols.coordinates import Umbrella, dihedral, distance, distance_difference, umbrella_windows
-from bioqmmm.protocols.metadynamics import MetadynamicsSettings, TabulatedBias, build_bias
-from bioqmmm.protocols.reweighting import Window, kish_ess, reweight
-from bioqmmm.protocols.sampling import SamplingSettings, retained_window, sample_window, system_energy
+from bioqmmm.protocols.pmf import _checked_range, _window_identity, reaction_coordinate, window_plans
 from bioqmmm.run.build import build_qmmm
-from bioqmmm.run.pmf import _checked_range, _window_identity, reaction_coordinate, window_plans
 from bioqmmm.run.protocol import LevelSection, load_protocol
 from bioqmmm.run.runner import run_protocol
+from bioqmmm.sampling.coordinates import Umbrella, dihedral, distance, distance_difference, umbrella_windows
+from bioqmmm.sampling.metadynamics import MetadynamicsSettings, TabulatedBias, build_bias
+from bioqmmm.sampling.reweighting import Window, kish_ess, reweight
+from bioqmmm.sampling.windows import SamplingSettings, retained_window, sample_window, system_energy
 from bioqmmm.units import kt_kjmol
 
 PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"

@@ -12,8 +12,8 @@ import pytest
 from bioqmmm.cli import main
 from bioqmmm.errors import InputError
 from bioqmmm.quickstart import format_summary, run_quickstart
-from bioqmmm.run.reporters import COLUMNS
-from bioqmmm.run.reporters import read_rows as read_report
+from bioqmmm.simulation.reporters import COLUMNS
+from bioqmmm.simulation.reporters import read_rows as read_report
 
 SMALL_BOX = 2.2  # nm, about 1,000 atoms; the QM cost is the same as in the default box
 

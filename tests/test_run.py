@@ -15,13 +15,13 @@ import pytest
 
 from bioqmmm.cli import main
 from bioqmmm.errors import CalculationError
+from bioqmmm.protocols.md import run_md
 from bioqmmm.qm import SCFStrategy
 from bioqmmm.run.build import build_qmmm
-from bioqmmm.run.checkpoint import read_meta
-from bioqmmm.run.md import run_md
 from bioqmmm.run.protocol import load_protocol
-from bioqmmm.run.reporters import read_rows
 from bioqmmm.run.schema import ProtocolError
+from bioqmmm.simulation.checkpoint import read_meta
+from bioqmmm.simulation.reporters import read_rows
 
 PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"
 
@@ -123,7 +123,7 @@ def test_sigterm_during_a_checkpoint_write_leaves_the_previous_checkpoint_usable
     script = tmp_path / "writer.py"
     script.write_text(textwrap.dedent(f"""
         import numpy as np, openmm
-        from bioqmmm.run.checkpoint import write_checkpoint
+        from bioqmmm.simulation.checkpoint import write_checkpoint
 
         class Big:  # engine and kernel stand-ins with a large state, so each write takes a while
             def get_state(self):

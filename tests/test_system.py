@@ -14,7 +14,7 @@ from pyscf import gto, qmmm, scf
 from bioqmmm import QMMMSystem
 from bioqmmm.errors import InputError, SCFConvergenceError, SelectionError, TopologyError
 from bioqmmm.qm import PySCFEngine, SCFStrategy
-from bioqmmm.surgery import mm_charges
+from bioqmmm.qmmm.surgery import mm_charges
 from bioqmmm.units import BOHR_NM, HARTREE_KJMOL
 
 QM = [0, 1, 2]

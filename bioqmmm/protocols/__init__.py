@@ -1,1 +1,1 @@
-"""Protocols built on the QM/MM model: reaction paths (:mod:`bioqmmm.protocols.neb`)."""
+"""Protocols built on the QM/MM model: reaction paths (:mod:`bioqmmm.paths.neb`)."""

@@ -1,214 +1,280 @@
-"""QM/MM nudged elastic band with a climbing image.
+"""``protocol: neb`` in a protocol file: endpoints, band, optional transition-state refinement, files.
 
-    from bioqmmm.protocols.neb import NEB
-    neb = NEB(qmmm, reactant_positions, product_positions, n_images=9, climb=True)
-    result = neb.run(fmax=50.0)                       # kJ/mol/nm
-    result.barrier, result.reaction_energy, result.energies, result.ts_positions   # kJ/mol, nm
-
-``n_images`` counts every image, the two fixed endpoints included. The initial path is IDPP
-(default) or linear on the path atoms (:mod:`bioqmmm.protocols.interpolation`); the band is
-relaxed by :func:`bioqmmm.protocols.band.relax_band` (improved tangent, climbing image, FIRE).
-On a :class:`~bioqmmm.system.QMMMSystem` the images are evaluated by
-:class:`~bioqmmm.protocols.qmmm_images.QMMMImages` (in parallel under mpirun; see there for path
-atoms, environment and frozen atoms); any :class:`~bioqmmm.protocols.models.PathModel` (an
-analytic surface, say) runs through the same code. The endpoints are used as given: optimise
-them first at the same level (``bioqmmm run`` does with ``optimize_endpoints: true``).
+1. Reactant (the system's structure, or ``reactant``) and ``product`` (a structure, or the reactant
+   driven by ``product_distances``, :mod:`bioqmmm.protocols.drive`); with ``optimize_endpoints``
+   both are optimised (microiterations; :mod:`bioqmmm.protocols.optimize`) at the level and with the
+   active region of the band, as two replicas of the replica runner (in parallel under mpirun),
+   into ``OUTPUT/endpoints/{reactant,product}/``.
+2. The band (:class:`bioqmmm.paths.neb.NEB`), checkpointed to ``neb_checkpoint.npz`` after
+   every iteration; a rerun continues from the last one.
+3. With ``ts_refine``, eigenvector following from the climbing image along the band's tangent
+   (:mod:`bioqmmm.paths.tsopt`) and its harmonic frequencies.
+4. Files: ``profile.csv``/``profile.png`` (energy along the path, max force per image),
+   ``images.pdb`` (one model per image), ``images.dcd``, ``ts.pdb``, ``neb_history.csv``,
+   ``result.json``/``summary.txt``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import csv
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from openmm import Vec3, app, unit
 
-from bioqmmm.embedding import minimum_image
 from bioqmmm.errors import InputError
-from bioqmmm.parallel.comm import world
-from bioqmmm.protocols.band import path_length, relax_band
-from bioqmmm.protocols.interpolation import idpp_path, linear_path
-from bioqmmm.protocols.models import PathModel
-from bioqmmm.protocols.qmmm_images import QMMMImages
-from bioqmmm.run.md import array_digest, fingerprint
-from bioqmmm.units import positions_nm
+from bioqmmm.parallel.replicas import Replica, run_replicas
+from bioqmmm.paths.band import tangents
+from bioqmmm.paths.neb import NEB, NEBResult
+from bioqmmm.paths.qmmm_images import partition
+from bioqmmm.paths.tsopt import TSResult, refine_transition_state
+from bioqmmm.protocols.drive import check_restrained_atoms, drive
+from bioqmmm.protocols.md import array_digest, fingerprint
+from bioqmmm.protocols.optimize import run_optimization
+from bioqmmm.protocols.results import new_figure, quantity, write_results
+from bioqmmm.region.selection import resolve_qm_atoms
+from bioqmmm.run.protocol import NEBProtocol, OptimizeProtocol
+from bioqmmm.simulation.environment import ConstraintProjector
 
-INTERPOLATIONS = ("idpp", "linear")
-
-
-@dataclass
-class NEBResult:
-    """The relaxed band. ``energies`` (kJ/mol) are relative to the reactant, ``total_energies`` absolute;
-    ``positions`` (n, N, 3) nm; ``path_length`` (n,) nm along the path atoms; ``max_forces`` (n,)
-    the largest band force on one atom of each image (kJ/mol/nm; 0 at the fixed endpoints);
-    ``ts_index`` the highest interior image (the climbing image when climbing)."""
-
-    positions: np.ndarray
-    total_energies: np.ndarray
-    path_length: np.ndarray
-    max_forces: np.ndarray
-    ts_index: int
-    converged: bool
-    iterations: int
-    resumed_from: int
-    history: list[dict[str, float]] = field(default_factory=list)
-
-    @property
-    def energies(self) -> np.ndarray:
-        return self.total_energies - self.total_energies[0]
-
-    @property
-    def barrier(self) -> float:
-        """Forward barrier E_TS − E_reactant, kJ/mol."""
-        return float(self.total_energies[self.ts_index] - self.total_energies[0])
-
-    @property
-    def reverse_barrier(self) -> float:
-        """Reverse barrier E_TS − E_product, kJ/mol."""
-        return float(self.total_energies[self.ts_index] - self.total_energies[-1])
-
-    @property
-    def reaction_energy(self) -> float:
-        """E_product − E_reactant, kJ/mol."""
-        return float(self.total_energies[-1] - self.total_energies[0])
-
-    @property
-    def ts_positions(self) -> np.ndarray:
-        """Positions of the highest image (nm)."""
-        return self.positions[self.ts_index]
-
-    def figures(self) -> dict[str, Any]:
-        """Key figures (JSON-ready)."""
-        from bioqmmm.run.results import quantity
-
-        return {
-            "converged": self.converged,
-            "iterations": self.iterations,
-            "resumed_from_iteration": self.resumed_from,
-            "n_images": len(self.positions),
-            "ts_image": self.ts_index,
-            "barrier_forward": quantity(self.barrier, "kJ/mol"),
-            "barrier_reverse": quantity(self.reverse_barrier, "kJ/mol"),
-            "reaction_energy": quantity(self.reaction_energy, "kJ/mol"),
-            "energies": quantity(list(self.energies), "kJ/mol"),
-            "path_length": quantity(list(self.path_length), "nm"),
-            "max_force_per_image": quantity(list(self.max_forces), "kJ/mol/nm"),
-        }
+ENDPOINTS = ("reactant", "product")
 
 
-class NEB:
-    """A band of ``n_images`` structures from ``reactant_positions`` to ``product_positions`` (nm).
+def read_endpoint(path: Path, topology: app.Topology, positions: np.ndarray) -> np.ndarray:
+    """Positions (nm) from the PDB/mmCIF ``path``: every atom of ``topology`` in its order, or some
+    residues matched by chain id, residue number and name and atom name (the rest from ``positions``)."""
+    if not path.exists():
+        raise InputError(f"endpoint structure {path} does not exist")
+    try:
+        structure = app.PDBxFile(str(path)) if path.suffix.lower() in (".cif", ".mmcif") else app.PDBFile(str(path))
+    except Exception as exc:  # OpenMM's readers raise plain exceptions for malformed files
+        raise InputError(f"cannot read endpoint structure {path}: {exc}") from exc
+    xyz = structure.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
 
-    ``qmmm``: a :class:`~bioqmmm.system.QMMMSystem` (every atom may be QM) or a
-    :class:`~bioqmmm.protocols.models.PathModel`. ``spring_constant`` kJ/mol/nm²;
-    ``interpolation`` ``"idpp"`` or ``"linear"``; ``environment`` ``"relaxed"`` or ``"restrained"``
-    with ``restraint_constant`` kJ/mol/nm², ``active_radius`` and ``freeze_beyond`` nm, ``box``
-    (3, 3) nm, ``comm`` the communicator (default: MPI's world under mpirun), ``atoms`` (path,
-    environment, frozen) index arrays instead of the ones chosen from the reactant — QM/MM only.
-    ``max_step`` nm is the largest move of one atom per iteration; ``relax_every`` iterations
-    between environment relaxations.
+    def key(atom) -> tuple[str, str, str, str]:
+        return atom.residue.chain.id, atom.residue.id, atom.residue.name, atom.name
 
-    In a periodic box (``box``, default the System's) each product atom is taken as the periodic copy
-    nearest its reactant position; a free molecule (every atom QM, no box) is superimposed on the
-    reactant (least squares); otherwise the endpoints are used as they are.
-    """
-
-    def __init__(
-        self,
-        qmmm,
-        reactant_positions,
-        product_positions,
-        n_images: int = 9,
-        climb: bool = True,
-        *,
-        spring_constant: float = 1000.0,
-        interpolation: str = "idpp",
-        environment: str = "relaxed",
-        restraint_constant: float = 1000.0,
-        active_radius: float = 0.0,
-        freeze_beyond: float | None = None,
-        relax_every: int = 10,
-        max_step: float = 0.01,
-        mm_tolerance: float = 1.0,
-        box: np.ndarray | None = None,
-        platform: str = "CPU",
-        comm=None,
-        atoms: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-    ) -> None:
-        reactant = np.array(positions_nm(reactant_positions), dtype=float)
-        product = np.array(positions_nm(product_positions), dtype=float)
-        if reactant.shape != product.shape or reactant.ndim != 2 or reactant.shape[1] != 3:
-            raise InputError(f"reactant {reactant.shape} and product {product.shape} positions must both be (N, 3)")
-        if n_images < 3:
-            raise InputError(f"n_images counts both endpoints and must be at least 3, got {n_images}")
-        if interpolation not in INTERPOLATIONS:
-            raise InputError(f"unknown interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}")
-        if isinstance(qmmm, PathModel):
-            self.model = qmmm
-        else:
-            if box is None and qmmm.system.usesPeriodicBoundaryConditions():
-                box = qmmm.system.getDefaultPeriodicBoxVectors()
-            box = None if box is None else np.array(positions_nm(box), dtype=float)
-            comm = comm or world()
-            if comm.size > 1:  # every rank builds the same band from rank 0's endpoints
-                reactant, product = comm.bcast((reactant, product) if comm.rank == 0 else None)
-            if box is not None or len(qmmm.qm_atoms) == len(reactant):  # a box, or a free molecule
-                product = _nearest_copy(reactant, product, box)
-            self.model = QMMMImages(
-                qmmm, reactant, n_images, environment=environment, active_radius=active_radius,
-                freeze_beyond=freeze_beyond, restraint=restraint_constant, mm_tolerance=mm_tolerance, box=box,
-                platform=platform, comm=comm, atoms=atoms,
-            )
-        atoms = self.model.path_atoms
-        if np.allclose(reactant[atoms], product[atoms], atol=1e-6):
-            raise InputError("reactant and product are the same structure on the path atoms: nothing to connect")
-        self.n_images, self.climb = n_images, climb
-        self.spring_constant, self.relax_every, self.max_step = spring_constant, relax_every, max_step
-        if interpolation == "idpp" and len(atoms) > 1:
-            self.initial_path = idpp_path(reactant, product, n_images, atoms)
-        else:
-            self.initial_path = linear_path(reactant, product, n_images)
-
-    def run(self, fmax: float = 50.0, max_iterations: int = 500, *, checkpoint: str | Path | None = None,
-            identity: str | None = None, callback=None) -> NEBResult:
-        """Relax the band until the largest band force on one atom is below ``fmax`` (kJ/mol/nm).
-
-        ``checkpoint``: a ``.npz`` written after every iteration; if it exists (same ``identity``)
-        the run continues from its last iteration. ``identity`` defaults to a fingerprint of the
-        initial path, the path atoms and the band settings (give one that names the model and level
-        too when several models share a folder). ``callback(iteration, row)`` after each iteration.
-        """
-        if identity is None:
-            identity = fingerprint(type(self.model).__name__, self.model.path_atoms.tolist(), self.climb,
-                                   self.spring_constant, self.relax_every, self.max_step,
-                                   array_digest(self.initial_path))
-        band = relax_band(
-            self.model, self.initial_path, fmax=fmax, spring=self.spring_constant, climb=self.climb,
-            max_iterations=max_iterations, max_step=self.max_step, relax_every=self.relax_every,
-            checkpoint=checkpoint, identity=identity, callback=callback,
-        )
-        path = band.positions[:, self.model.path_atoms].reshape(len(band.positions), -1)
-        interior = band.energies[1:-1]
-        return NEBResult(
-            positions=band.positions,
-            total_energies=band.energies,
-            path_length=path_length(path),
-            max_forces=band.max_forces,
-            ts_index=int(np.argmax(interior)) + 1 if band.climbing is None else band.climbing,
-            converged=band.converged,
-            iterations=band.iterations,
-            resumed_from=band.resumed_from,
-            history=band.history,
-        )
+    atoms = list(structure.topology.atoms())
+    if len(atoms) == topology.getNumAtoms():
+        for mine, theirs in zip(topology.atoms(), atoms, strict=True):
+            if (mine.residue.name, mine.name) != (theirs.residue.name, theirs.name):
+                raise InputError(f"{path}: atom {theirs.index + 1} is {theirs.residue.name} {theirs.name}, the "
+                                 f"system has {mine.residue.name} {mine.name} there (same atoms, same order needed)")
+        return np.array(xyz, dtype=float)
+    index = {key(atom): atom.index for atom in topology.atoms()}
+    if len(index) != topology.getNumAtoms():
+        raise InputError(f"{path}: the system has atoms with the same chain, residue and name; give every atom")
+    result = np.array(positions, dtype=float)
+    for atom in atoms:
+        if key(atom) not in index:
+            chain, number, resname, name = key(atom)
+            raise InputError(f"{path}: atom {name} of {resname} {number} (chain {chain!r}) is not in the system")
+        result[index[key(atom)]] = xyz[atom.index]
+    return result
 
 
-def _nearest_copy(reactant: np.ndarray, product: np.ndarray, box: np.ndarray | None) -> np.ndarray:
-    """``product`` moved to lie as close to ``reactant`` as symmetry allows: each atom's nearest
-    periodic image in a box, else the least-squares superposition (Kabsch) of the whole structure."""
-    if box is not None:
-        return reactant + minimum_image(product - reactant, box)
-    a, b = reactant - reactant.mean(axis=0), product - product.mean(axis=0)
-    u, _, vt = np.linalg.svd(b.T @ a)
-    sign = np.sign(np.linalg.det(u @ vt))
-    rotation = u @ np.diag([1.0, 1.0, sign]) @ vt
-    return b @ rotation + reactant.mean(axis=0)
+def run_neb(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], comm, progress: bool) -> dict:
+    """Run ``config``'s NEB protocol on ``qmmm`` (every rank); rank 0 writes the files."""
+    settings: NEBProtocol = config.protocol
+    out = config.output_dir()
+    base = config.source.parent if config.source is not None else Path.cwd()
+    topology = qmmm.topology
+    start = comm.bcast(np.asarray(positions) if comm.rank == 0 else None)  # one start for every rank
+    reactant = start if settings.reactant is None else read_endpoint(base / settings.reactant, topology, start)
+    product = reactant if settings.product is None else read_endpoint(base / settings.product, topology, start)
+    ends = {"reactant": reactant, "product": product}
+    qm = list(qmmm.qm_atoms)
+    if settings.product is not None and np.allclose(reactant[qm], product[qm], atol=1e-6):
+        raise InputError(f"{settings.product}: the product's QM atoms are where the reactant's are: nothing to connect")
+    pairs = [[_one_atom(topology, selection) for selection in d.atoms] for d in settings.product_distances]
+    check_restrained_atoms(qmmm, pairs)
+    # one choice of path, environment and frozen atoms for the endpoints and the band alike
+    atoms = partition(qmmm, reactant, settings.active_radius_nm, settings.freeze_beyond_nm)
+    _same_frozen_atoms(reactant, product, atoms[2], settings.product or "the product")
+    if settings.optimize_endpoints:
+        ends = _optimized_endpoints(config, qmmm, ends, pairs, atoms, box, comm)
+    band_identity = fingerprint(common["identity"], array_digest(ends["reactant"]), array_digest(ends["product"]))
+    neb = NEB(
+        qmmm, ends["reactant"], ends["product"], settings.n_images, settings.climb,
+        spring_constant=settings.spring_constant_kjmol_nm2, interpolation=settings.interpolation,
+        environment=settings.environment, restraint_constant=settings.restraint_kjmol_nm2,
+        active_radius=settings.active_radius_nm, freeze_beyond=settings.freeze_beyond_nm,
+        relax_every=settings.relax_every, max_step=settings.max_step_nm, mm_tolerance=settings.mm_tolerance_kjmol_nm,
+        box=box, platform=config.resources.platform, comm=comm, atoms=atoms,
+    )
+    result = _relax(neb, settings, out, band_identity, progress and comm.rank == 0)
+    ts = _refine(qmmm, neb, result, settings, box, comm) if settings.ts_refine else None
+    figures = {**common, **result.figures(), **({} if ts is None else _ts_figures(ts, result))}
+    if comm.rank != 0:
+        return {"protocol": "neb", **figures}
+    files = write_band_files(out, result, topology, box, ts)
+    return write_results(out, "neb", {**figures, "files": sorted(files + ["result.json", "summary.txt"])})
+
+
+def _relax(neb: NEB, settings: NEBProtocol, out: Path, identity: str, progress: bool) -> NEBResult:
+    from tqdm import tqdm
+
+    with tqdm(total=settings.max_iterations, unit="iteration", disable=not progress, desc="NEB") as bar:
+        def report(iteration: int, row: dict[str, float]) -> None:
+            bar.n = iteration
+            bar.set_postfix(fmax=f"{row['max_force']:.1f}", barrier=f"{row['max_energy']:.2f}")
+
+        return neb.run(settings.fmax_kjmol_nm, settings.max_iterations, checkpoint=out / "neb_checkpoint.npz",
+                       identity=identity, callback=report)
+
+
+def _same_frozen_atoms(reactant: np.ndarray, product: np.ndarray, frozen: np.ndarray, label: str) -> None:
+    """Frozen atoms never move, so both endpoints must have them in the same place."""
+    if len(frozen):
+        shift = np.linalg.norm(product[frozen] - reactant[frozen], axis=1)
+        if shift.max() > 1e-4:
+            atom = int(frozen[np.argmax(shift)])
+            raise InputError(f"{label}: frozen atom {atom} is {shift.max():.4f} nm from where the reactant has it; "
+                             "frozen atoms must coincide (same environment, or no freeze_beyond_nm)")
+
+
+def _optimized_endpoints(config, qmmm, ends: dict[str, np.ndarray], pairs: list[list[int]], atoms, box,
+                         comm) -> dict[str, np.ndarray]:
+    """Both endpoints optimised at the band's level, one per rank under mpirun (replica runner), with the
+    freedom the band's images have: a relaxed environment by microiterations, a restrained one on the
+    true QM/MM surface with the path atoms (its restraints vanish at an endpoint, their reference)."""
+    settings: NEBProtocol = config.protocol
+    path, environment, frozen = atoms
+    relaxed = settings.environment == "relaxed"
+    inner = path if relaxed else np.union1d(path, environment)
+    optimize = OptimizeProtocol(
+        type="optimize", fmax_kjmol_nm=settings.endpoint_fmax_kjmol_nm, max_steps=settings.endpoint_max_steps,
+        microiterations=relaxed, mm_tolerance_kjmol_nm=settings.mm_tolerance_kjmol_nm,
+    )
+    folder = config.output_dir() / "endpoints"
+    # what an endpoint depends on; the run length excluded, so a longer rerun continues the same optimisation
+    identity = fingerprint(config.system, config.qm, dataclasses.replace(optimize, max_steps=1),
+                           settings.product_distances, settings.drive_force_constant_kjmol_nm2,
+                           [array_digest(a) for a in (*atoms, ends["reactant"], ends["product"])])
+    tags = {name: fingerprint(identity, name) for name in ENDPOINTS}
+
+    def work(replica: Replica, poll) -> dict[str, Any]:
+        x = ends[replica.name]
+        if replica.name == "product" and pairs:  # drive the reactant there first
+            x = drive(qmmm, x, pairs, [d.distance_nm for d in settings.product_distances],
+                      settings.drive_force_constant_kjmol_nm2, optimize, folder / "product_drive", box=box,
+                      platform=config.resources.platform, identity=tags["product"], poll=poll, atoms=(inner, frozen))
+        outcome = run_optimization(qmmm, x, optimize, folder / replica.name, box=box,
+                                   platform=config.resources.platform, identity=tags[replica.name], progress=False,
+                                   poll=poll, atoms=(inner, frozen))
+        return write_results(folder / replica.name, "optimize", {"identity": tags[replica.name], **outcome.figures()})
+
+    def finished(replica: Replica) -> dict[str, Any] | None:
+        try:
+            record = json.loads((folder / replica.name / "result.json").read_text())
+        except (OSError, ValueError):
+            return None
+        done = record.get("converged") or record.get("iterations", 0) >= settings.endpoint_max_steps
+        return record if record.get("identity") == tags[replica.name] and done else None
+
+    results = run_replicas([Replica(name) for name in ENDPOINTS], work, folder, finished=finished, comm=comm)
+    for name, record in results.items():
+        if not record.get("converged"):
+            raise InputError(f"the {name} optimisation did not converge in {settings.endpoint_max_steps} steps "
+                             f"(see {folder / name}): raise endpoint_max_steps, or give a better {name}")
+    optimised = {}
+    for name in ENDPOINTS:
+        with np.load(folder / name / "optimization_checkpoint.npz", allow_pickle=False) as data:
+            optimised[name] = np.array(data["positions"])
+    return optimised
+
+
+def _one_atom(topology: app.Topology, selection: str) -> int:
+    atoms = resolve_qm_atoms(topology, selection)
+    if len(atoms) != 1:
+        raise InputError(f"product_distances: {selection!r} selects {len(atoms)} atoms, not one")
+    return atoms[0]
+
+
+def _refine(qmmm, neb: NEB, result: NEBResult, settings: NEBProtocol, box, comm) -> TSResult:
+    """Eigenvector following from the climbing image along the band's tangent there."""
+    atoms = neb.model.path_atoms
+    path = result.positions[:, atoms].reshape(len(result.positions), -1)
+    direction = tangents(path, result.total_energies)[result.ts_index - 1]
+    projector = ConstraintProjector(qmmm.system)
+
+    def evaluate(x: np.ndarray) -> tuple[float, np.ndarray]:
+        energy, forces = qmmm.energy_and_forces(x, box)
+        return energy, projector(forces, x)
+
+    masses = np.array([qmmm.system.getParticleMass(int(i)).value_in_unit(unit.dalton) for i in atoms])
+    return refine_transition_state(
+        evaluate, result.ts_positions, atoms, masses, direction=direction,
+        whole_system=box is None and len(atoms) == len(result.ts_positions),
+        fmax=settings.ts_fmax_kjmol_nm, max_steps=settings.ts_max_steps, comm=comm,
+    )
+
+
+def _ts_figures(ts: TSResult, result: NEBResult) -> dict[str, Any]:
+    reactant, product = result.total_energies[0], result.total_energies[-1]
+    return {"ts_refinement": {
+        "converged": ts.converged,
+        "steps": ts.iterations,
+        "max_force": quantity(ts.max_force, "kJ/mol/nm"),
+        "barrier_forward": quantity(ts.energy - reactant, "kJ/mol"),
+        "barrier_reverse": quantity(ts.energy - product, "kJ/mol"),
+        "imaginary_frequencies": quantity(list(ts.imaginary_frequencies), "cm^-1 (negative = imaginary)"),
+        "lowest_frequencies": quantity(list(ts.frequencies[:6]), "cm^-1"),
+    }}
+
+
+def write_band_files(out: Path, result: NEBResult, topology: app.Topology, box=None,
+                     ts: TSResult | None = None) -> list[str]:
+    """Profile table and plot, all images (multi-model PDB and DCD), the TS structure and the history."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "profile.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "path_length_nm", "energy_kjmol", "max_force_kjmol_nm"])
+        for i, (s, e, f) in enumerate(zip(result.path_length, result.energies, result.max_forces, strict=True)):
+            writer.writerow([i, f"{s:.6f}", f"{e:.6f}", f"{f:.4f}"])
+    with open(out / "neb_history.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(result.history[0]))
+        writer.writeheader()
+        writer.writerows(result.history)
+    vectors = None if box is None else unit.Quantity([Vec3(*map(float, v)) for v in box], unit.nanometer)
+    with open(out / "images.pdb", "w") as handle:
+        app.PDBFile.writeHeader(topology, handle)
+        for i, x in enumerate(result.positions):
+            app.PDBFile.writeModel(topology, x * unit.nanometer, handle, modelIndex=i + 1)
+        app.PDBFile.writeFooter(topology, handle)
+    with open(out / "images.dcd", "wb") as handle:
+        dcd = app.DCDFile(handle, topology, 1.0 * unit.picosecond)
+        for x in result.positions:
+            dcd.writeModel(x * unit.nanometer, periodicBoxVectors=vectors)
+    files = ["profile.csv", "profile.png", "neb_history.csv", "images.pdb", "images.dcd", "ts.pdb"]
+    with open(out / "ts.pdb", "w") as handle:
+        app.PDBFile.writeFile(topology, (result.ts_positions if ts is None else ts.positions) * unit.nanometer, handle)
+    if ts is not None:
+        with open(out / "ts_climbing_image.pdb", "w") as handle:
+            app.PDBFile.writeFile(topology, result.ts_positions * unit.nanometer, handle)
+        files.append("ts_climbing_image.pdb")
+    _plot(out / "profile.png", result, ts)
+    return files
+
+
+def _plot(path: Path, result: NEBResult, ts: TSResult | None) -> None:
+    fig, (profile, forces) = new_figure(2, 2.8)
+    profile.plot(result.path_length, result.energies, marker="o", color="C0")
+    profile.plot(result.path_length[result.ts_index], result.energies[result.ts_index], marker="*", markersize=14,
+                 color="C3", label=f"highest image: {result.barrier:.1f} kJ/mol")
+    if ts is not None:
+        profile.axhline(ts.energy - result.total_energies[0], color="C3", linestyle=":",
+                        label=f"refined TS: {ts.energy - result.total_energies[0]:.1f} kJ/mol")
+    profile.set_ylabel("E − E$_\\mathrm{reactant}$ / kJ mol$^{-1}$")
+    profile.legend(fontsize="small")
+    state = "converged" if result.converged else "not converged"
+    profile.set_title(f"NEB, {len(result.positions)} images, {result.iterations} iterations ({state})",
+                      fontsize="medium")
+    forces.bar(result.path_length, np.maximum(result.max_forces, 1e-3), width=0.6 * np.min(np.diff(result.path_length)))
+    forces.set_yscale("log")
+    forces.set_ylabel("max |F| / kJ mol$^{-1}$ nm$^{-1}$")
+    forces.set_xlabel("path length / nm (path atoms)")
+    fig.savefig(path, dpi=120)
+

@@ -9,16 +9,16 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from bioqmmm.embedding import PeriodicEmbedding
 from bioqmmm.errors import InputError
 from bioqmmm.examples import alanine_dipeptide, formamide, water_box
 from bioqmmm.preparation import load_prepared
-from bioqmmm.protein import residues, sidechain
 from bioqmmm.qm import PySCFEngine
-from bioqmmm.run.environment import fixed_atoms, mm_context
+from bioqmmm.qmmm.embedding import PeriodicEmbedding
+from bioqmmm.qmmm.system import QMMMSystem
+from bioqmmm.region.protein import residues, sidechain
+from bioqmmm.region.selection import resolve_qm_atoms
 from bioqmmm.run.protocol import ProtocolFile, QMSection, SystemSection
-from bioqmmm.selection import resolve_qm_atoms
-from bioqmmm.system import QMMMSystem
+from bioqmmm.simulation.environment import fixed_atoms, mm_context
 
 #: MM relaxation of a freshly built example (solvation leaves clashes): tolerance kJ/mol/nm, iterations.
 EXAMPLE_RELAX_TOLERANCE = 10.0

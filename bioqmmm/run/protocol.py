@@ -77,7 +77,7 @@ class QMSection:
     """The QM region and its level of theory.
 
     The region is ``atoms`` (an mdtraj selection string or Topology indices), and/or
-    ``sidechains`` / ``residues`` (residue names such as ``ASP66``; see :mod:`bioqmmm.protein`).
+    ``sidechains`` / ``residues`` (residue names such as ``ASP66``; see :mod:`bioqmmm.region.protein`).
     """
 
     charge: int
@@ -106,7 +106,7 @@ class QMSection:
 class MDProtocol:
     """QM/MM molecular dynamics: Langevin (NVT, LangevinMiddle) or Verlet (NVE), optional barostat.
 
-    ``qm_every`` > 1: multiple time steps (:mod:`bioqmmm.mts`): MM forces every ``timestep_fs``,
+    ``qm_every`` > 1: multiple time steps (:mod:`bioqmmm.simulation.mts`): MM forces every ``timestep_fs``,
     the QM force once per step, so each of ``steps`` is ``qm_every * timestep_fs`` long.
     """
 
@@ -145,7 +145,7 @@ class MDProtocol:
 
 @dataclass(frozen=True)
 class OptimizeProtocol:
-    """QM/MM geometry optimisation with microiterations (see :mod:`bioqmmm.run.optimize`)."""
+    """QM/MM geometry optimisation with microiterations (see :mod:`bioqmmm.protocols.optimize`)."""
 
     type: Literal["optimize"]
     fmax_kjmol_nm: float = 25.0
@@ -187,11 +187,11 @@ class DistanceSection:
 @dataclass(frozen=True)
 class NEBProtocol:
     """Nudged elastic band with climbing image between the system's structure (or ``reactant``) and
-    ``product`` (see :mod:`bioqmmm.run.neb`). ``reactant``/``product`` are PDB or mmCIF files with
+    ``product`` (see :mod:`bioqmmm.protocols.neb`). ``reactant``/``product`` are PDB or mmCIF files with
     every atom of the system in its order, or only some residues (matched by chain, residue number
     and name, and atom name), the rest taken from the system. Instead of ``product``,
     ``product_distances`` drives the reactant to the product by restrained optimisations
-    (:mod:`bioqmmm.run.drive`; force constant ``drive_force_constant_kjmol_nm2``)."""
+    (:mod:`bioqmmm.protocols.drive`; force constant ``drive_force_constant_kjmol_nm2``)."""
 
     type: Literal["neb"]
     product: str | None = None
@@ -249,7 +249,7 @@ class TermSection:
 
 @dataclass(frozen=True)
 class CoordinateSection:
-    """The reaction coordinate (:mod:`bioqmmm.protocols.coordinates`): ``kind`` of ``atoms`` (mdtraj
+    """The reaction coordinate (:mod:`bioqmmm.sampling.coordinates`): ``kind`` of ``atoms`` (mdtraj
     selections of one atom each, in order), or ``kind: combination`` with ``terms``. Distances in nm,
     angles and dihedrals in rad."""
 
@@ -309,7 +309,7 @@ class WindowsSection:
 
 @dataclass(frozen=True)
 class MetadynamicsSection:
-    """Well-tempered metadynamics at the cheap level over ``range`` (:mod:`bioqmmm.protocols.metadynamics`):
+    """Well-tempered metadynamics at the cheap level over ``range`` (:mod:`bioqmmm.sampling.metadynamics`):
     Gaussians of ``width`` (unit of s) and ``height_kjmol`` every ``frequency`` steps, ``bias_factor``, for
     ``build_steps``; then the bias is frozen and ``samples`` are taken every ``sample_interval`` steps
     after ``equilibration_steps``, a state of the MBAR like any window."""
@@ -356,7 +356,7 @@ class PMFProtocol:
     metadynamics run sampled at the ``cheap`` level (``mm``: the MM force field, or a QM/MM
     ``method``/``basis``) and, optionally, ``target_windows``
     sampled at the target level (the ``qm`` block), all reweighted to the target with MBAR
-    (see :mod:`bioqmmm.run.pmf`). ``reactant_range``/``product_range`` (ranges of the coordinate)
+    (see :mod:`bioqmmm.protocols.pmf`). ``reactant_range``/``product_range`` (ranges of the coordinate)
     give the barrier and reaction free energy."""
 
     type: Literal["pmf"]

@@ -14,11 +14,12 @@ from bioqmmm.errors import BioQMMMError, CalculationError, InputError, ReplicaFa
 from bioqmmm.parallel.comm import threads_per_rank, world
 from bioqmmm.parallel.replicas import Replica, run_replicas
 from bioqmmm.parallel.schedule import estimated_cost
+from bioqmmm.protocols.md import fingerprint, run_md
+from bioqmmm.protocols.neb import run_neb
+from bioqmmm.protocols.optimize import run_optimization
+from bioqmmm.protocols.pmf import run_pmf
+from bioqmmm.protocols.results import plot_md, quantity, write_results
 from bioqmmm.run.build import build_qmmm
-from bioqmmm.run.md import fingerprint, run_md
-from bioqmmm.run.neb import run_neb
-from bioqmmm.run.optimize import run_optimization
-from bioqmmm.run.pmf import run_pmf
 from bioqmmm.run.protocol import (
     MDProtocol,
     NEBProtocol,
@@ -28,8 +29,7 @@ from bioqmmm.run.protocol import (
     ReplicaSection,
     load_protocol,
 )
-from bioqmmm.run.reporters import read_rows
-from bioqmmm.run.results import plot_md, quantity, write_results
+from bioqmmm.simulation.reporters import read_rows
 
 
 def run_protocol(path: str | Path, *, output: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
@@ -54,7 +54,7 @@ def run_protocol(path: str | Path, *, output: str | Path | None = None, progress
 
 #: Keys a rerun may change and still continue the run: its lengths (the first is the target) and, for
 #: NEB, the transition-state refinement, which only post-processes the band. A pmf protocol checks
-#: each window's settings itself (:mod:`bioqmmm.run.pmf`).
+#: each window's settings itself (:mod:`bioqmmm.protocols.pmf`).
 _LENGTH = {MDProtocol: ("steps",), OptimizeProtocol: ("max_steps",),
            NEBProtocol: ("max_iterations", "endpoint_max_steps", "ts_refine", "ts_fmax_kjmol_nm", "ts_max_steps"),
            PMFProtocol: ()}

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 import numpy as np
 from openmm import app
 
-from bioqmmm.bonds import AMIDE, AROMATIC, SINGLE, UNKNOWN, bond_kind, is_polar, neighbour_map, ring_through
-from bioqmmm.embedding import minimum_image
 from bioqmmm.errors import BioQMMMError, InputError, TopologyError
-from bioqmmm.selection import describe_atom
+from bioqmmm.qmmm.embedding import minimum_image
+from bioqmmm.region.bonds import AMIDE, AROMATIC, SINGLE, UNKNOWN, bond_kind, is_polar, neighbour_map, ring_through
+from bioqmmm.region.selection import describe_atom
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def check_cut(cut: Cut, atoms: list[app.topology.Atom], neighbours: dict[int, se
     if kind == AMIDE and inside.residue is not outside.residue:
         raise TopologyError(
             f"the QM region cuts the peptide bond {label} (partial double bond): cut the backbone at Cα–C instead "
-            "(bioqmmm.protein.residues does this)"
+            "(bioqmmm.region.protein.residues does this)"
         )
     if kind == UNKNOWN:
         raise TopologyError(

@@ -3,7 +3,7 @@
 A model knows the whole system (N atoms), which of them the path runs through (``path_atoms``:
 springs and tangents act on these), which more move with the band (``moving_atoms``), and returns
 energies and forces of any set of images. :class:`FunctionModel` wraps a plain function of the
-positions (analytic surfaces); :class:`bioqmmm.protocols.qmmm_images.QMMMImages` evaluates a QM/MM
+positions (analytic surfaces); :class:`bioqmmm.paths.qmmm_images.QMMMImages` evaluates a QM/MM
 model, over MPI ranks.
 """
 

@@ -137,7 +137,7 @@ def qm_internal_forces(reference: openmm.System, qm_atoms: Sequence[int]) -> lis
     and the Coulomb and Lennard-Jones
     interactions of QM-QM pairs (exceptions as in the reference, plain Coulomb without cutoff:
     the pairs are a few Angstrom apart). Used as the cheap reference potential of
-    multiple-time-step integration (:mod:`bioqmmm.mts`).
+    multiple-time-step integration (:mod:`bioqmmm.simulation.mts`).
     """
     qm = frozenset(int(i) for i in qm_atoms)
     forces = [_EXTRACTORS[type(f)](f, qm) for f in reference.getForces() if type(f) in _EXTRACTORS]

@@ -15,10 +15,10 @@ import numpy as np
 import openmm
 from openmm import unit
 
-from bioqmmm.boundary import Boundary
-from bioqmmm.embedding import EmbeddingResult, QMRegionSpec
 from bioqmmm.errors import CalculationError
 from bioqmmm.qm.base import QMEngine
+from bioqmmm.qmmm.embedding import EmbeddingResult, QMRegionSpec
+from bioqmmm.region.boundary import Boundary
 
 
 class QMForceKernel:

@@ -6,7 +6,7 @@ The System (MM, or a QM/MM ``qmmm.system``) gains the bias force in a force grou
 every ``sample_interval`` steps the sampler records the reaction coordinate s (nm or rad), the
 System's energy without the bias (kJ/mol) and the positions (nm, float32, with the box).
 Samples are written in chunks of ``checkpoint_interval`` (``samples_NNNN.npz``), each followed
-by a checkpoint (:mod:`bioqmmm.run.checkpoint`); a rerun into the same folder resumes from the
+by a checkpoint (:mod:`bioqmmm.simulation.checkpoint`); a rerun into the same folder resumes from the
 last checkpoint bit for bit (CPU platform with deterministic forces, or Reference).
 """
 
@@ -23,10 +23,10 @@ import openmm
 from openmm import unit
 
 from bioqmmm.errors import BioQMMMError, CalculationError, InputError, ReplicaAbortedError
-from bioqmmm.protocols.coordinates import Bias, ReactionCoordinate, Umbrella
-from bioqmmm.protocols.reweighting import Window, decorrelate
-from bioqmmm.run.checkpoint import read_checkpoint, read_meta, save_arrays, write_checkpoint
-from bioqmmm.run.environment import mm_context, reproducible_properties
+from bioqmmm.sampling.coordinates import Bias, ReactionCoordinate, Umbrella
+from bioqmmm.sampling.reweighting import Window, decorrelate
+from bioqmmm.simulation.checkpoint import read_checkpoint, read_meta, save_arrays, write_checkpoint
+from bioqmmm.simulation.environment import mm_context, reproducible_properties
 
 #: MM minimisation that pulls a start structure into a window: RMS force tolerance (kJ/mol/nm), iterations.
 PULL_TOLERANCE = 10.0
@@ -209,9 +209,9 @@ def retained_window(name: str, level: str, bias: Bias, samples: WindowSamples,
                     energies: dict[str, EnergyFunction], temperature: float,
                     poll: Callable[[], None] | None = None, cache: Path | None = None,
                     cache_identity: str = "") -> Window:
-    """The window's decorrelated samples (:func:`~bioqmmm.protocols.reweighting.decorrelate`) with the
+    """The window's decorrelated samples (:func:`~bioqmmm.sampling.reweighting.decorrelate`) with the
     ``"cheap"`` and ``"target"`` energies (kJ/mol) evaluated on their frames, ready for
-    :func:`~bioqmmm.protocols.reweighting.reweight`.
+    :func:`~bioqmmm.sampling.reweighting.reweight`.
 
     With ``cache`` (an .npz path), the energies of every evaluated frame are saved every
     :data:`ENERGY_CACHE_EVERY` frames; a rerun with the same ``cache_identity`` (what the frames and the

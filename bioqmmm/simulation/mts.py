@@ -9,7 +9,7 @@ J. Chem. Phys. 140, 084116 (2014)) the split is
     slow:  E_QM - E_ref            (every outer step: one QM evaluation)
 
 where E_ref is the MM force field's own description of the QM region -- the bonded terms,
-Lennard-Jones and Coulomb interactions among QM atoms that :func:`bioqmmm.surgery.build_mm_system`
+Lennard-Jones and Coulomb interactions among QM atoms that :func:`bioqmmm.qmmm.surgery.build_mm_system`
 removed, springs for its freed X-H constraints -- plus, for each link atom at
 r_L = r_Q + g (r_M - r_Q), an X-H spring on the cut bond, 1/2 g^2 k_XH (|r_M - r_Q| - r0_XH/g)^2.
 It carries the fast bond vibrations of the QM atoms, so the slow part varies slowly.
@@ -23,10 +23,10 @@ import numpy as np
 import openmm
 from openmm import unit
 
-from bioqmmm.embedding import minimum_image
 from bioqmmm.errors import CalculationError, InputError
-from bioqmmm.surgery import X_H_BONDS, constraint_springs, qm_internal_forces
-from bioqmmm.system import QMMMSystem
+from bioqmmm.qmmm.embedding import minimum_image
+from bioqmmm.qmmm.surgery import X_H_BONDS, constraint_springs, qm_internal_forces
+from bioqmmm.qmmm.system import QMMMSystem
 from bioqmmm.units import positions_nm
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from bioqmmm.errors import InputError
-from bioqmmm.optimizers import FIRE
-from bioqmmm.protocols.models import PathModel
-from bioqmmm.run.checkpoint import save_arrays
+from bioqmmm.paths.models import PathModel
+from bioqmmm.simulation.checkpoint import save_arrays
+from bioqmmm.simulation.optimizers import FIRE
 
 
 def tangents(path: np.ndarray, energies: np.ndarray) -> np.ndarray:
@@ -154,7 +154,7 @@ def relax_band(
 
     ``fmax``: force criterion (energy/length units of the model); ``spring``: spring constant
     (energy/length²); ``max_step``: largest displacement of one atom per iteration (length).
-    The optimiser is FIRE (:class:`~bioqmmm.optimizers.FIRE`; docs/neb.md says why not L-BFGS).
+    The optimiser is FIRE (:class:`~bioqmmm.simulation.optimizers.FIRE`; docs/neb.md says why not L-BFGS).
     ``relax_every``: a model with an environment to relax (``model.relaxes``) relaxes it every
     this many iterations and before declaring convergence. ``checkpoint``: a ``.npz`` file
     written after every iteration; when it exists (same ``identity``), the run continues from it.

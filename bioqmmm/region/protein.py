@@ -1,7 +1,7 @@
 """QM-region helpers for proteins: a side chain, residues, a metal with its ligands.
 
 Each helper returns sorted Topology atom indices for ``QMMMSystem(qm_atoms=...)`` and places
-the QM/MM boundary at C–C single bonds, the cuts :mod:`bioqmmm.boundary` accepts by default:
+the QM/MM boundary at C–C single bonds, the cuts :mod:`bioqmmm.region.boundary` accepts by default:
 Cα–Cβ for a side chain, Cα–C for a backbone segment.
 
 A residue is named by a ``Residue`` object or a string ``"[CHAIN:][RESNAME]RESID"`` such as

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bioqmmm.protocols.band import relax_band
-from bioqmmm.protocols.models import FunctionModel
+from bioqmmm.paths.band import relax_band
+from bioqmmm.paths.models import FunctionModel
 
 #: IDPP band settings in nm: force criterion (nm⁻³), spring (nm⁻⁴), largest step (nm), iterations.
 IDPP_FMAX, IDPP_SPRING, IDPP_MAX_STEP, IDPP_MAX_ITERATIONS = 100.0, 1000.0, 0.01, 2000

@@ -25,7 +25,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from bioqmmm.errors import CalculationError
-from bioqmmm.protocols.coordinates import Bias
+from bioqmmm.sampling.coordinates import Bias
 from bioqmmm.units import kt_kjmol
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Harmonic restraints ½ k (r_ij − r_target)² on atom pairs are added to the QM/MM energy, and the
 targets are approached in stages of at most :data:`STAGE_NM` change per pair, each stage a
-restrained microiterative optimisation (:func:`bioqmmm.run.optimize.run_optimization`) into its
+restrained microiterative optimisation (:func:`bioqmmm.protocols.optimize.run_optimization`) into its
 own folder (so a rerun resumes). The result is a guess: optimise it without restraints afterwards.
 Distances in nm (minimum image in a box), k in kJ/mol/nm².
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bioqmmm.embedding import minimum_image
 from bioqmmm.errors import InputError
-from bioqmmm.run.optimize import run_optimization
+from bioqmmm.protocols.optimize import run_optimization
+from bioqmmm.qmmm.embedding import minimum_image
 from bioqmmm.run.protocol import OptimizeProtocol
 
 #: Largest change of a restrained distance per stage, nm.
@@ -70,7 +70,7 @@ def drive(qmmm, positions: np.ndarray, pairs: Sequence[tuple[int, int]], targets
           settings: OptimizeProtocol, folder: str | Path, *, box: np.ndarray | None = None, platform: str = "CPU",
           identity: str = "", poll=None, atoms: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """``positions`` (nm) driven until each pair's distance is near its target; restrained-optimised stages
-    (``atoms``: explicit (inner, frozen) atoms, as for :func:`~bioqmmm.run.optimize.run_optimization`)."""
+    (``atoms``: explicit (inner, frozen) atoms, as for :func:`~bioqmmm.protocols.optimize.run_optimization`)."""
     pairs = np.asarray(pairs, dtype=int).reshape(-1, 2)
     check_restrained_atoms(qmmm, pairs)
     start = distances(positions, pairs, box)

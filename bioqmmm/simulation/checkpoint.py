@@ -30,7 +30,7 @@ def write_checkpoint(path: str | Path, context: openmm.Context, qmmm, meta: dict
     if qmmm is not None:
         arrays.update({f"engine.{k}": v for k, v in qmmm.engine.get_state().items()})
         arrays.update({f"kernel.{k}": v for k, v in qmmm.kernel.get_state().items()})
-        if qmmm.reference_springs is not None:  # multiple time steps: the fitted springs (bioqmmm.mts)
+        if qmmm.reference_springs is not None:  # multiple time steps: the fitted springs (bioqmmm.simulation.mts)
             arrays["mts.springs"] = qmmm.reference_springs
     arrays["meta"] = np.array(json.dumps({"format": FORMAT_VERSION, **meta}))
     save_arrays(path, arrays)

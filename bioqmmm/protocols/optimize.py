@@ -3,7 +3,7 @@
 Macro cycles alternate two phases. *Environment*: every atom that is neither inner nor beyond
 ``freeze_beyond_nm`` is relaxed by OpenMM's L-BFGS minimiser with the inner atoms fixed and the
 QM region represented by its Mulliken charges from the last QM calculation
-(:mod:`bioqmmm.run.environment`), at MM cost; one QM/MM evaluation follows. *Inner*: the inner
+(:mod:`bioqmmm.simulation.environment`), at MM cost; one QM/MM evaluation follows. *Inner*: the inner
 atoms (QM atoms, link-atom MM hosts and their bonded neighbours, optionally every atom within
 ``active_radius_nm`` of the QM region) move by L-BFGS on the true QM/MM energy with the
 environment fixed, until their forces are below the criterion; an uphill step is rejected and
@@ -33,11 +33,11 @@ import numpy as np
 from openmm import app, unit
 
 from bioqmmm.errors import BioQMMMError, CalculationError, InputError
-from bioqmmm.optimizers import LBFGS
-from bioqmmm.run.checkpoint import save_arrays
-from bioqmmm.run.environment import ConstraintProjector, fixed_atoms, relax_environment
+from bioqmmm.protocols.results import new_figure, quantity
 from bioqmmm.run.protocol import OptimizeProtocol
-from bioqmmm.run.results import new_figure, quantity
+from bioqmmm.simulation.checkpoint import save_arrays
+from bioqmmm.simulation.environment import ConstraintProjector, fixed_atoms, relax_environment
+from bioqmmm.simulation.optimizers import LBFGS
 
 #: ``phase`` column of the history: a QM/MM step after an environment relaxation, or an inner L-BFGS step.
 ENVIRONMENT_PHASE, INNER_PHASE = 0, 1

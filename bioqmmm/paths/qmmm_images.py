@@ -11,7 +11,7 @@ Atoms: the *path atoms* are the inner atoms of the optimiser (QM atoms, link hos
 bonded neighbours, atoms within ``active_radius`` nm); springs act on them. The *environment* is
 every other atom not beyond ``freeze_beyond`` nm; it is either ``relaxed`` (each image's
 environment minimised at MM cost in the field of that image's QM charges, between band steps;
-:mod:`bioqmmm.run.environment`) or ``restrained`` (it moves with the band under its true forces and
+:mod:`bioqmmm.simulation.environment`) or ``restrained`` (it moves with the band under its true forces and
 harmonic restraints, constant k kJ/mol/nm², to where it started).
 """
 
@@ -24,9 +24,9 @@ import numpy as np
 from bioqmmm.errors import BioQMMMError, CalculationError, InputError
 from bioqmmm.parallel.comm import world
 from bioqmmm.parallel.schedule import balanced
-from bioqmmm.protocols.models import PathModel
-from bioqmmm.run.environment import ConstraintProjector, fixed_atoms, relax_environment
-from bioqmmm.run.optimize import frozen_atoms, inner_atoms, qm_charges_on_atoms
+from bioqmmm.paths.models import PathModel
+from bioqmmm.protocols.optimize import frozen_atoms, inner_atoms, qm_charges_on_atoms
+from bioqmmm.simulation.environment import ConstraintProjector, fixed_atoms, relax_environment
 
 ENVIRONMENTS = ("relaxed", "restrained")
 
@@ -45,7 +45,7 @@ def partition(qmmm, positions: np.ndarray, active_radius: float = 0.0,
 
 
 class QMMMImages(PathModel):
-    """Images of ``qmmm`` (a :class:`~bioqmmm.system.QMMMSystem`); ``positions`` (nm) decides which atoms
+    """Images of ``qmmm`` (a :class:`~bioqmmm.qmmm.system.QMMMSystem`); ``positions`` (nm) decides which atoms
     are path, environment and frozen. ``box`` (3, 3) nm for periodic systems."""
 
     def __init__(self, qmmm, positions: np.ndarray, n_images: int, *, environment: str = "relaxed",

@@ -18,8 +18,8 @@ import openmm
 from openmm import app, unit
 from scipy.interpolate import CubicSpline
 
-from bioqmmm.protocols.coordinates import ReactionCoordinate
-from bioqmmm.run.environment import reproducible_properties
+from bioqmmm.sampling.coordinates import ReactionCoordinate
+from bioqmmm.simulation.environment import reproducible_properties
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from itertools import product
 import numpy as np
 
 from bioqmmm.errors import InputError
-from bioqmmm.ewald import ReciprocalSum, multipole_response, point_tensors
 from bioqmmm.qm.base import PolynomialPotential, QMEngine, QMResult
+from bioqmmm.qmmm.ewald import ReciprocalSum, multipole_response, point_tensors
 from bioqmmm.units import COULOMB_KJMOL_NM
 
 

@@ -9,13 +9,13 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from bioqmmm.boundary import LinkAtom, build_boundary
-from bioqmmm.embedding import EmbeddingResult, FullEmbedding, PeriodicEmbedding, QMRegionSpec
 from bioqmmm.errors import InputError
-from bioqmmm.force import QMForceKernel, make_qm_force
 from bioqmmm.qm.base import QMEngine
-from bioqmmm.selection import element_symbols, resolve_qm_atoms
-from bioqmmm.surgery import build_mm_system, mm_charges
+from bioqmmm.qmmm.embedding import EmbeddingResult, FullEmbedding, PeriodicEmbedding, QMRegionSpec
+from bioqmmm.qmmm.force import QMForceKernel, make_qm_force
+from bioqmmm.qmmm.surgery import build_mm_system, mm_charges
+from bioqmmm.region.boundary import LinkAtom, build_boundary
+from bioqmmm.region.selection import element_symbols, resolve_qm_atoms
 from bioqmmm.units import positions_nm
 
 
@@ -37,13 +37,13 @@ class QMMMSystem:
     engine:
         A :class:`bioqmmm.qm.QMEngine`, e.g. :class:`bioqmmm.qm.PySCFEngine`.
     embedding:
-        Defaults to :class:`~bioqmmm.embedding.FullEmbedding` (every MM charge, exact) for
-        non-periodic systems and :class:`~bioqmmm.embedding.PeriodicEmbedding` otherwise.
+        Defaults to :class:`~bioqmmm.qmmm.embedding.FullEmbedding` (every MM charge, exact) for
+        non-periodic systems and :class:`~bioqmmm.qmmm.embedding.PeriodicEmbedding` otherwise.
     platform:
         OpenMM platform name for :meth:`energy_and_forces` (default ``"CPU"``).
     boundary_charges:
         How the charge of each MM boundary atom is handed to its neighbours in the QM
-        Hamiltonian: ``"RCD"`` (default), ``"RC"`` or ``"shift"`` (:mod:`bioqmmm.boundary`).
+        Hamiltonian: ``"RCD"`` (default), ``"RC"`` or ``"shift"`` (:mod:`bioqmmm.region.boundary`).
     allow_polar_cut:
         Allow the QM region to cut polar single bonds (C–N, C–O, metal–ligand; the last also
         need ``link_ratios``). Cuts through rings, double, aromatic and peptide bonds and bonds
@@ -107,7 +107,7 @@ class QMMMSystem:
         self.system.addForce(self.qm_force)
         self._platform = platform
         self._context: openmm.Context | None = None
-        #: force group of the multiple-time-step reference potential, once added (:mod:`bioqmmm.mts`),
+        #: force group of the multiple-time-step reference potential, once added (:mod:`bioqmmm.simulation.mts`),
         #: and its X-H springs as rows (r0 nm, k kJ/mol/nm^2), checkpointed with a run
         self.reference_group: int | None = None
         self.reference_springs: np.ndarray | None = None

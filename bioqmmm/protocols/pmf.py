@@ -3,10 +3,10 @@ optionally windows at the target level), MBAR to the target.
 
 Every window (and the metadynamics state) is a replica of the replica runner (over MPI under
 mpirun): its start is pulled into the window on the MM surface, it samples at its level
-(:mod:`bioqmmm.protocols.sampling`) into ``OUTPUT/windows/NAME`` with checkpoints, decorrelates
+(:mod:`bioqmmm.sampling.windows`) into ``OUTPUT/windows/NAME`` with checkpoints, decorrelates
 its samples and evaluates both levels on the retained frames (the target's QM/MM energies, the
 expensive part, are thus spread over the ranks). Rank 0 then merges all states in one MBAR
-(:mod:`bioqmmm.protocols.reweighting`) and writes ``pmf.csv``, ``windows.csv``, ``overlap.csv``,
+(:mod:`bioqmmm.sampling.reweighting`) and writes ``pmf.csv``, ``windows.csv``, ``overlap.csv``,
 ``pmf.png``, ``overlap.png`` and ``result.json``.
 
 A window sampled at a QM level keeps the MM model's bond constraints (also those inside the QM
@@ -31,16 +31,16 @@ from openmm import app
 from bioqmmm.errors import CalculationError, InputError
 from bioqmmm.parallel.replicas import Replica, run_replicas
 from bioqmmm.parallel.schedule import estimated_cost
-from bioqmmm.protocols.coordinates import ReactionCoordinate, Term, Umbrella, distance_difference, umbrella_windows
-from bioqmmm.protocols.metadynamics import MetadynamicsSettings, TabulatedBias, build_bias
-from bioqmmm.protocols.reweighting import Profile, Window, in_range, reweight
-from bioqmmm.protocols.sampling import SamplingSettings, pulled_start, retained_window, sample_window, system_energy
+from bioqmmm.protocols.md import array_digest, fingerprint
+from bioqmmm.protocols.results import new_figure, quantity, write_results
+from bioqmmm.region.selection import resolve_qm_atoms
 from bioqmmm.run.build import qmmm_model
-from bioqmmm.run.checkpoint import save_arrays
-from bioqmmm.run.md import array_digest, fingerprint
 from bioqmmm.run.protocol import CoordinateSection, MetadynamicsSection, PMFProtocol, WindowsSection
-from bioqmmm.run.results import new_figure, quantity, write_results
-from bioqmmm.selection import resolve_qm_atoms
+from bioqmmm.sampling.coordinates import ReactionCoordinate, Term, Umbrella, distance_difference, umbrella_windows
+from bioqmmm.sampling.metadynamics import MetadynamicsSettings, TabulatedBias, build_bias
+from bioqmmm.sampling.reweighting import Profile, Window, in_range, reweight
+from bioqmmm.sampling.windows import SamplingSettings, pulled_start, retained_window, sample_window, system_energy
+from bioqmmm.simulation.checkpoint import save_arrays
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,14 +2,14 @@
 
 ``run_md`` drives a stock ``openmm.app.Simulation`` over ``qmmm.system``: LangevinMiddle (NVT)
 or Verlet (NVE) with an optional Monte Carlo barostat. Every ``checkpoint_interval`` steps it
-writes ``checkpoint.npz`` atomically (:mod:`bioqmmm.run.checkpoint`); a rerun into the same
+writes ``checkpoint.npz`` atomically (:mod:`bioqmmm.simulation.checkpoint`); a rerun into the same
 folder resumes from it, bit-for-bit on the Reference and CPU platforms (the SCF guess and the
 QM force's cached result are part of the checkpoint; the CPU platform runs with deterministic
 force sums). A failed SCF or a non-finite energy stops
 the run with the step named; the last checkpoint is the last good state.
 
 Files: ``topology.pdb`` (start structure), ``trajectory.dcd``/``.xtc``, ``energies.csv``
-(:class:`~bioqmmm.run.reporters.QMMMReporter`), ``checkpoint.npz``.
+(:class:`~bioqmmm.simulation.reporters.QMMMReporter`), ``checkpoint.npz``.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import openmm
 from openmm import app, unit
 
 from bioqmmm.errors import BioQMMMError, CalculationError, InputError, ReplicaAbortedError
-from bioqmmm.mts import mts_integrator
-from bioqmmm.run.checkpoint import read_checkpoint, read_meta, read_section, write_checkpoint
-from bioqmmm.run.environment import relax_environment, reproducible_properties
 from bioqmmm.run.protocol import MDProtocol
-from bioqmmm.run.reporters import QMMMReporter, close_reporter
+from bioqmmm.simulation.checkpoint import read_checkpoint, read_meta, read_section, write_checkpoint
+from bioqmmm.simulation.environment import relax_environment, reproducible_properties
+from bioqmmm.simulation.mts import mts_integrator
+from bioqmmm.simulation.reporters import QMMMReporter, close_reporter
 
 #: MM relaxation of a fresh start structure (QM atoms fixed): RMS force tolerance (kJ/mol/nm) and
 #: iteration cap (removes solvation clashes; a full minimisation is the optimize protocol's job).

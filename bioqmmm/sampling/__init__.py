@@ -1,0 +1,1 @@
+"""Free-energy sampling: reaction coordinates and biases, umbrella windows, metadynamics, MBAR reweighting."""
