@@ -46,9 +46,9 @@ from report import write_section
 from bioqmmm import QMMMSystem
 from bioqmmm.examples import alanine_dipeptide
 from bioqmmm.qm import PySCFEngine
-from bioqmmm.qmmm.embedding import minimum_image, whole_region
+from bioqmmm.qmmm.embedding import whole_region
 from bioqmmm.qmmm.surgery import mm_charges
-from bioqmmm.units import BOHR_NM
+from bioqmmm.units import BOHR_NM, minimum_image
 
 QM_RESIDUES = ("ACE", "ALA", "NME")
 CONV_TOL = 1e-8

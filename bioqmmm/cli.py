@@ -90,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     run.set_defaults(handler=_run)
 
+    protocols = subparsers.add_parser(
+        "protocols",
+        help="list the registered protocols and QM engines, or the keys of one protocol",
+        description="Without NAME: every registered protocol and QM engine with a one-line description. With "
+                    "NAME: every key of that protocol's section of a protocol file, with type, unit and default.",
+    )
+    protocols.add_argument("name", nargs="?", help="a protocol name (md, optimize, ...)")
+    protocols.set_defaults(handler=_protocols)
+
     prepare = subparsers.add_parser(
         "prepare",
         help="prepare a PDB/mmCIF entry: fix, protonate, parameterise, solvate",
@@ -185,8 +194,15 @@ def _quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _protocols(args: argparse.Namespace) -> int:
+    from bioqmmm.run.reference import keys_text, listing
+
+    print(keys_text(args.name) if args.name else listing())
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
-    from bioqmmm.protocols.results import format_summary as format_result
+    from bioqmmm.results import format_summary as format_result
     from bioqmmm.run.runner import run_protocol
 
     record = run_protocol(args.protocol_file, output=args.output, progress=not args.no_progress)

@@ -33,11 +33,10 @@ import numpy as np
 
 from bioqmmm.errors import InputError
 from bioqmmm.examples import alanine_dipeptide
-from bioqmmm.protocols.md import run_md
-from bioqmmm.protocols.results import plot_md
+from bioqmmm.protocols.md import MDSettings, run_md
 from bioqmmm.qm import PySCFEngine
 from bioqmmm.qmmm.system import QMMMSystem
-from bioqmmm.run.protocol import MDProtocol
+from bioqmmm.results import plot_md
 from bioqmmm.simulation.reporters import read_rows
 from bioqmmm.units import positions_nm
 
@@ -109,8 +108,7 @@ def run_quickstart(
     out = _make_outdir(outdir)
     for stale in ("checkpoint.npz", "energies.csv", "trajectory.dcd"):  # a quickstart always starts afresh
         (out / stale).unlink(missing_ok=True)
-    settings = MDProtocol(
-        type="md",
+    settings = MDSettings(
         steps=steps,
         timestep_fs=TIMESTEP * 1000.0,
         temperature_k=TEMPERATURE,

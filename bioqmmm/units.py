@@ -52,3 +52,11 @@ GAS_CONSTANT_KJMOL_K: float = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kiloj
 def kt_kjmol(temperature: float) -> float:
     """k_BT in kJ/mol at ``temperature`` K."""
     return GAS_CONSTANT_KJMOL_K * temperature
+
+
+def minimum_image(d: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Minimum-image displacement(s) for an OpenMM reduced (lower-triangular) box, nm."""
+    d = np.array(d, dtype=float, copy=True)
+    for axis in (2, 1, 0):
+        d -= np.outer(np.round(d[..., axis] / box[axis, axis]), box[axis]).reshape(d.shape)
+    return d

@@ -22,10 +22,10 @@ from bioqmmm.paths.surfaces import muller_brown
 from bioqmmm.paths.tsopt import refine_transition_state
 from bioqmmm.protocols.drive import distances, drive
 from bioqmmm.protocols.neb import read_endpoint
-from bioqmmm.protocols.optimize import run_optimization
+from bioqmmm.protocols.optimize import OptimizeSettings, run_optimization
 from bioqmmm.qm import PySCFEngine
 from bioqmmm.qmmm.system import QMMMSystem
-from bioqmmm.run.protocol import OptimizeProtocol, load_protocol
+from bioqmmm.run.protocol import load_protocol
 
 # Müller & Brown, Theor. Chim. Acta 53, 75 (1979): minima A and B, and the saddle between A and the
 # intermediate minimum, the highest point on the A -> B path (coordinates as tabulated in the NEB
@@ -325,7 +325,7 @@ def test_product_driven_from_the_reactant_is_the_shipped_product(gas_formamide, 
 
     qmmm, reactant, product = gas_formamide
     pairs, targets = [(1, 4), (2, 4)], [0.097, 0.235]
-    settings = OptimizeProtocol(type="optimize", fmax_kjmol_nm=10.0)
+    settings = OptimizeSettings(fmax_kjmol_nm=10.0)
     driven = drive(qmmm, reactant, pairs, targets, 5e4, settings, tmp_path / "drive")
     assert np.allclose(distances(driven, np.array(pairs)), targets, atol=0.01)
     final = run_optimization(qmmm, driven, settings, tmp_path / "opt", progress=False)

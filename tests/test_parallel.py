@@ -88,7 +88,8 @@ def test_md_stops_at_the_next_step_when_polled_and_keeps_its_checkpoint(tmp_path
 def test_replica_settings_are_checked_and_stale_results_are_not_reused(tmp_path):
     from bioqmmm.cli import main
     from bioqmmm.errors import InputError
-    from bioqmmm.run.protocol import OptimizeProtocol, ReplicaSection, load_protocol
+    from bioqmmm.protocols.optimize import OptimizeSettings
+    from bioqmmm.run.protocol import ReplicaSection, load_protocol
     from bioqmmm.run.runner import replica_config
 
     protocol = tmp_path / "replicas.yaml"
@@ -100,8 +101,8 @@ def test_replica_settings_are_checked_and_stale_results_are_not_reused(tmp_path)
     assert main(["run", str(protocol), "--no-progress"]) == 0
     result = json.loads(stale.read_text())
     assert result["steps"] == 2 and result["final_potential_energy"]["value"] != 123.0  # ran, not reused
-    optimisation = dataclasses.replace(load_protocol(protocol), protocol=OptimizeProtocol(type="optimize"))
-    with pytest.raises(InputError, match="replica 'warm': seed, temperature_k apply to MD only"):
+    optimisation = dataclasses.replace(load_protocol(protocol), protocol=OptimizeSettings())
+    with pytest.raises(InputError, match="replica 'warm': seed, temperature_k are not keys of the optimize protocol"):
         replica_config(optimisation, ReplicaSection(name="warm", seed=3, temperature_k=300))
 
 

@@ -10,10 +10,10 @@ from openmm import unit
 
 from bioqmmm import QMMMSystem
 from bioqmmm.qm import PySCFEngine
-from bioqmmm.qmmm.embedding import REAL_SPACE_FACTOR, PeriodicEmbedding, _images_within, minimum_image
+from bioqmmm.qmmm.embedding import REAL_SPACE_FACTOR, PeriodicEmbedding, _images_within
 from bioqmmm.qmmm.ewald import ReciprocalSum, point_tensors
 from bioqmmm.qmmm.surgery import mm_charges
-from bioqmmm.units import COULOMB_KJMOL_NM
+from bioqmmm.units import COULOMB_KJMOL_NM, minimum_image
 
 QM = [0, 1, 2]
 BOX = 1.9

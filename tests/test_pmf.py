@@ -25,8 +25,9 @@ from scipy.integrate import quad
 from bioqmmm.errors import CalculationError, InputError, ReplicaAbortedError, ReplicaFailedError
 from bioqmmm.examples import alanine_dipeptide
 from bioqmmm.protocols.pmf import _checked_range, _window_identity, reaction_coordinate, window_plans
+from bioqmmm.protocols.pmf_settings import LevelSection
 from bioqmmm.run.build import build_qmmm
-from bioqmmm.run.protocol import LevelSection, load_protocol
+from bioqmmm.run.protocol import load_protocol
 from bioqmmm.run.runner import run_protocol
 from bioqmmm.sampling.coordinates import Umbrella, dihedral, distance, distance_difference, umbrella_windows
 from bioqmmm.sampling.metadynamics import MetadynamicsSettings, TabulatedBias, build_bias
@@ -245,8 +246,8 @@ def test_mbar_on_two_states_equals_bar():
 
     s_a = rng.normal(0.5, 0.05, 800)                       # cheap + bias: σ = 0.05
     s_b = rng.normal(0.5, 0.05 / math.sqrt(1.6), 700)      # target + bias: (0.3 + 0.5) k_BT d²/0.05², σ² = 0.05²/1.6
-    windows = [Window("a", "cheap", bias, s_a, cheap_level(s_a), target_level(s_a)),
-               Window("b", "target", bias, s_b, cheap_level(s_b), target_level(s_b))]
+    windows = [Window("a", "cheap", bias, s_a, {"cheap": cheap_level(s_a), "target": target_level(s_a)}),
+               Window("b", "target", bias, s_b, {"cheap": cheap_level(s_b), "target": target_level(s_b)})]
     profile = reweight(windows, T, np.linspace(0.3, 0.7, 9))
     w_forward = (target_level(s_a) - cheap_level(s_a)) / KT
     w_reverse = (cheap_level(s_b) - target_level(s_b)) / KT
@@ -256,6 +257,43 @@ def test_mbar_on_two_states_equals_bar():
     assert profile.state_free_energies[1] == pytest.approx(-43.0 + KT * 0.5 * math.log(1.6), abs=0.1)  # analytic
 
 
+def test_reweighting_takes_any_number_of_named_levels():
+    """K named levels, not two: windows sampled at three levels (exact Boltzmann samples of level + umbrella);
+    the profile of each level taken as the target matches its exact one (|z| < 4), and a window without the
+    target's energies is refused."""
+    rng = np.random.default_rng(5)
+    levels = {"mm": (150.0, 0.05), "semi": (250.0, 0.0), "dft": (400.0, -0.04)}  # kappa kJ/mol/nm², centre nm
+
+    def u(level, s):
+        kappa, centre = levels[level]
+        return 0.5 * kappa * (s - centre) ** 2
+
+    k_bias = KT / 0.05**2
+    windows = []
+    for i, centre in enumerate(np.linspace(-0.2, 0.2, 9)):
+        level = list(levels)[i % 3]
+        kappa, c_level = levels[level]
+        precision = (kappa + k_bias) / KT
+        s = rng.normal((kappa * c_level + k_bias * centre) / (kappa + k_bias), 1 / math.sqrt(precision), 600)
+        windows.append(Window(f"{level}{centre:+.2f}", level, Umbrella(centre, k_bias), s,
+                              {name: u(name, s) for name in levels}))
+    edges = np.linspace(-0.25, 0.25, 11)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    for target in levels:
+        profile = reweight(windows, T, edges, target=target)
+        exact = np.array([-KT * np.log(quad(lambda s, t=target: np.exp(-u(t, s) / KT), c - 0.025, c + 0.025)[0])
+                          for c in profile.centers])
+        exact -= exact[np.argmin(np.abs(profile.centers - profile.reference))]
+        z = (profile.free_energy - exact) / np.where(profile.uncertainty > 0, profile.uncertainty, np.inf)
+        assert len(profile.centers) == len(centres) and np.all(np.abs(z) < 4), (target, np.round(z, 2))
+        assert profile.target_share.max() < 1  # every bin also draws on windows of the other levels
+    with pytest.raises(ValueError, match="target level 'ccsd' is not among the windows' levels"):
+        reweight(windows, T, edges, target="ccsd")
+    partial = Window("x", "mm", Umbrella(0.0, k_bias), windows[0].s, {"mm": windows[0].energies["mm"]})
+    with pytest.raises(ValueError, match="every window needs the same levels"):
+        reweight([*windows, partial], T, edges, target="mm")
+
+
 def test_diagnostics_name_the_windows():
     """Kish ESS and neighbour overlap warnings name the window; windows with no overlap are an error."""
     rng = np.random.default_rng(1)
@@ -263,7 +301,8 @@ def test_diagnostics_name_the_windows():
 
     def window(name, centre, spread=0.0):
         s = rng.normal(centre, 0.05, 400)
-        return Window(name, "cheap", Umbrella(centre, k), s, np.zeros_like(s), spread * rng.normal(size=400))
+        return Window(name, "cheap", Umbrella(centre, k), s,
+                      {"cheap": np.zeros_like(s), "target": spread * rng.normal(size=400)})
 
     assert kish_ess(np.zeros(50)) == pytest.approx(50)
     assert kish_ess(np.array([0.0] + [-50.0] * 49)) == pytest.approx(1.0)
@@ -470,7 +509,7 @@ def test_barrier_goes_the_lower_way_round_a_circle():
     for bias in umbrella_windows(-math.pi, math.pi, 24, T, period=2 * math.pi):
         weights = np.exp(-(free(grid) + bias.energy(grid)) / KT)
         s = rng.choice(grid, 400, p=weights / weights.sum()) + rng.uniform(0, grid[1] - grid[0], 400)
-        windows.append(Window(f"w{bias.center:+.3f}", "cheap", bias, s, free(s), free(s)))
+        windows.append(Window(f"w{bias.center:+.3f}", "cheap", bias, s, {"cheap": free(s), "target": free(s)}))
     edges = np.linspace(-math.pi, math.pi, 37)
     profile = reweight(windows, T, edges, reactant=(-2.0, -1.0), product=(1.0, 2.0))
     assert abs(abs(profile.ts_position) - math.pi) < 0.2
@@ -480,7 +519,8 @@ def test_barrier_goes_the_lower_way_round_a_circle():
     profile = reweight(gapped, T, edges, reactant=(-2.0, -1.0), product=(1.0, 2.0))
     assert abs(profile.ts_position) < 0.2  # the gap does not pass for a low way, but it is named
     assert any("other way round" in m and "upper bound" in m for m in profile.warnings)
-    coarse = [dataclasses.replace(w, s=np.round(w.s, 1), cheap=free(np.round(w.s, 1)), target=free(np.round(w.s, 1)))
+    coarse = [dataclasses.replace(w, s=np.round(w.s, 1),
+                                  energies=dict.fromkeys(("cheap", "target"), free(np.round(w.s, 1))))
               for w in windows]  # samples on a 0.1 rad lattice, bins 0.05 rad wide: every other bin is empty
     profile = reweight(coarse, T, np.linspace(-math.pi, math.pi, 127), reactant=(-2.0, -1.0), product=(1.0, 2.0))
     assert any("unsampled bins" in m for m in profile.warnings)
@@ -590,7 +630,7 @@ def test_energy_cache_evaluates_each_frame_once(tmp_path):
     first = evaluate(200)
     assert calls["n"] == len(first.s)
     again = evaluate(200)
-    assert calls["n"] == len(first.s) and np.array_equal(again.target, first.target)
+    assert calls["n"] == len(first.s) and np.array_equal(again.energies["target"], first.energies["target"])
     longer = evaluate(400)
     new = len(set(longer.retained.tolist()) - set(first.retained.tolist()))
     assert calls["n"] == len(first.s) + new and new < len(longer.s)

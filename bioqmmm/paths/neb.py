@@ -29,9 +29,8 @@ from bioqmmm.paths.band import path_length, relax_band
 from bioqmmm.paths.interpolation import idpp_path, linear_path
 from bioqmmm.paths.models import PathModel
 from bioqmmm.paths.qmmm_images import QMMMImages
-from bioqmmm.protocols.md import array_digest, fingerprint
-from bioqmmm.qmmm.embedding import minimum_image
-from bioqmmm.units import positions_nm
+from bioqmmm.simulation.identity import array_digest, fingerprint
+from bioqmmm.units import minimum_image, positions_nm
 
 INTERPOLATIONS = ("idpp", "linear")
 
@@ -79,7 +78,7 @@ class NEBResult:
 
     def figures(self) -> dict[str, Any]:
         """Key figures (JSON-ready)."""
-        from bioqmmm.protocols.results import quantity
+        from bioqmmm.results import quantity
 
         return {
             "converged": self.converged,

@@ -25,8 +25,14 @@ from bioqmmm.errors import BioQMMMError, CalculationError, InputError
 from bioqmmm.parallel.comm import world
 from bioqmmm.parallel.schedule import balanced
 from bioqmmm.paths.models import PathModel
-from bioqmmm.protocols.optimize import frozen_atoms, inner_atoms, qm_charges_on_atoms
-from bioqmmm.simulation.environment import ConstraintProjector, fixed_atoms, relax_environment
+from bioqmmm.simulation.environment import (
+    ConstraintProjector,
+    fixed_atoms,
+    frozen_atoms,
+    inner_atoms,
+    qm_charges_on_atoms,
+    relax_environment,
+)
 
 ENVIRONMENTS = ("relaxed", "restrained")
 

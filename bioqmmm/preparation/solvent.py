@@ -8,7 +8,7 @@ import numpy as np
 from openmm import app, unit
 
 from bioqmmm.preparation.report import Report
-from bioqmmm.qmmm.embedding import minimum_image
+from bioqmmm.units import minimum_image
 
 #: Water molecules per nm^3 above which an existing periodic box counts as already solvated
 #: (bulk water 33.4 nm^-3; a crystal's waters fill its cell at ~1-3 nm^-3).

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from bioqmmm.errors import InputError
-from bioqmmm.protocols.optimize import run_optimization
-from bioqmmm.qmmm.embedding import minimum_image
-from bioqmmm.run.protocol import OptimizeProtocol
+from bioqmmm.protocols.optimize import OptimizeSettings, run_optimization
+from bioqmmm.units import minimum_image
 
 #: Largest change of a restrained distance per stage, nm.
 STAGE_NM = 0.05
@@ -67,7 +66,7 @@ def check_restrained_atoms(qmmm, pairs) -> None:
 
 
 def drive(qmmm, positions: np.ndarray, pairs: Sequence[tuple[int, int]], targets: Sequence[float], k: float,
-          settings: OptimizeProtocol, folder: str | Path, *, box: np.ndarray | None = None, platform: str = "CPU",
+          settings: OptimizeSettings, folder: str | Path, *, box: np.ndarray | None = None, platform: str = "CPU",
           identity: str = "", poll=None, atoms: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """``positions`` (nm) driven until each pair's distance is near its target; restrained-optimised stages
     (``atoms``: explicit (inner, frozen) atoms, as for :func:`~bioqmmm.protocols.optimize.run_optimization`)."""

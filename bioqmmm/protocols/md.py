@@ -14,30 +14,65 @@ Files: ``topology.pdb`` (start structure), ``trajectory.dcd``/``.xtc``, ``energi
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import openmm
 from openmm import app, unit
 
 from bioqmmm.errors import BioQMMMError, CalculationError, InputError, ReplicaAbortedError
-from bioqmmm.run.protocol import MDProtocol
+from bioqmmm.protocols.context import RunContext
+from bioqmmm.protocols.registry import Protocol
+from bioqmmm.protocols.settings import Declared, FieldError, setting
+from bioqmmm.results import plot_md, quantity, write_results
 from bioqmmm.simulation.checkpoint import read_checkpoint, read_meta, read_section, write_checkpoint
 from bioqmmm.simulation.environment import relax_environment, reproducible_properties
+from bioqmmm.simulation.identity import fingerprint, require_same_run
 from bioqmmm.simulation.mts import mts_integrator
-from bioqmmm.simulation.reporters import QMMMReporter, close_reporter
+from bioqmmm.simulation.reporters import QMMMReporter, close_reporter, read_rows
 
 #: MM relaxation of a fresh start structure (QM atoms fixed): RMS force tolerance (kJ/mol/nm) and
 #: iteration cap (removes solvation clashes; a full minimisation is the optimize protocol's job).
 START_RELAX_TOLERANCE = 10.0
 START_RELAX_MAX_ITERATIONS = 500
 
+
+@dataclass(frozen=True)
+class MDSettings(Declared):
+    """QM/MM molecular dynamics: Langevin (NVT, LangevinMiddle) or Verlet (NVE), optional barostat.
+
+    ``qm_every`` > 1: multiple time steps (:mod:`bioqmmm.simulation.mts`): MM forces every ``timestep_fs``,
+    the QM force once per step, so each of ``steps`` is ``qm_every * timestep_fs`` long.
+    """
+
+    steps: int = setting(doc="MD steps (a rerun with more steps continues the run)", check="positive_int")
+    timestep_fs: float = setting(0.5, doc="time step (the MM step under multiple time steps)", check="positive")
+    integrator: Literal["langevin", "verlet"] = setting("langevin", doc="LangevinMiddle (NVT) or Verlet (NVE)")
+    qm_every: int = setting(1, doc="n > 1: multiple time steps, the QM force once per n MM steps",
+                            check="positive_int")
+    temperature_k: float = setting(300.0, doc="thermostat and initial velocities", check="positive")
+    friction_per_ps: float = setting(1.0, doc="Langevin friction", check="non_negative")
+    pressure_bar: float | None = setting(None, doc="Monte Carlo barostat (one QM evaluation per trial move)",
+                                         check="positive")
+    seed: int | None = setting(None, doc="velocities and Langevin noise (none: random)")
+    minimize_mm_first: bool = setting(True, doc="relax the environment (QM atoms fixed) before MD")
+    report_interval: int = setting(1, doc="steps between rows of energies.csv", check="positive_int")
+    trajectory_interval: int = setting(1, doc="steps between trajectory frames", check="positive_int")
+    trajectory_format: Literal["dcd", "xtc"] = setting("dcd", doc="trajectory file format")
+    checkpoint_interval: int = setting(10, doc="steps between checkpoints", check="positive_int")
+
+    def check(self) -> None:
+        if self.seed is not None and self.seed < 1:
+            raise FieldError("seed", "must be a positive integer (omit it for a random seed)")
+        if self.report_interval > self.steps:
+            raise FieldError("report_interval", f"must not exceed steps ({self.steps})")
+        if self.pressure_bar is not None and self.integrator == "verlet":
+            raise FieldError("pressure_bar", "a barostat needs a thermostat: use integrator 'langevin'")
 
 @dataclass
 class MDOutcome:
@@ -51,7 +86,7 @@ class MDOutcome:
     files: dict[str, Path]
 
 
-def _integrator(settings: MDProtocol, qmmm, positions: np.ndarray, box: np.ndarray | None,
+def _integrator(settings: MDSettings, qmmm, positions: np.ndarray, box: np.ndarray | None,
                 springs: np.ndarray | None) -> openmm.Integrator:
     """The protocol's integrator; multiple time steps reuse stored reference ``springs`` or fit them
     at ``positions``."""
@@ -73,22 +108,10 @@ def _integrator(settings: MDProtocol, qmmm, positions: np.ndarray, box: np.ndarr
     return integrator
 
 
-def array_digest(array: np.ndarray, decimals: int = 6) -> str:
-    """sha256 of an array rounded to ``decimals`` (coordinates in nm: 1e-6 nm)."""
-    return hashlib.sha256(np.ascontiguousarray(np.round(array, decimals)).tobytes()).hexdigest()
-
-
-def fingerprint(*parts) -> str:
-    """A short hash of the settings a checkpoint belongs to (steps excluded by the caller)."""
-    text = json.dumps([asdict(p) if hasattr(p, "__dataclass_fields__") else p for p in parts], sort_keys=True,
-                      default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def run_md(
     qmmm,
     positions: np.ndarray,
-    settings: MDProtocol,
+    settings: MDSettings,
     outdir: str | Path,
     *,
     box: np.ndarray | None = None,
@@ -118,12 +141,7 @@ def run_md(
                                        *([settings.qm_every] if settings.qm_every > 1 else []))
     resume = files["checkpoint"].exists()
     if resume:
-        meta = read_meta(files["checkpoint"])
-        if meta.get("identity") != identity:
-            raise InputError(
-                f"{out} holds a checkpoint of a different run (other system or settings): "
-                "use another output folder or remove the old one"
-            )
+        require_same_run(read_meta(files["checkpoint"]).get("identity"), identity, out)
     if settings.pressure_bar is not None and not any(
         isinstance(f, openmm.MonteCarloBarostat) for f in qmmm.system.getForces()
     ):
@@ -208,7 +226,7 @@ class PollReporter:
         self._poll()
 
 
-def _trajectory_reporter(path: Path, settings: MDProtocol, resume: bool, start_step: int, topology):
+def _trajectory_reporter(path: Path, settings: MDSettings, resume: bool, start_step: int, topology):
     """DCD/XTC reporter; on resume, frames written after the checkpoint are dropped first."""
     interval = settings.trajectory_interval
     if resume and path.exists():
@@ -234,3 +252,35 @@ def _truncate_trajectory(path: Path, topology, n_frames: int) -> None:
         tmp = path.with_name(f"rewind.{path.name}")
         traj[:n_frames].save(str(tmp))
         os.replace(tmp, path)
+
+
+def run(context: RunContext, settings: MDSettings) -> dict:
+    """The ``md`` protocol: :func:`run_md` into the output folder, then the energy plot and the record."""
+    outcome = run_md(context.qmmm, context.positions, settings, context.output, box=context.box,
+                     platform=context.platform, threads=context.threads, identity=context.identity,
+                     progress=context.progress, poll=context.poll)
+    out = context.output
+    rows = read_rows(outcome.files["energies"])
+    plot_md(rows, out / "energies.png", f"QM/MM MD, {context.record['qm_level']}")
+    scf = np.array([r["scf_cycles"] for r in rows])
+    temperature = np.array([r["temperature_k"] for r in rows])
+    wall = np.array([r["wall_per_step_s"] for r in rows])
+    figures = {
+        **context.record,
+        "steps": outcome.steps,
+        "resumed_from_step": outcome.resumed_from,
+        "simulated_time": quantity(outcome.steps * settings.qm_every * settings.timestep_fs * 1e-3, "ps"),
+        "final_potential_energy": quantity(rows[-1]["potential_kjmol"], "kJ/mol"),
+        "final_qm_energy": quantity(rows[-1]["qm_kjmol"], "kJ/mol"),
+        "mean_temperature": quantity(temperature.mean(), "K"),
+        "mean_scf_cycles_per_step": quantity(scf.mean(), "cycles"),
+        "qm_evaluations_this_run": outcome.qm_evaluations,
+        "wall_time_per_step": quantity(np.nanmean(wall) if np.isfinite(wall).any() else float("nan"), "s"),
+        "qm_wall_time_per_step": quantity(float(np.nanmean([r["qm_wall_s"] for r in rows])), "s"),
+        "files": sorted([p.name for p in outcome.files.values()] + ["energies.png", "result.json", "summary.txt"]),
+    }
+    return write_results(out, "md", figures)
+
+
+PROTOCOL = Protocol("md", "QM/MM molecular dynamics (NVT/NVE, barostat, multiple time steps) with checkpoints",
+                    MDSettings, run, length_keys=("steps",), new_keys=("qm_every",))

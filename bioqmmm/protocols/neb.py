@@ -17,10 +17,10 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from openmm import Vec3, app, unit
@@ -31,15 +31,77 @@ from bioqmmm.paths.band import tangents
 from bioqmmm.paths.neb import NEB, NEBResult
 from bioqmmm.paths.qmmm_images import partition
 from bioqmmm.paths.tsopt import TSResult, refine_transition_state
+from bioqmmm.protocols import optimize as optimize_protocol
+from bioqmmm.protocols.context import RunContext
 from bioqmmm.protocols.drive import check_restrained_atoms, drive
-from bioqmmm.protocols.md import array_digest, fingerprint
-from bioqmmm.protocols.optimize import run_optimization
-from bioqmmm.protocols.results import new_figure, quantity, write_results
+from bioqmmm.protocols.optimize import OptimizeSettings, run_optimization
+from bioqmmm.protocols.registry import Protocol
+from bioqmmm.protocols.settings import Declared, FieldError, setting
 from bioqmmm.region.selection import resolve_qm_atoms
-from bioqmmm.run.protocol import NEBProtocol, OptimizeProtocol
+from bioqmmm.results import new_figure, quantity, write_results
 from bioqmmm.simulation.environment import ConstraintProjector
+from bioqmmm.simulation.identity import array_digest, fingerprint
 
 ENDPOINTS = ("reactant", "product")
+
+
+@dataclass(frozen=True)
+class DistanceSection(Declared):
+    """A target distance between two atoms, each an mdtraj selection of exactly one atom."""
+
+    atoms: tuple[str, ...] = setting(doc="two mdtraj selections of one atom each")
+    distance_nm: float = setting(doc="the distance to drive the pair to", check="positive")
+
+    def check(self) -> None:
+        if len(self.atoms) != 2:
+            raise FieldError("atoms", f"give two atom selections, not {len(self.atoms)}")
+
+
+@dataclass(frozen=True)
+class NEBSettings(Declared):
+    """Nudged elastic band with climbing image between the system's structure (or ``reactant``) and
+    ``product`` (module docstring). ``reactant``/``product`` are PDB or mmCIF files with
+    every atom of the system in its order, or only some residues (matched by chain, residue number
+    and name, and atom name), the rest taken from the system. Instead of ``product``,
+    ``product_distances`` drives the reactant to the product by restrained optimisations
+    (:mod:`bioqmmm.protocols.drive`; force constant ``drive_force_constant_kjmol_nm2``)."""
+
+    product: str | None = setting(None, doc="product structure (PDB/mmCIF: all atoms, or some residues)")
+    product_distances: tuple[DistanceSection, ...] = setting((), doc="drive the reactant to these distances instead")
+    drive_force_constant_kjmol_nm2: float = setting(50000.0, doc="restraint of the drive", check="positive")
+    reactant: str | None = setting(None, doc="reactant structure (default: the system's)")
+    n_images: int = setting(9, doc="images, both endpoints counted")
+    climb: bool = setting(True, doc="climbing image on the highest interior image")
+    interpolation: Literal["idpp", "linear"] = setting("idpp", doc="initial path")
+    spring_constant_kjmol_nm2: float = setting(1000.0, doc="springs between images", check="positive")
+    environment: Literal["relaxed", "restrained"] = setting("relaxed", doc="how the MM environment follows the band")
+    restraint_kjmol_nm2: float = setting(1000.0, doc="restrained environment: restraint to its start",
+                                         check="positive")
+    relax_every: int = setting(10, doc="relaxed environment: iterations between relaxations", check="positive_int")
+    active_radius_nm: float = setting(0.0, doc="atoms this close to the QM region are path atoms",
+                                      check="non_negative")
+    freeze_beyond_nm: float | None = setting(None, doc="atoms farther from the QM region stay fixed",
+                                             check="positive")
+    mm_tolerance_kjmol_nm: float = setting(1.0, doc="RMS force at which an environment relaxation stops",
+                                           check="positive")
+    optimize_endpoints: bool = setting(True, doc="optimise both endpoints first (as two replicas)")
+    endpoint_fmax_kjmol_nm: float = setting(10.0, doc="endpoint optimisation criterion", check="positive")
+    endpoint_max_steps: int = setting(200, doc="endpoint optimisation steps at most", check="positive_int")
+    fmax_kjmol_nm: float = setting(25.0, doc="band converged below this force on any atom", check="positive")
+    max_iterations: int = setting(300, doc="band iterations at most (a rerun with more continues)",
+                                  check="positive_int")
+    max_step_nm: float = setting(0.01, doc="largest move of one atom per iteration", check="positive")
+    ts_refine: bool = setting(False, doc="refine the climbing image to a saddle (P-RFO) with frequencies")
+    ts_fmax_kjmol_nm: float = setting(5.0, doc="transition-state criterion", check="positive")
+    ts_max_steps: int = setting(50, doc="transition-state steps at most", check="positive_int")
+
+    def check(self) -> None:
+        if self.n_images < 3:
+            raise FieldError("n_images", "counts both endpoints and must be at least 3")
+        if (self.product is None) == (not self.product_distances):
+            raise FieldError("product", "give exactly one of 'product' (a structure) and 'product_distances'")
+        if self.product_distances and not self.optimize_endpoints:
+            raise FieldError("optimize_endpoints", "a product driven by 'product_distances' must be optimised")
 
 
 def read_endpoint(path: Path, topology: app.Topology, positions: np.ndarray) -> np.ndarray:
@@ -75,11 +137,10 @@ def read_endpoint(path: Path, topology: app.Topology, positions: np.ndarray) -> 
     return result
 
 
-def run_neb(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], comm, progress: bool) -> dict:
-    """Run ``config``'s NEB protocol on ``qmmm`` (every rank); rank 0 writes the files."""
-    settings: NEBProtocol = config.protocol
-    out = config.output_dir()
-    base = config.source.parent if config.source is not None else Path.cwd()
+def run(context: RunContext, settings: NEBSettings) -> dict:
+    """The ``neb`` protocol on every rank (endpoints and images shared out); rank 0 writes the files."""
+    qmmm, positions, box, comm, out = context.qmmm, context.positions, context.box, context.comm, context.output
+    base = context.base
     topology = qmmm.topology
     start = comm.bcast(np.asarray(positions) if comm.rank == 0 else None)  # one start for every rank
     reactant = start if settings.reactant is None else read_endpoint(base / settings.reactant, topology, start)
@@ -94,26 +155,26 @@ def run_neb(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], co
     atoms = partition(qmmm, reactant, settings.active_radius_nm, settings.freeze_beyond_nm)
     _same_frozen_atoms(reactant, product, atoms[2], settings.product or "the product")
     if settings.optimize_endpoints:
-        ends = _optimized_endpoints(config, qmmm, ends, pairs, atoms, box, comm)
-    band_identity = fingerprint(common["identity"], array_digest(ends["reactant"]), array_digest(ends["product"]))
+        ends = _optimized_endpoints(context, settings, ends, pairs, atoms)
+    band_identity = fingerprint(context.identity, array_digest(ends["reactant"]), array_digest(ends["product"]))
     neb = NEB(
         qmmm, ends["reactant"], ends["product"], settings.n_images, settings.climb,
         spring_constant=settings.spring_constant_kjmol_nm2, interpolation=settings.interpolation,
         environment=settings.environment, restraint_constant=settings.restraint_kjmol_nm2,
         active_radius=settings.active_radius_nm, freeze_beyond=settings.freeze_beyond_nm,
         relax_every=settings.relax_every, max_step=settings.max_step_nm, mm_tolerance=settings.mm_tolerance_kjmol_nm,
-        box=box, platform=config.resources.platform, comm=comm, atoms=atoms,
+        box=box, platform=context.platform, comm=comm, atoms=atoms,
     )
-    result = _relax(neb, settings, out, band_identity, progress and comm.rank == 0)
+    result = _relax(neb, settings, out, band_identity, context.progress and comm.rank == 0)
     ts = _refine(qmmm, neb, result, settings, box, comm) if settings.ts_refine else None
-    figures = {**common, **result.figures(), **({} if ts is None else _ts_figures(ts, result))}
+    figures = {**context.record, **result.figures(), **({} if ts is None else _ts_figures(ts, result))}
     if comm.rank != 0:
         return {"protocol": "neb", **figures}
     files = write_band_files(out, result, topology, box, ts)
     return write_results(out, "neb", {**figures, "files": sorted(files + ["result.json", "summary.txt"])})
 
 
-def _relax(neb: NEB, settings: NEBProtocol, out: Path, identity: str, progress: bool) -> NEBResult:
+def _relax(neb: NEB, settings: NEBSettings, out: Path, identity: str, progress: bool) -> NEBResult:
     from tqdm import tqdm
 
     with tqdm(total=settings.max_iterations, unit="iteration", disable=not progress, desc="NEB") as bar:
@@ -135,22 +196,22 @@ def _same_frozen_atoms(reactant: np.ndarray, product: np.ndarray, frozen: np.nda
                              "frozen atoms must coincide (same environment, or no freeze_beyond_nm)")
 
 
-def _optimized_endpoints(config, qmmm, ends: dict[str, np.ndarray], pairs: list[list[int]], atoms, box,
-                         comm) -> dict[str, np.ndarray]:
+def _optimized_endpoints(context: RunContext, settings: NEBSettings, ends: dict[str, np.ndarray],
+                         pairs: list[list[int]], atoms) -> dict[str, np.ndarray]:
     """Both endpoints optimised at the band's level, one per rank under mpirun (replica runner), with the
     freedom the band's images have: a relaxed environment by microiterations, a restrained one on the
     true QM/MM surface with the path atoms (its restraints vanish at an endpoint, their reference)."""
-    settings: NEBProtocol = config.protocol
+    qmmm, box, platform = context.qmmm, context.box, context.platform
     path, environment, frozen = atoms
     relaxed = settings.environment == "relaxed"
     inner = path if relaxed else np.union1d(path, environment)
-    optimize = OptimizeProtocol(
-        type="optimize", fmax_kjmol_nm=settings.endpoint_fmax_kjmol_nm, max_steps=settings.endpoint_max_steps,
+    optimize = OptimizeSettings(
+        fmax_kjmol_nm=settings.endpoint_fmax_kjmol_nm, max_steps=settings.endpoint_max_steps,
         microiterations=relaxed, mm_tolerance_kjmol_nm=settings.mm_tolerance_kjmol_nm,
     )
-    folder = config.output_dir() / "endpoints"
+    folder = context.output / "endpoints"
     # what an endpoint depends on; the run length excluded, so a longer rerun continues the same optimisation
-    identity = fingerprint(config.system, config.qm, dataclasses.replace(optimize, max_steps=1),
+    identity = fingerprint(*context.inputs_at(None), optimize_protocol.PROTOCOL.identity_record(optimize),
                            settings.product_distances, settings.drive_force_constant_kjmol_nm2,
                            [array_digest(a) for a in (*atoms, ends["reactant"], ends["product"])])
     tags = {name: fingerprint(identity, name) for name in ENDPOINTS}
@@ -160,10 +221,9 @@ def _optimized_endpoints(config, qmmm, ends: dict[str, np.ndarray], pairs: list[
         if replica.name == "product" and pairs:  # drive the reactant there first
             x = drive(qmmm, x, pairs, [d.distance_nm for d in settings.product_distances],
                       settings.drive_force_constant_kjmol_nm2, optimize, folder / "product_drive", box=box,
-                      platform=config.resources.platform, identity=tags["product"], poll=poll, atoms=(inner, frozen))
-        outcome = run_optimization(qmmm, x, optimize, folder / replica.name, box=box,
-                                   platform=config.resources.platform, identity=tags[replica.name], progress=False,
-                                   poll=poll, atoms=(inner, frozen))
+                      platform=platform, identity=tags["product"], poll=poll, atoms=(inner, frozen))
+        outcome = run_optimization(qmmm, x, optimize, folder / replica.name, box=box, platform=platform,
+                                   identity=tags[replica.name], progress=False, poll=poll, atoms=(inner, frozen))
         return write_results(folder / replica.name, "optimize", {"identity": tags[replica.name], **outcome.figures()})
 
     def finished(replica: Replica) -> dict[str, Any] | None:
@@ -174,7 +234,7 @@ def _optimized_endpoints(config, qmmm, ends: dict[str, np.ndarray], pairs: list[
         done = record.get("converged") or record.get("iterations", 0) >= settings.endpoint_max_steps
         return record if record.get("identity") == tags[replica.name] and done else None
 
-    results = run_replicas([Replica(name) for name in ENDPOINTS], work, folder, finished=finished, comm=comm)
+    results = run_replicas([Replica(name) for name in ENDPOINTS], work, folder, finished=finished, comm=context.comm)
     for name, record in results.items():
         if not record.get("converged"):
             raise InputError(f"the {name} optimisation did not converge in {settings.endpoint_max_steps} steps "
@@ -193,7 +253,7 @@ def _one_atom(topology: app.Topology, selection: str) -> int:
     return atoms[0]
 
 
-def _refine(qmmm, neb: NEB, result: NEBResult, settings: NEBProtocol, box, comm) -> TSResult:
+def _refine(qmmm, neb: NEB, result: NEBResult, settings: NEBSettings, box, comm) -> TSResult:
     """Eigenvector following from the climbing image along the band's tangent there."""
     atoms = neb.model.path_atoms
     path = result.positions[:, atoms].reshape(len(result.positions), -1)
@@ -278,3 +338,9 @@ def _plot(path: Path, result: NEBResult, ts: TSResult | None) -> None:
     forces.set_xlabel("path length / nm (path atoms)")
     fig.savefig(path, dpi=120)
 
+
+
+PROTOCOL = Protocol("neb", "reaction path: nudged elastic band with climbing image, endpoints, TS refinement",
+                    NEBSettings, run, parallel=True,
+                    length_keys=("max_iterations", "endpoint_max_steps", "ts_refine", "ts_fmax_kjmol_nm",
+                                 "ts_max_steps"))

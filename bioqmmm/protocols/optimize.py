@@ -33,10 +33,19 @@ import numpy as np
 from openmm import app, unit
 
 from bioqmmm.errors import BioQMMMError, CalculationError, InputError
-from bioqmmm.protocols.results import new_figure, quantity
-from bioqmmm.run.protocol import OptimizeProtocol
+from bioqmmm.protocols.context import RunContext
+from bioqmmm.protocols.registry import Protocol
+from bioqmmm.protocols.settings import Declared, setting
+from bioqmmm.results import new_figure, quantity, write_results
 from bioqmmm.simulation.checkpoint import save_arrays
-from bioqmmm.simulation.environment import ConstraintProjector, fixed_atoms, relax_environment
+from bioqmmm.simulation.environment import (
+    ConstraintProjector,
+    frozen_atoms,
+    inner_atoms,
+    qm_charges_on_atoms,
+    relax_environment,
+)
+from bioqmmm.simulation.identity import require_same_run
 from bioqmmm.simulation.optimizers import LBFGS
 
 #: ``phase`` column of the history: a QM/MM step after an environment relaxation, or an inner L-BFGS step.
@@ -44,6 +53,28 @@ ENVIRONMENT_PHASE, INNER_PHASE = 0, 1
 #: An inner step may raise the energy by this much (kJ/mol) and still count as downhill: SCF
 #: convergence noise at conv_tol 1e-9 Eh is ~3e-6 kJ/mol, and steps near the minimum gain less.
 UPHILL_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class OptimizeSettings(Declared):
+    """QM/MM geometry optimisation with microiterations (module docstring)."""
+
+    fmax_kjmol_nm: float = setting(25.0, doc="converged when the largest inner-atom force is below this",
+                                   check="positive")
+    energy_change_kjmol: float = setting(0.5, doc="… and the last step changed the energy by less",
+                                         check="positive")
+    max_steps: int = setting(200, doc="accepted QM/MM steps at most (a rerun with more continues)",
+                             check="positive_int")
+    microiterations: bool = setting(True, doc="relax the MM environment between QM/MM phases")
+    active_radius_nm: float = setting(0.0, doc="atoms this close to the QM region move with it",
+                                      check="non_negative")
+    freeze_beyond_nm: float | None = setting(None, doc="atoms farther from the QM region stay fixed",
+                                             check="positive")
+    mm_tolerance_kjmol_nm: float = setting(1.0, doc="RMS force at which an environment relaxation stops",
+                                           check="positive")
+    max_step_nm: float = setting(0.02, doc="longest step of any atom", check="positive")
+    inner_steps_per_cycle: int = setting(20, doc="inner steps before the environment is relaxed again",
+                                         check="positive_int")
 
 
 @dataclass
@@ -78,53 +109,14 @@ class OptimizationOutcome:
         }
 
 
-def inner_atoms(qmmm, positions: np.ndarray, radius: float) -> np.ndarray:
-    """QM atoms, link-atom MM hosts and their bonded neighbours, every atom within ``radius`` nm of
-    a QM atom, and their constraint partners (a constrained X–H pair moves together).
-
-    The hosts' neighbours are inner because the stiff host–neighbour bonds would otherwise make
-    the host's force depend on how tightly the environment was relaxed.
-    """
-    hosts = {link.mm_host for link in qmmm.links}
-    chosen = set(qmmm.qm_atoms) | hosts
-    for bond in qmmm.topology.bonds():
-        a, b = bond[0].index, bond[1].index
-        if a in hosts or b in hosts:
-            chosen |= {a, b}
-    if radius > 0:
-        qm_xyz = positions[list(qmmm.qm_atoms)]
-        distance = np.min(np.linalg.norm(positions[:, None, :] - qm_xyz[None], axis=2), axis=1)
-        chosen |= set(np.flatnonzero(distance < radius).tolist())
-    return np.array(sorted(fixed_atoms(qmmm.system, chosen)), dtype=int)
-
-
-def frozen_atoms(qmmm, positions: np.ndarray, radius: float | None) -> np.ndarray:
-    """Atoms farther than ``radius`` nm from every QM atom (none when ``radius`` is None)."""
-    if radius is None:
-        return np.zeros(0, dtype=int)
-    qm_xyz = positions[list(qmmm.qm_atoms)]
-    distance = np.min(np.linalg.norm(positions[:, None, :] - qm_xyz[None], axis=2), axis=1)
-    return np.flatnonzero(distance > radius)
-
-
 def _max_atom_force(forces: np.ndarray, atoms: np.ndarray) -> float:
     return float(np.linalg.norm(forces[atoms], axis=1).max()) if len(atoms) else 0.0
-
-
-def qm_charges_on_atoms(qmmm) -> np.ndarray:
-    """Mulliken charges of the QM atoms, each link atom's charge added to its QM host."""
-    result = qmmm.last_qm.qm
-    charges = np.array(result.atomic_charges[: len(qmmm.qm_atoms)], dtype=float)
-    index = {atom: k for k, atom in enumerate(qmmm.qm_atoms)}
-    for link, q in zip(qmmm.links, result.atomic_charges[len(qmmm.qm_atoms):], strict=True):
-        charges[index[link.qm_host]] += q
-    return charges
 
 
 def run_optimization(
     qmmm,
     positions: np.ndarray,
-    settings: OptimizeProtocol,
+    settings: OptimizeSettings,
     outdir: str | Path,
     *,
     box: np.ndarray | None = None,
@@ -151,10 +143,9 @@ def run_optimization(
     if checkpoint.exists():
         try:
             with np.load(checkpoint, allow_pickle=False) as data:
-                if str(data["identity"]) != identity or data["positions"].shape != x.shape:
-                    raise InputError(
-                        f"{out} holds an optimisation checkpoint of a different run: use another output folder"
-                    )
+                same_atoms = data["positions"].shape == x.shape
+                require_same_run(str(data["identity"]) if same_atoms else None, identity, out,
+                                 "optimisation checkpoint")
                 x = np.array(data["positions"])
                 history = [dict(zip(data["history_keys"].tolist(), row, strict=True)) for row in data["history"]]
         except InputError:
@@ -296,3 +287,15 @@ def _write_files(out: Path, qmmm, outcome: OptimizationOutcome, box, wall: float
     force.set_xlabel("QM/MM step")
     force.legend(fontsize="small")
     fig.savefig(out / "optimization.png", dpi=120)
+
+
+def run(context: RunContext, settings: OptimizeSettings) -> dict:
+    """The ``optimize`` protocol: :func:`run_optimization` into the output folder, then the record."""
+    outcome = run_optimization(context.qmmm, context.positions, settings, context.output, box=context.box,
+                               platform=context.platform, progress=context.progress, identity=context.identity,
+                               poll=context.poll)
+    return write_results(context.output, "optimize", {**context.record, **outcome.figures()})
+
+
+PROTOCOL = Protocol("optimize", "QM/MM geometry optimisation with microiterations of the MM environment",
+                    OptimizeSettings, run, length_keys=("max_steps",))

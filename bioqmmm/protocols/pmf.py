@@ -31,16 +31,20 @@ from openmm import app
 from bioqmmm.errors import CalculationError, InputError
 from bioqmmm.parallel.replicas import Replica, run_replicas
 from bioqmmm.parallel.schedule import estimated_cost
-from bioqmmm.protocols.md import array_digest, fingerprint
-from bioqmmm.protocols.results import new_figure, quantity, write_results
+from bioqmmm.protocols.context import RunContext
+from bioqmmm.protocols.pmf_settings import CoordinateSection, MetadynamicsSection, PMFSettings, WindowsSection
+from bioqmmm.protocols.registry import Protocol
 from bioqmmm.region.selection import resolve_qm_atoms
-from bioqmmm.run.build import qmmm_model
-from bioqmmm.run.protocol import CoordinateSection, MetadynamicsSection, PMFProtocol, WindowsSection
+from bioqmmm.results import new_figure, quantity, write_results
 from bioqmmm.sampling.coordinates import ReactionCoordinate, Term, Umbrella, distance_difference, umbrella_windows
 from bioqmmm.sampling.metadynamics import MetadynamicsSettings, TabulatedBias, build_bias
 from bioqmmm.sampling.reweighting import Profile, Window, in_range, reweight
 from bioqmmm.sampling.windows import SamplingSettings, pulled_start, retained_window, sample_window, system_energy
 from bioqmmm.simulation.checkpoint import save_arrays
+from bioqmmm.simulation.identity import array_digest, fingerprint
+
+#: The two named levels of a profile: windows sample at either, MBAR reweights every sample to the second.
+LEVELS = ("cheap", "target")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,11 +80,11 @@ def reaction_coordinate(section: CoordinateSection, topology: app.Topology) -> R
         raise InputError(f"coordinate: {exc}") from exc
 
 
-def window_plans(settings: PMFProtocol, coordinate: ReactionCoordinate) -> list[WindowPlan]:
+def window_plans(settings: PMFSettings, coordinate: ReactionCoordinate) -> list[WindowPlan]:
     """Cheap windows ``c-1.0472`` …, target windows ``t+0.0000`` … (named by level and centre, so that
     adding a window leaves the others' folders, names and seeds alone) and the metadynamics state ``m``."""
     plans = []
-    for level, prefix, section in (("cheap", "c", settings.windows), ("target", "t", settings.target_windows)):
+    for level, prefix, section in zip(LEVELS, "ct", (settings.windows, settings.target_windows), strict=True):
         if section is None:
             continue
         for bias in _umbrellas(section, coordinate.period, settings.temperature_k):
@@ -111,7 +115,7 @@ def _umbrellas(section: WindowsSection, period: float | None, temperature: float
     return umbrella_windows(low, high, section.count, temperature, section.force_constant, period)
 
 
-def bin_edges(settings: PMFProtocol, period: float | None) -> np.ndarray:
+def bin_edges(settings: PMFSettings, period: float | None) -> np.ndarray:
     """``bins`` equal bins over (−π, π] for a dihedral, else over the span of all window sets and the
     metadynamics range."""
     if period is not None:
@@ -123,10 +127,9 @@ def bin_edges(settings: PMFProtocol, period: float | None) -> np.ndarray:
     return np.linspace(low, high, settings.bins + 1)
 
 
-def run_pmf(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], comm, progress: bool) -> dict:
-    """Run ``config``'s pmf protocol (every rank; windows shared out); rank 0 writes the files."""
-    settings: PMFProtocol = config.protocol
-    out = config.output_dir()
+def run(context: RunContext, settings: PMFSettings) -> dict:
+    """The ``pmf`` protocol on every rank (windows shared out); rank 0 writes the files."""
+    qmmm, positions, box, comm, out = context.qmmm, context.positions, context.box, context.comm, context.output
     topology = qmmm.topology
     coordinate = reaction_coordinate(settings.coordinate, topology)
     plans = {p.name: p for p in window_plans(settings, coordinate)}
@@ -136,9 +139,9 @@ def run_pmf(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], co
     if settings.metadynamics is not None:
         metadynamics_range(settings.metadynamics, coordinate.period)
     start = comm.bcast(np.asarray(positions) if comm.rank == 0 else None)
-    identities = {name: _window_identity(config, plan, coordinate) for name, plan in plans.items()}
-    energies_identity = fingerprint(config.system, config.qm, settings.cheap, config.resources.platform)
-    levels = _Levels(config, qmmm, settings)
+    identities = {name: _window_identity(context, settings, plan, coordinate) for name, plan in plans.items()}
+    energies_identity = fingerprint(*context.inputs_at(None), settings.cheap, context.platform)
+    levels = _Levels(context, settings)
     folder = out / "windows"
 
     def work(replica: Replica, poll) -> dict[str, Any]:
@@ -153,25 +156,25 @@ def run_pmf(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], co
         resumed = (where / "checkpoint.npz").exists()
         identity = identities[plan.name]
         if plan.bias is None:
-            bias, x = _metadynamics_bias(plan, where, identity, start, box, coordinate, levels, config, poll)
+            bias, x = _metadynamics_bias(plan, where, identity, start, coordinate, levels, settings, poll)
             identity = fingerprint(identity, array_digest(np.array(bias.values), 9))  # the samples' own bias
         else:
             bias = plan.bias
             x = start if resumed else pulled_start(qmmm.reference_system, coordinate, bias, start, box)
         system, sampled_qmmm = levels.sampling_system(plan.level)
         samples = sample_window(system, coordinate, bias, x, sampling, where, box=box, qmmm=sampled_qmmm,
-                                platform=config.resources.platform, threads=config.resources.threads,
+                                platform=context.platform, threads=context.threads,
                                 identity=identity, poll=poll)
         window = retained_window(plan.name, plan.level, bias, samples, levels.energies(), settings.temperature_k,
                                  poll, cache=where / "energies.npz",
                                  cache_identity=fingerprint(energies_identity, identity))
         save_arrays(where / "window.npz", {
-            "s": window.s, "cheap": window.cheap, "target": window.target, "retained": window.retained,
+            "s": window.s, **window.energies, "retained": window.retained,
             "meta": np.array(json.dumps({"identity": identities[plan.name], "energies": energies_identity,
                                          "samples": window.frames,
                                          "statistical_inefficiency": window.statistical_inefficiency})),
         })
-        if progress:
+        if context.progress:
             rank = f"rank {comm.rank}: " if comm.size > 1 else ""
             print(f"{rank}window {plan.name} ({plan.level}): {window.frames} samples, g = "
                   f"{window.statistical_inefficiency:.1f}, {len(window.s)} kept with both energies", flush=True)
@@ -195,7 +198,7 @@ def run_pmf(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], co
             profile = reweight(windows, settings.temperature_k, edges, bootstraps=settings.bootstraps,
                                seed=settings.seed, reactant=ranges["reactant_range"],
                                product=ranges["product_range"], min_ess_fraction=settings.min_ess_fraction)
-            outcome = _write(out, profile, windows, coordinate, common, settings)
+            outcome = _write(out, profile, windows, coordinate, context.record, settings)
         except (InputError, CalculationError) as exc:  # every rank raises it (the others wait for rank 0)
             outcome = (type(exc).__name__, str(exc))
     outcome = comm.bcast(outcome)
@@ -207,8 +210,8 @@ def run_pmf(config, qmmm, positions: np.ndarray, box, common: dict[str, Any], co
 class _Levels:
     """The cheap and target models of this rank: Systems to sample with, energy functions to evaluate."""
 
-    def __init__(self, config, qmmm, settings: PMFProtocol) -> None:
-        self.config, self.qmmm, self.settings = config, qmmm, settings
+    def __init__(self, context: RunContext, settings: PMFSettings) -> None:
+        self.context, self.qmmm, self.settings = context, context.qmmm, settings
         self._energies: dict[str, Any] | None = None
         self._qm_level("cheap")  # a cheap QM level is validated (basis, electrons) before any sampling
 
@@ -217,8 +220,7 @@ class _Levels:
         cheap = self.settings.cheap
         if level == "cheap" and cheap == "mm":
             return None
-        method, basis = (cheap.method, cheap.basis) if level == "cheap" else (None, None)
-        return qmmm_model(self.config, self.qmmm.topology, self.qmmm.reference_system, method, basis)
+        return self.context.model_at(cheap.level() if level == "cheap" else None)
 
     def sampling_system(self, level: str) -> tuple[openmm.System, Any]:
         model = self._qm_level(level)
@@ -232,11 +234,11 @@ class _Levels:
         not depend on which windows its rank evaluated before (serial and MPI runs agree)."""
         if self._energies is None:
             self._energies, self._models = {}, []
-            for level in ("cheap", "target"):
+            for level in LEVELS:
                 model = self._qm_level(level)
                 if model is None:
                     mm = openmm.XmlSerializer.clone(self.qmmm.reference_system)
-                    self._energies[level] = system_energy(mm, self.config.resources.platform)
+                    self._energies[level] = system_energy(mm, self.context.platform)
                 else:
                     self._energies[level] = _energy_of(model)
                     self._models.append(model)
@@ -253,8 +255,8 @@ def _energy_of(model):
     return energy
 
 
-def _metadynamics_bias(plan: WindowPlan, where: Path, identity: str, start: np.ndarray, box, coordinate, levels,
-                       config, poll) -> tuple[TabulatedBias, np.ndarray]:
+def _metadynamics_bias(plan: WindowPlan, where: Path, identity: str, start: np.ndarray, coordinate, levels: _Levels,
+                       settings: PMFSettings, poll) -> tuple[TabulatedBias, np.ndarray]:
     """The frozen metadynamics bias and the structure it ended at: built at the cheap level, or read from
     ``bias.npz`` when an earlier run built it with the same settings."""
     path = where / "bias.npz"
@@ -265,7 +267,7 @@ def _metadynamics_bias(plan: WindowPlan, where: Path, identity: str, start: np.n
         raise InputError(f"{where} holds metadynamics samples of other settings (or lost bias.npz): use another "
                          "output folder or remove it")
     section: MetadynamicsSection = plan.section
-    settings: PMFProtocol = config.protocol
+    context = levels.context
     low, high = metadynamics_range(section, coordinate.period)
     system, model = levels.sampling_system("cheap")
     bias, positions = build_bias(
@@ -276,7 +278,7 @@ def _metadynamics_bias(plan: WindowPlan, where: Path, identity: str, start: np.n
             timestep_fs=section.timestep_fs, temperature_k=settings.temperature_k,
             friction_per_ps=settings.friction_per_ps, seed=plan.seed,
         ),
-        box=box, platform=config.resources.platform, threads=config.resources.threads,
+        box=context.box, platform=context.platform, threads=context.threads,
         typed_errors=None if model is None else model.typed_errors, poll=poll,
     )
     where.mkdir(parents=True, exist_ok=True)
@@ -321,22 +323,18 @@ def _cost(plan: WindowPlan, qmmm, cheap_is_mm: bool) -> float:
     return estimated_cost(n_qm, 0, qm_steps) + estimated_cost(0, n_mm, steps)
 
 
-def _window_identity(config, plan: WindowPlan, coordinate: ReactionCoordinate) -> str:
+def _window_identity(context: RunContext, s: PMFSettings, plan: WindowPlan, coordinate: ReactionCoordinate) -> str:
     """What a window's trajectory depends on: the system, the Hamiltonian it samples (an MM window not the
     QM block), its bias and sampling settings; not its length (a longer rerun extends it), nor the other
     windows, nor the target level (a changed target only re-evaluates energies)."""
-    s: PMFProtocol = config.protocol
-    if plan.level == "target":
-        hamiltonian = config.qm
-    elif s.cheap == "mm":
-        hamiltonian = "mm"
-    else:
-        hamiltonian = dataclasses.replace(config.qm, method=s.cheap.method, basis=s.cheap.basis)
+    system, hamiltonian = context.inputs_at(None)
+    if plan.level == "cheap":
+        hamiltonian = "mm" if s.cheap == "mm" else context.inputs_at(s.cheap.level())[1]
     section = plan.section
     sampling = (section.sample_interval, section.equilibration_steps, section.timestep_fs)
     if plan.bias is None:  # metadynamics: its settings make the bias
         sampling += (dataclasses.replace(section, samples=1),)
-    return fingerprint(config.system, hamiltonian, coordinate, s.temperature_k, s.friction_per_ps,
+    return fingerprint(system, hamiltonian, coordinate, s.temperature_k, s.friction_per_ps,
                        s.checkpoint_interval, plan.bias, plan.seed, *sampling)
 
 
@@ -352,7 +350,7 @@ def _load_window(path: Path, plan: WindowPlan, period: float | None) -> Window:
     bias = plan.bias or _load_bias(path.parent / "bias.npz", period)[0]
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
-        return Window(plan.name, plan.level, bias, data["s"], data["cheap"], data["target"],
+        return Window(plan.name, plan.level, bias, data["s"], {level: data[level] for level in LEVELS},
                       frames=meta["samples"], statistical_inefficiency=meta["statistical_inefficiency"],
                       retained=data["retained"])
 
@@ -378,7 +376,7 @@ def _checked_range(value, edges: np.ndarray, name: str, period: float | None) ->
 
 
 def _write(out: Path, profile: Profile, windows: list[Window], coordinate: ReactionCoordinate,
-           common: dict[str, Any], settings: PMFProtocol) -> dict[str, Any]:
+           common: dict[str, Any], settings: PMFSettings) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     unit = coordinate.unit
     boot = profile.bootstrap_uncertainty
@@ -414,7 +412,7 @@ def _write(out: Path, profile: Profile, windows: list[Window], coordinate: React
         "windows": {"cheap": sum(w.level == "cheap" and w.bias.center is not None for w in windows),
                     "metadynamics": sum(w.bias.center is None for w in windows),
                     "target": sum(w.level == "target" for w in windows)},
-        "cheap_level": settings.cheap if settings.cheap == "mm" else f"{settings.cheap.method}/{settings.cheap.basis}",
+        "cheap_level": settings.cheap if settings.cheap == "mm" else settings.cheap.level().label,
         "samples_retained": int(sum(len(w.s) for w in windows)),
         "profile_reference": quantity(profile.reference, unit),
         "lowest_neighbour_overlap": min(profile.neighbour_overlap.values(), default=None),
@@ -464,3 +462,7 @@ def _plot_overlap(path: Path, profile: Profile) -> None:
     ax.set_title("MBAR overlap matrix")
     fig.colorbar(image, ax=ax)
     fig.savefig(path, dpi=120)
+
+
+PROTOCOL = Protocol("pmf", "free-energy profile: umbrella windows / metadynamics at a cheap level, MBAR to QM/MM",
+                    PMFSettings, run, parallel=True)

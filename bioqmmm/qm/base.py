@@ -6,12 +6,14 @@ An engine converts to its own units internally and nowhere else.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+from openmm import app
 
-from bioqmmm.errors import SCFAttempt
+from bioqmmm.errors import InputError, SCFAttempt
 
 
 @dataclass(frozen=True)
@@ -113,3 +115,31 @@ class QMEngine(Protocol):
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore what :meth:`get_state` returned."""
+
+
+def atomic_number(symbol: str) -> int:
+    """The atomic number of an element symbol (``"Zn"`` → 30)."""
+    try:
+        return app.element.Element.getBySymbol(symbol).atomic_number
+    except KeyError:
+        raise InputError(f"unknown element {symbol!r}") from None
+
+
+def check_electrons(symbols: Sequence[str], charge: int, multiplicity: int) -> None:
+    """Raise :class:`~bioqmmm.errors.InputError` unless ``charge`` leaves electrons whose count fits
+    ``multiplicity`` (2S + 1 with S = unpaired / 2, so parity and count both matter)."""
+    if multiplicity < 1 or int(multiplicity) != multiplicity:
+        raise InputError(f"multiplicity must be a positive integer, got {multiplicity}")
+    nuclear = sum(atomic_number(s) for s in symbols)
+    n_electrons = nuclear - charge
+    if n_electrons <= 0:
+        raise InputError(f"charge {charge} leaves {n_electrons} electrons in the QM region ({len(symbols)} atoms, "
+                         f"nuclear charge {nuclear}): the charge is wrong")
+    unpaired = multiplicity - 1
+    if n_electrons < unpaired or (n_electrons - unpaired) % 2:
+        raise InputError(
+            f"charge {charge} and multiplicity {multiplicity} are inconsistent with "
+            f"{n_electrons} electrons in the QM region ({len(symbols)} atoms): "
+            f"{'an odd' if n_electrons % 2 else 'an even'} electron count needs "
+            f"{'an even' if n_electrons % 2 else 'an odd'} multiplicity"
+        )

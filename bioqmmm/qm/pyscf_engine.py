@@ -25,7 +25,7 @@ from pyscf import dft, gto, lib, qmmm, scf
 from threadpoolctl import threadpool_limits
 
 from bioqmmm.errors import InputError, SCFAttempt, SCFConvergenceError
-from bioqmmm.qm.base import PolynomialPotential, QMInfo, QMMoments, QMResult
+from bioqmmm.qm.base import PolynomialPotential, QMInfo, QMMoments, QMResult, check_electrons
 from bioqmmm.qm.extrapolation import DensityExtrapolator
 from bioqmmm.qm.ladder import DEFAULT_LADDER, SCFStrategy
 from bioqmmm.units import BOHR_NM, HARTREE_KJMOL, HARTREE_PER_BOHR_KJMOL_NM
@@ -129,17 +129,7 @@ class PySCFEngine:
         """Check electron count, spin and basis before any SCF; raise InputError."""
         if not symbols:
             raise InputError("the QM region has no atoms")
-        if multiplicity < 1 or int(multiplicity) != multiplicity:
-            raise InputError(f"multiplicity must be a positive integer, got {multiplicity}")
-        n_electrons = sum(gto.charge(s) for s in symbols) - charge
-        unpaired = multiplicity - 1
-        if n_electrons < unpaired or (n_electrons - unpaired) % 2:
-            raise InputError(
-                f"charge {charge} and multiplicity {multiplicity} are inconsistent with "
-                f"{n_electrons} electrons in the QM region ({len(symbols)} atoms): "
-                f"{'an odd' if n_electrons % 2 else 'an even'} electron count needs "
-                f"{'an even' if n_electrons % 2 else 'an odd'} multiplicity"
-            )
+        check_electrons(symbols, charge, multiplicity)
         if multiplicity > 1 and self.restricted_for(multiplicity):
             raise InputError(
                 f"restricted method {self.options.method!r} cannot describe multiplicity {multiplicity}; "

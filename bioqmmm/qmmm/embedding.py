@@ -24,16 +24,8 @@ import numpy as np
 from bioqmmm.errors import InputError
 from bioqmmm.qm.base import PolynomialPotential, QMEngine, QMResult
 from bioqmmm.qmmm.ewald import ReciprocalSum, multipole_response, point_tensors
-from bioqmmm.units import COULOMB_KJMOL_NM
-
-
-@dataclass(frozen=True)
-class QMRegionSpec:
-    """The frozen, per-system description of the QM region handed to an embedding."""
-
-    symbols: tuple[str, ...]
-    charge: int
-    multiplicity: int
+from bioqmmm.region.region import QMRegion
+from bioqmmm.units import COULOMB_KJMOL_NM, minimum_image
 
 
 @dataclass(frozen=True)
@@ -60,7 +52,7 @@ class FullEmbedding:
     def evaluate(
         self,
         engine: QMEngine,
-        region: QMRegionSpec,
+        region: QMRegion,
         qm_pos: np.ndarray,
         mm_pos: np.ndarray,
         mm_q: np.ndarray,
@@ -69,14 +61,6 @@ class FullEmbedding:
     ) -> EmbeddingResult:
         res = engine.compute(list(region.symbols), qm_pos, region.charge, region.multiplicity, mm_pos, mm_q, step=step)
         return EmbeddingResult(res.energy, res.qm_forces, res.mm_forces, res, len(mm_q))
-
-
-def minimum_image(d: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """Minimum-image displacement(s) for an OpenMM reduced (lower-triangular) box, nm."""
-    d = np.array(d, dtype=float, copy=True)
-    for axis in (2, 1, 0):
-        d -= np.outer(np.round(d[..., axis] / box[axis, axis]), box[axis]).reshape(d.shape)
-    return d
 
 
 def whole_region(qm_pos: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -158,7 +142,7 @@ class PeriodicEmbedding:
     def evaluate(
         self,
         engine: QMEngine,
-        region: QMRegionSpec,
+        region: QMRegion,
         qm_pos: np.ndarray,
         mm_pos: np.ndarray,
         mm_q: np.ndarray,

@@ -17,8 +17,9 @@ from openmm import unit
 
 from bioqmmm.errors import CalculationError
 from bioqmmm.qm.base import QMEngine
-from bioqmmm.qmmm.embedding import EmbeddingResult, QMRegionSpec
+from bioqmmm.qmmm.embedding import EmbeddingResult
 from bioqmmm.region.boundary import Boundary
+from bioqmmm.region.region import QMRegion
 
 
 class QMForceKernel:
@@ -37,7 +38,7 @@ class QMForceKernel:
     forgets it.
     """
 
-    def __init__(self, region: QMRegionSpec, boundary: Boundary, engine: QMEngine, embedding) -> None:
+    def __init__(self, region: QMRegion, boundary: Boundary, engine: QMEngine, embedding) -> None:
         self.region = region
         self.boundary = boundary
         self.engine = engine

@@ -11,11 +11,11 @@ from openmm import app, unit
 
 from bioqmmm.errors import InputError
 from bioqmmm.qm.base import QMEngine
-from bioqmmm.qmmm.embedding import EmbeddingResult, FullEmbedding, PeriodicEmbedding, QMRegionSpec
+from bioqmmm.qmmm.embedding import EmbeddingResult, FullEmbedding, PeriodicEmbedding
 from bioqmmm.qmmm.force import QMForceKernel, make_qm_force
 from bioqmmm.qmmm.surgery import build_mm_system, mm_charges
 from bioqmmm.region.boundary import LinkAtom, build_boundary
-from bioqmmm.region.selection import element_symbols, resolve_qm_atoms
+from bioqmmm.region.region import QMRegion
 from bioqmmm.units import positions_nm
 
 
@@ -30,10 +30,12 @@ class QMMMSystem:
     topology, system:
         The reference model; neither is modified (``reference_system`` keeps the System).
     qm_atoms:
-        Topology atom indices or an mdtraj selection string.
+        A :class:`~bioqmmm.region.region.QMRegion`, or Topology atom indices or an mdtraj selection
+        string (made into a region with ``charge``, ``multiplicity``, ``boundary_charges``,
+        ``allow_polar_cut`` and ``link_ratios``; :attr:`region` keeps it).
     charge, multiplicity:
-        Total charge (e) and spin multiplicity of the QM region (link atoms included); both
-        required. Open-shell regions run unrestricted (UHF/UKS).
+        Total charge (e) and spin multiplicity of the QM region (link atoms included); required with a
+        selection, not with a QMRegion. Open-shell regions run unrestricted (UHF/UKS).
     engine:
         A :class:`bioqmmm.qm.QMEngine`, e.g. :class:`bioqmmm.qm.PySCFEngine`.
     embedding:
@@ -56,10 +58,10 @@ class QMMMSystem:
         self,
         topology: app.Topology,
         system: openmm.System,
-        qm_atoms: str | Sequence[int],
+        qm_atoms: str | Sequence[int] | QMRegion,
         *,
-        charge: int,
-        multiplicity: int,
+        charge: int | None = None,
+        multiplicity: int | None = None,
         engine: QMEngine,
         embedding: FullEmbedding | PeriodicEmbedding | None = None,
         platform: str = "CPU",
@@ -73,22 +75,24 @@ class QMMMSystem:
             )
         self.topology = topology
         self.reference_system = system
-        self.qm_atoms: tuple[int, ...] = resolve_qm_atoms(topology, qm_atoms)
-        self.symbols = element_symbols(topology, self.qm_atoms)
-        self.charge = int(charge)
-        self.multiplicity = int(multiplicity)
+        if isinstance(qm_atoms, QMRegion):
+            if charge is not None or multiplicity is not None:
+                raise InputError("a QMRegion carries its charge and multiplicity: give neither with it")
+            self.region = qm_atoms
+        else:
+            if charge is None or multiplicity is None:
+                raise InputError("give the QM region's charge and multiplicity (both are required)")
+            self.region = QMRegion.select(topology, qm_atoms, charge=charge, multiplicity=multiplicity,
+                                          boundary_charges=boundary_charges, allow_polar_cut=allow_polar_cut,
+                                          link_ratios=link_ratios)
+        region = self.region
+        self.qm_atoms: tuple[int, ...] = region.atoms
+        self.symbols = region.symbols[: len(region.atoms)]
+        self.charge, self.multiplicity = region.charge, region.multiplicity
         self.engine = engine
-        self.boundary = build_boundary(
-            topology,
-            self.qm_atoms,
-            mm_charges(system),
-            self.charge,
-            scheme=boundary_charges,
-            allow_polar_cut=allow_polar_cut,
-            link_ratios=link_ratios,
-        )
-        qm_symbols = self.symbols + ("H",) * len(self.links)
-        engine.validate(list(qm_symbols), self.charge, self.multiplicity)
+        self.boundary = build_boundary(topology, region.atoms, mm_charges(system), region.charge,
+                                       scheme=region.boundary_charges, links=region.links)
+        engine.validate(list(region.symbols), self.charge, self.multiplicity)
 
         periodic = system.usesPeriodicBoundaryConditions()
         self.embedding = embedding or (PeriodicEmbedding() if periodic else FullEmbedding())
@@ -101,7 +105,6 @@ class QMMMSystem:
         self.qm_force_group = max(used | {0}) + 1
         if self.qm_force_group > 31:
             raise InputError("no free force group left for the QM force")
-        region = QMRegionSpec(qm_symbols, self.charge, self.multiplicity)
         self.kernel = QMForceKernel(region, self.boundary, engine, self.embedding)
         self.qm_force = make_qm_force(self.kernel, self.qm_force_group)
         self.system.addForce(self.qm_force)

@@ -36,9 +36,9 @@ import numpy as np
 from openmm import app
 
 from bioqmmm.errors import BioQMMMError, InputError, TopologyError
-from bioqmmm.qmmm.embedding import minimum_image
 from bioqmmm.region.bonds import AMIDE, AROMATIC, SINGLE, UNKNOWN, bond_kind, is_polar, neighbour_map, ring_through
 from bioqmmm.region.selection import describe_atom
+from bioqmmm.units import minimum_image
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +202,19 @@ def link_ratio(qm_symbol: str, mm_symbol: str, overrides: Mapping[tuple[str, str
     return ratio
 
 
+def find_links(topology: app.Topology, qm_atoms: Sequence[int], *, allow_polar_cut: bool = False,
+               link_ratios: Mapping[tuple[str, str], float] | None = None) -> tuple[LinkAtom, ...]:
+    """One hydrogen link atom per bond the QM region cuts, each cut checked (:func:`check_cut`)."""
+    atoms = list(topology.atoms())
+    neighbours = neighbour_map(topology)
+    links = []
+    for cut in cut_bonds(topology, qm_atoms):
+        check_cut(cut, atoms, neighbours, allow_polar_cut)
+        inside, outside, _ = cut
+        links.append(LinkAtom(inside.index, outside.index, link_ratio(_symbol(inside), _symbol(outside), link_ratios)))
+    return tuple(links)
+
+
 def build_boundary(
     topology: app.Topology,
     qm_atoms: Sequence[int],
@@ -211,8 +224,10 @@ def build_boundary(
     scheme: str = "RCD",
     allow_polar_cut: bool = False,
     link_ratios: Mapping[tuple[str, str], float] | None = None,
+    links: Sequence[LinkAtom] | None = None,
 ) -> Boundary:
-    """Find and check the cut bonds, place link atoms and build the embedding charges.
+    """Find and check the cut bonds, place link atoms (unless ``links`` gives them, as a
+    :class:`~bioqmmm.region.region.QMRegion` does) and build the embedding charges.
 
     ``charges``: MM charges of every particle (e); ``qm_charge``: declared QM charge (e).
     """
@@ -221,11 +236,8 @@ def build_boundary(
     atoms = list(topology.atoms())
     qm = set(qm_atoms)
     neighbours = neighbour_map(topology)
-    links = []
-    for cut in cut_bonds(topology, qm_atoms):
-        check_cut(cut, atoms, neighbours, allow_polar_cut)
-        inside, outside, _ = cut
-        links.append(LinkAtom(inside.index, outside.index, link_ratio(_symbol(inside), _symbol(outside), link_ratios)))
+    if links is None:
+        links = find_links(topology, qm_atoms, allow_polar_cut=allow_polar_cut, link_ratios=link_ratios)
 
     q = np.array(charges, dtype=float)
     defect = float(q[list(qm_atoms)].sum() - qm_charge)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from openmm import app, unit
 from bioqmmm.errors import InputError
 from bioqmmm.examples import alanine_dipeptide, formamide, water_box
 from bioqmmm.preparation import load_prepared
-from bioqmmm.qm import PySCFEngine
+from bioqmmm.qm.factory import Level, create_engine
 from bioqmmm.qmmm.embedding import PeriodicEmbedding
 from bioqmmm.qmmm.system import QMMMSystem
 from bioqmmm.region.protein import residues, sidechain
@@ -103,15 +104,25 @@ def build_qmmm(config: ProtocolFile) -> tuple[QMMMSystem, np.ndarray, np.ndarray
     return qmmm, positions, box
 
 
+def qm_at(qm: QMSection, level: Level | None) -> QMSection:
+    """The ``qm`` block at another level of theory: same region; the block's engine options stay under a
+    level of the same engine (the level's own options win), another engine takes only the level's."""
+    if level is None:
+        return qm
+    changes: dict = {"method": level.method, "basis": level.basis or qm.basis}
+    if level.engine != qm.engine:
+        changes.update(engine=level.engine, options=dict(level.options))
+    elif level.options:
+        changes["options"] = {**qm.options, **level.options}
+    return dataclasses.replace(qm, **changes)
+
+
 def qmmm_model(config: ProtocolFile, topology: app.Topology, system: openmm.System,
-               method: str | None = None, basis: str | None = None) -> QMMMSystem:
+               level: Level | None = None) -> QMMMSystem:
     """A QMMMSystem of ``config``'s QM region over the reference ``system`` (not modified), at the
-    ``qm`` block's level of theory or at ``method``/``basis``."""
-    qm = config.qm
-    options = dict(qm.options)
-    if config.resources.threads is not None:
-        options.setdefault("threads", config.resources.threads)
-    engine = PySCFEngine(method or qm.method, basis or qm.basis, **options)
+    ``qm`` block's level of theory or at ``level``."""
+    qm = qm_at(config.qm, level)
+    engine = create_engine(qm.level(), config.resources.threads)
     embedding = None
     if system.usesPeriodicBoundaryConditions():
         embedding = PeriodicEmbedding(cutoff=qm.embedding.cutoff_nm, switch_width=qm.embedding.switch_width_nm)

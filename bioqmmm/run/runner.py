@@ -8,28 +8,15 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bioqmmm.errors import BioQMMMError, CalculationError, InputError, ReplicaFailedError
 from bioqmmm.parallel.comm import threads_per_rank, world
 from bioqmmm.parallel.replicas import Replica, run_replicas
 from bioqmmm.parallel.schedule import estimated_cost
-from bioqmmm.protocols.md import fingerprint, run_md
-from bioqmmm.protocols.neb import run_neb
-from bioqmmm.protocols.optimize import run_optimization
-from bioqmmm.protocols.pmf import run_pmf
-from bioqmmm.protocols.results import plot_md, quantity, write_results
-from bioqmmm.run.build import build_qmmm
-from bioqmmm.run.protocol import (
-    MDProtocol,
-    NEBProtocol,
-    OptimizeProtocol,
-    PMFProtocol,
-    ProtocolFile,
-    ReplicaSection,
-    load_protocol,
-)
-from bioqmmm.simulation.reporters import read_rows
+from bioqmmm.protocols.context import RunContext
+from bioqmmm.results import write_results
+from bioqmmm.run.build import build_qmmm, qm_at, qmmm_model
+from bioqmmm.run.protocol import ProtocolFile, ReplicaSection, load_protocol
+from bioqmmm.simulation.identity import fingerprint
 
 
 def run_protocol(path: str | Path, *, output: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
@@ -44,7 +31,7 @@ def run_protocol(path: str | Path, *, output: str | Path | None = None, progress
         config = _replace(config, output=str(Path(output).resolve()))
     if config.replicas:
         return _replica_set(config, progress)
-    if isinstance(config.protocol, NEBProtocol | PMFProtocol):  # these share their own work out over ranks
+    if config.kind().parallel:  # the protocol shares its own work out over ranks
         return _on_every_rank(world(), lambda comm: _single(_threaded(config, comm), progress, comm=comm))
     if world().size > 1:
         raise InputError(f"{path} has no 'replicas' list: under mpirun every rank would run the same protocol into "
@@ -52,26 +39,9 @@ def run_protocol(path: str | Path, *, output: str | Path | None = None, progress
     return _single(config, progress)
 
 
-#: Keys a rerun may change and still continue the run: its lengths (the first is the target) and, for
-#: NEB, the transition-state refinement, which only post-processes the band. A pmf protocol checks
-#: each window's settings itself (:mod:`bioqmmm.protocols.pmf`).
-_LENGTH = {MDProtocol: ("steps",), OptimizeProtocol: ("max_steps",),
-           NEBProtocol: ("max_iterations", "endpoint_max_steps", "ts_refine", "ts_fmax_kjmol_nm", "ts_max_steps"),
-           PMFProtocol: ()}
-
-
 def identity(config: ProtocolFile) -> str:
     """Fingerprint of the model and settings, without the length of the run (which a rerun may extend)."""
-    lengths = dict.fromkeys(_LENGTH[type(config.protocol)], 1)
-    settings = dataclasses.asdict(dataclasses.replace(config.protocol, **lengths))
-    if settings.get("qm_every") == 1:  # single-step MD keeps the identity it had before multiple time steps
-        del settings["qm_every"]
-    return fingerprint(config.system, config.qm, settings)
-
-
-def _target(settings: MDProtocol | OptimizeProtocol | NEBProtocol | PMFProtocol) -> int | None:
-    keys = _LENGTH[type(settings)]
-    return getattr(settings, keys[0]) if keys else None
+    return fingerprint(config.system, config.qm, config.kind().identity_record(config.protocol))
 
 
 def _replace(config: ProtocolFile, **changes) -> ProtocolFile:
@@ -84,9 +54,11 @@ def _replace(config: ProtocolFile, **changes) -> ProtocolFile:
 def replica_config(config: ProtocolFile, replica: ReplicaSection) -> ProtocolFile:
     """The protocol file as replica ``replica`` runs it: its changes applied, output in replicas/NAME."""
     qm = config.qm
-    if isinstance(config.protocol, OptimizeProtocol) and replica.protocol_changes():
-        raise InputError(f"replica {replica.name!r}: {', '.join(replica.protocol_changes())} apply to MD only; an "
-                         "optimisation replica can change its QM region")
+    keys = {f.name for f in dataclasses.fields(config.protocol)}
+    foreign = [key for key in replica.protocol_changes() if key not in keys]
+    if foreign:
+        raise InputError(f"replica {replica.name!r}: {', '.join(foreign)} are not keys of the {config.kind().name} "
+                         "protocol; a replica can change those and its QM region")
     region = replica.qm_changes()
     if {"atoms", "sidechains", "residues"} & set(region):  # a replica's QM region is given whole
         region = {"atoms": None, "sidechains": (), "residues": (), **region}
@@ -145,7 +117,8 @@ def _run_replica_set(config: ProtocolFile, progress: bool, comm) -> dict[str, An
         except (OSError, ValueError):
             return None
         same = result.get("identity") == identity(configs[replica.name])
-        return result if same and result.get("target") == _target(configs[replica.name].protocol) else None
+        replica_file = configs[replica.name]
+        return result if same and result.get("target") == replica_file.kind().target(replica_file.protocol) else None
 
     replicas = [Replica(name, cost=costs[name]) for name in sections]
     results = run_replicas(replicas, work, config.output_dir(), finished=finished, comm=comm)
@@ -164,7 +137,7 @@ def _check_replicas(configs: dict[str, ProtocolFile], rank: int, size: int) -> d
             qmmm, _, _ = build_qmmm(replica_file)
         except Exception as exc:  # reported to every rank, which all stop with it
             return f"replica {name!r}: {exc}" if isinstance(exc, BioQMMMError) else f"replica {name!r}: {exc!r}"
-        steps = getattr(replica_file.protocol, "steps", None) or getattr(replica_file.protocol, "max_steps", 1)
+        steps = replica_file.kind().target(replica_file.protocol) or 1
         n_qm = len(qmmm.qm_atoms) + len(qmmm.links)
         costs[name] = estimated_cost(n_qm, qmmm.topology.getNumAtoms() - n_qm, steps)
     return costs
@@ -177,65 +150,26 @@ def _headline(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _single(config: ProtocolFile, progress: bool, poll=None, comm=None) -> dict[str, Any]:
+    """Build the model of ``config`` and run its protocol in the output folder."""
     qmmm, positions, box = build_qmmm(config)
     out = config.output_dir()
     out.mkdir(parents=True, exist_ok=True)
-    settings = config.protocol
-    common = {
-        "n_atoms": qmmm.topology.getNumAtoms(),
-        "n_qm_atoms": len(qmmm.qm_atoms),
-        "n_link_atoms": len(qmmm.links),
-        "qm_level": f"{config.qm.method}/{config.qm.basis}",
-        "qm_charge": config.qm.charge,
-        "qm_multiplicity": config.qm.multiplicity,
-        "identity": identity(config),
-        "target": _target(settings),
-    }
-    if isinstance(settings, MDProtocol):
-        return _md(config, settings, qmmm, positions, box, out, common, progress, poll)
-    if isinstance(settings, OptimizeProtocol):
-        outcome = run_optimization(
-            qmmm, positions, settings, out, box=box, platform=config.resources.platform, progress=progress,
-            identity=common["identity"], poll=poll,
-        )
-        return write_results(out, "optimize", {**common, **outcome.figures()})
-    if isinstance(settings, NEBProtocol):
-        return run_neb(config, qmmm, positions, box, common, comm or world(), progress)
-    if isinstance(settings, PMFProtocol):
-        return run_pmf(config, qmmm, positions, box, common, comm or world(), progress)
-    raise AssertionError(f"unhandled protocol {type(settings).__name__}")  # the schema admits no other type
-
-
-def _md(config: ProtocolFile, settings: MDProtocol, qmmm, positions, box, out: Path, common, progress, poll=None):
-    outcome = run_md(
-        qmmm,
-        positions,
-        settings,
-        out,
-        box=box,
-        platform=config.resources.platform,
-        threads=config.resources.threads,
-        identity=common["identity"],
-        progress=progress,
-        poll=poll,
+    kind = config.kind()
+    context = RunContext(
+        qmmm=qmmm, positions=positions, box=box, output=out, base=config.base_dir(), identity=identity(config),
+        record={
+            "n_atoms": qmmm.topology.getNumAtoms(),
+            "n_qm_atoms": len(qmmm.qm_atoms),
+            "n_link_atoms": len(qmmm.links),
+            "qm_level": config.qm.level().label,
+            "qm_charge": config.qm.charge,
+            "qm_multiplicity": config.qm.multiplicity,
+            "identity": identity(config),
+            "target": kind.target(config.protocol),
+        },
+        comm=comm or world(),
+        model_at=lambda level: qmmm_model(config, qmmm.topology, qmmm.reference_system, level),
+        inputs_at=lambda level: (config.system, qm_at(config.qm, level)),
+        platform=config.resources.platform, threads=config.resources.threads, progress=progress, poll=poll,
     )
-    rows = read_rows(outcome.files["energies"])
-    plot_md(rows, out / "energies.png", f"QM/MM MD, {common['qm_level']}")
-    scf = np.array([r["scf_cycles"] for r in rows])
-    temperature = np.array([r["temperature_k"] for r in rows])
-    wall = np.array([r["wall_per_step_s"] for r in rows])
-    figures = {
-        **common,
-        "steps": outcome.steps,
-        "resumed_from_step": outcome.resumed_from,
-        "simulated_time": quantity(outcome.steps * settings.qm_every * settings.timestep_fs * 1e-3, "ps"),
-        "final_potential_energy": quantity(rows[-1]["potential_kjmol"], "kJ/mol"),
-        "final_qm_energy": quantity(rows[-1]["qm_kjmol"], "kJ/mol"),
-        "mean_temperature": quantity(temperature.mean(), "K"),
-        "mean_scf_cycles_per_step": quantity(scf.mean(), "cycles"),
-        "qm_evaluations_this_run": outcome.qm_evaluations,
-        "wall_time_per_step": quantity(np.nanmean(wall) if np.isfinite(wall).any() else float("nan"), "s"),
-        "qm_wall_time_per_step": quantity(float(np.nanmean([r["qm_wall_s"] for r in rows])), "s"),
-        "files": sorted([p.name for p in outcome.files.values()] + ["energies.png", "result.json", "summary.txt"]),
-    }
-    return write_results(out, "md", figures)
+    return kind.run(context, config.protocol)

@@ -1,11 +1,13 @@
 """YAML → frozen dataclasses, with every error naming the key and the line.
 
-A schema is a tree of frozen dataclasses: field names are the keys, type hints the allowed
-types (``int``, ``float``, ``str``, ``bool``, ``Literal``, ``list[...]``, unions, ``dict`` and
-nested dataclasses), defaults make keys optional. A ``dict`` field whose metadata holds
-``"schema"`` (a dataclass) and optionally ``"exclude"`` (names) is a mapping of some of that
-dataclass's fields, each checked against its type hint. Cross-field checks
-live in ``__post_init__`` and raise :class:`FieldError` naming the offending key.
+A schema is a tree of frozen dataclasses (:mod:`bioqmmm.protocols.settings`): field names are the
+keys, type hints the allowed types (``int``, ``float``, ``str``, ``bool``, ``Literal``, ``list[...]``,
+unions, ``dict`` and nested dataclasses), defaults make keys optional. Two field metadata entries
+steer the builder: ``"tagged"``, a function from the mapping's ``type`` value to the dataclass to
+build (the protocol section, looked up in the registry); ``"schema"``, a function from the keys read
+so far to ``(dataclass, excluded names)``, for a ``dict`` whose keys are some of that dataclass's
+fields, each checked against its type hint (engine options, whose schema depends on ``engine``).
+Cross-field checks raise :class:`~bioqmmm.protocols.settings.FieldError` naming the offending key.
 """
 
 from __future__ import annotations
@@ -21,18 +23,11 @@ from typing import Any, Literal, Union
 import yaml
 
 from bioqmmm.errors import InputError
+from bioqmmm.protocols.settings import FieldError, describe_type
 
 
 class ProtocolError(InputError):
     """A protocol file that does not fit the schema (message: ``FILE:LINE: problem``)."""
-
-
-class FieldError(ValueError):
-    """Raised by a schema dataclass's ``__post_init__``: ``key`` is the field at fault."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
 
 
 def load_yaml_dataclass(cls: type, path: str | Path):
@@ -76,46 +71,73 @@ class _Builder:
     def error(self, node: yaml.Node, message: str) -> ProtocolError:
         return ProtocolError(f"{self.path}:{_line(node)}: {message}")
 
-    def build(self, cls: type, node: yaml.Node, where: str):
+    def build(self, cls: type, node: yaml.Node, where: str, skip: tuple[str, ...] = ()):
+        """An instance of ``cls`` from the mapping ``node``; keys in ``skip`` are read elsewhere."""
         if not isinstance(node, yaml.MappingNode):
             raise self.error(node, f"{where} must be a mapping of keys to values")
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
         key_nodes: dict[str, yaml.Node] = {}
+        later: list[tuple[str, yaml.Node]] = []  # mappings whose schema depends on other keys
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise self.error(key_node, f"keys in {where} must be plain names")
             key = key_node.value
             if key in key_nodes:
                 raise self.error(key_node, f"key {key!r} appears twice in {where}")
+            key_nodes[key] = key_node
+            if key in skip:
+                continue
             if key not in fields:
                 hint = difflib.get_close_matches(key, list(fields), n=1)
                 suggestion = f" (did you mean {hint[0]!r}?)" if hint else f"; known keys: {', '.join(fields)}"
                 raise self.error(key_node, f"unknown key {key!r} in {where}{suggestion}")
-            key_nodes[key] = key_node
-            values[key] = self.convert(hints[key], value_node, f"{key!r}", fields[key])
+            if "schema" in fields[key].metadata:
+                later.append((key, value_node))
+            else:
+                values[key] = self.convert(hints[key], value_node, f"{key!r}", fields[key])
         for name, f in fields.items():
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            if required and name not in values:
+            if required and name not in values and name not in dict(later):
                 raise self.error(node, f"missing required key {name!r} in {where}")
         try:
+            for key, value_node in later:
+                values[key] = self.mapping(*fields[key].metadata["schema"](values), value_node, f"{key!r}")
             return cls(**values)
         except FieldError as exc:
             raise self.error(key_nodes.get(exc.key, node), f"{exc.key!r}: {exc}") from None
 
+    def mapping(self, schema: type, exclude: tuple[str, ...], node: yaml.Node, where: str) -> dict[str, Any]:
+        """A mapping of some of ``schema``'s fields (not ``exclude``), each checked against its type hint."""
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, f"{where} must be a mapping")
+        hints = typing.get_type_hints(schema)
+        allowed = sorted(set(hints) - set(exclude))
+        out = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in out:
+                raise self.error(key_node, f"key {key!r} appears twice in {where}")
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                more = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(allowed)}"
+                raise self.error(key_node, f"unknown key {key!r} in {where}{more}")
+            out[key] = self.convert(hints[key], value_node, f"{key!r}")
+        return out
+
     def convert(self, hint, node: yaml.Node, where: str, f: dataclasses.Field | None = None):
+        if f is not None and "tagged" in f.metadata:
+            return self.build(self._tagged(f.metadata["tagged"], node, where), node, where, skip=("type",))
         origin = typing.get_origin(hint)
         if origin in (Union, types.UnionType):
             arms = typing.get_args(hint)
-            if all(dataclasses.is_dataclass(arm) for arm in arms):
-                return self.build(self._tagged(arms, node, where), node, where)
             for arm in arms:
                 try:
                     return self.convert(arm, node, where, f)
                 except ProtocolError:
                     continue
-            raise self.error(node, f"{where} must be {_describe(hint)}")
+            raise self.error(node, f"{where} must be {describe_type(hint)}")
         if hint is type(None):
             value = self._scalar(node, where)
             if value is not None:
@@ -137,41 +159,26 @@ class _Builder:
         if hint is dict or origin is dict:
             if not isinstance(node, yaml.MappingNode):
                 raise self.error(node, f"{where} must be a mapping")
-            schema = f.metadata.get("schema") if f is not None else None
-            if schema is None:
-                return self._loader.construct_object(node, deep=True)
-            hints = typing.get_type_hints(schema)
-            allowed = sorted(set(hints) - set(f.metadata.get("exclude", ())))
-            out = {}
-            for key_node, value_node in node.value:
-                key = key_node.value
-                if key in out:
-                    raise self.error(key_node, f"key {key!r} appears twice in {where}")
-                if key not in allowed:
-                    close = difflib.get_close_matches(key, allowed, n=1)
-                    more = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(allowed)}"
-                    raise self.error(key_node, f"unknown key {key!r} in {where}{more}")
-                out[key] = self.convert(hints[key], value_node, f"{key!r}")
-            return out
+            return self._loader.construct_object(node, deep=True)
         value = self._scalar(node, where)
         if hint is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         if hint in (int, float, str, bool) and (type(value) is not hint):
-            raise self.error(node, f"{where} must be {_describe(hint)}, not {_show(value)}")
+            raise self.error(node, f"{where} must be {describe_type(hint)}, not {_show(value)}")
         return value
 
-    def _tagged(self, arms, node: yaml.Node, where: str) -> type:
-        """The dataclass among ``arms`` whose Literal ``type`` field matches the mapping's ``type`` key."""
-        by_tag = {typing.get_args(typing.get_type_hints(arm)["type"])[0]: arm for arm in arms}
+    def _tagged(self, lookup, node: yaml.Node, where: str) -> type:
+        """The dataclass ``lookup`` gives for the mapping's ``type`` key."""
         if not isinstance(node, yaml.MappingNode):
             raise self.error(node, f"{where} must be a mapping")
         for key_node, value_node in node.value:
             if key_node.value == "type":
                 tag = self._scalar(value_node, "'type'")
-                if tag not in by_tag:
-                    raise self.error(value_node, f"unknown {where} type {tag!r}; known: {', '.join(by_tag)}")
-                return by_tag[tag]
-        raise self.error(node, f"missing required key 'type' in {where} (one of {', '.join(by_tag)})")
+                try:
+                    return lookup(tag)
+                except InputError as exc:
+                    raise self.error(value_node, f"{where}: {exc}") from None
+        raise self.error(node, f"missing required key 'type' in {where}")
 
     def _scalar(self, node: yaml.Node, where: str):
         if not isinstance(node, yaml.ScalarNode):
@@ -181,19 +188,3 @@ class _Builder:
 
 def _show(value) -> str:
     return f"{type(value).__name__} {value!r}"
-
-
-def _describe(hint) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
-    if origin is Literal:
-        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
-    if origin in (list, tuple):
-        item = typing.get_args(hint)[0]
-        plural = {int: "integers", float: "numbers", str: "strings"}
-        return f"a list of {plural.get(item, _describe(item))}"
-    if dataclasses.is_dataclass(hint):
-        return "a mapping"
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
-    return names.get(hint, getattr(hint, "__name__", str(hint)))

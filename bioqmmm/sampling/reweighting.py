@@ -1,15 +1,16 @@
-"""MBAR reweighting of biased windows, sampled at a cheap level or at the target level, to the
-target's free-energy profile along the reaction coordinate.
+"""MBAR reweighting of biased windows, each sampled at one of several named levels of theory (a cheap
+level, the target level, intermediate λ states …), to the target's free-energy profile along the
+reaction coordinate.
 
-State k is a level L_k (``"cheap"`` or ``"target"``) plus its umbrella w_k; every retained sample
-n carries both levels' energies, so u_k(x_n) = β [U_{L_k}(x_n) + w_k(s_n)] is known for all k and n
+State k is a named level L_k plus its bias w_k; every retained sample n carries the energies of every
+level, so u_k(x_n) = β [U_{L_k}(x_n) + w_k(s_n)] is known for all k and n
 (Shirts & Chodera, J. Chem. Phys. 129, 124105 (2008)). The profile is the target's unbiased free
 energy per bin of s, F_b = −k_BT ln ∫_b p_target(s) ds, from MBAR's perturbed free energies of
 states confined to each bin; its analytical uncertainty is MBAR's asymptotic covariance, its
 bootstrap uncertainty the spread over resamplings of every window (with replacement).
 
 Diagnostics returned with every profile: the Kish effective sample size of each cheap window
-reweighted to the target, ESS = (Σ w)² / Σ w² with w = exp[−β(U_target − U_cheap)] (Kish, Survey
+reweighted to the target, ESS = (Σ w)² / Σ w² with w = exp[−β(U_target − U_sampled)] (Kish, Survey
 Sampling (1965); Kong, Liu & Wong (1994)), the MBAR overlap matrix (Klimovich, Shirts & Mobley,
 J. Comput. Aided Mol. Des. 29, 397 (2015): neighbours below 0.03 are unreliable), and the share of
 each bin's target weight that came from target-level samples.
@@ -18,7 +19,7 @@ each bin's target weight that came from target-level samples.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,28 +37,29 @@ MIN_OVERLAP = 0.03
 NO_OVERLAP = 1e-6
 #: MBAR self-consistency tolerance (relative), tight enough for 1e-8 k_BT agreement with BAR.
 MBAR_TOLERANCE = 1e-12
-LEVELS = ("cheap", "target")
 
 
 @dataclass(frozen=True)
 class Window:
-    """A window's retained samples: coordinate ``s``, both levels' energies (kJ/mol), how it was sampled."""
+    """A window's retained samples: coordinate ``s``, the energy of every named level on each (kJ/mol),
+    the level it was sampled at, and how it was sampled."""
 
     name: str
     level: str
     bias: Bias
     s: np.ndarray
-    cheap: np.ndarray
-    target: np.ndarray
+    energies: Mapping[str, np.ndarray]
     frames: int = 0
     statistical_inefficiency: float = 1.0
     retained: np.ndarray | None = None  # indices of the kept samples among all recorded
 
     def __post_init__(self) -> None:
-        if self.level not in LEVELS:
-            raise ValueError(f"window {self.name}: level must be one of {LEVELS}, not {self.level!r}")
-        if not len(self.s) == len(self.cheap) == len(self.target) > 0:
-            raise ValueError(f"window {self.name}: s, cheap and target need one value per sample (and samples)")
+        if self.level not in self.energies:
+            raise ValueError(f"window {self.name}: sampled level {self.level!r} is not among its energies "
+                             f"{sorted(self.energies)}")
+        if not len(self.s) > 0 or any(len(e) != len(self.s) for e in self.energies.values()):
+            raise ValueError(f"window {self.name}: s and every level's energies need one value per sample (and "
+                             "samples)")
 
 
 @dataclass
@@ -135,13 +137,14 @@ def reweight(
     temperature: float,
     bin_edges: np.ndarray,
     *,
+    target: str = "target",
     bootstraps: int = 0,
     seed: int = 0,
     reactant: tuple[float, float] | None = None,
     product: tuple[float, float] | None = None,
     min_ess_fraction: float = 0.1,
 ) -> Profile:
-    """The target's free-energy profile over ``bin_edges`` from all ``windows`` in one MBAR.
+    """The free-energy profile of level ``target`` over ``bin_edges`` from all ``windows`` in one MBAR.
 
     F is relative to the reactant minimum when ``reactant`` (a range of s) is given, else to the
     lowest bin. With ``product`` as well, the barrier (highest bin between the two minima) and the
@@ -150,10 +153,11 @@ def reweight(
     """
     kt = kt_kjmol(temperature)
     names = [w.name for w in windows]
+    levels = _common_levels(windows, target)
     s = np.concatenate([w.s for w in windows])
-    energies = {level: np.concatenate([getattr(w, level) for w in windows]) for level in LEVELS}
-    shift = {level: energies[level].mean() for level in LEVELS}  # constants: MBAR is blind to them
-    reduced = {level: (energies[level] - shift[level]) / kt for level in LEVELS}
+    energies = {level: np.concatenate([w.energies[level] for w in windows]) for level in levels}
+    shift = {level: energies[level].mean() for level in levels}  # constants: MBAR is blind to them
+    reduced = {level: (energies[level] - shift[level]) / kt for level in levels}
     u_kn = np.array([reduced[w.level] + w.bias.energy(s) / kt for w in windows])
     n_k = np.array([len(w.s) for w in windows])
     bins = np.digitize(s, bin_edges) - 1
@@ -164,14 +168,14 @@ def reweight(
     overlap = np.asarray(mbar.compute_overlap()["matrix"]) if len(windows) > 1 else np.ones((1, 1))
     neighbours = {(windows[a].name, windows[b].name): float(overlap[a, b]) for a, b in neighbour_pairs(windows)}
     warnings = _overlap_warnings(windows, overlap, neighbours)
-    ess, ess_warnings = _ess(windows, kt, min_ess_fraction)
+    ess, ess_warnings = _ess(windows, kt, target, min_ess_fraction)
     warnings += ess_warnings
     differences = mbar.compute_free_energy_differences()
     level_shift = np.array([shift[w.level] - shift[windows[0].level] for w in windows])  # undo the shifts
 
     in_bin = bins[None, :] == occupied[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
-        u_ln = np.where(in_bin, reduced["target"][None, :], np.inf)
+        u_ln = np.where(in_bin, reduced[target][None, :], np.inf)
         bin_states = mbar.compute_perturbed_free_energies(u_ln)
     f_bins = np.asarray(bin_states["Delta_f"])[0]
     ref = _reference_bin(centers, f_bins, reactant)
@@ -179,10 +183,10 @@ def reweight(
     uncertainty = kt * np.asarray(bin_states["dDelta_f"])[ref]
     boot = None
     if bootstraps:
-        boot = kt * _bootstrap(u_kn, n_k, in_bin, reduced["target"], ref, bootstraps, seed)
+        boot = kt * _bootstrap(u_kn, n_k, in_bin, reduced[target], ref, bootstraps, seed)
 
-    log_w = _target_log_weights(mbar, u_kn, n_k, reduced["target"])
-    from_target = np.concatenate([np.full(len(w.s), w.level == "target") for w in windows])
+    log_w = _target_log_weights(mbar, u_kn, n_k, reduced[target])
+    from_target = np.concatenate([np.full(len(w.s), w.level == target) for w in windows])
     share = np.array([np.exp(logsumexp(log_w[row & from_target]) - logsumexp(log_w[row]))
                       if (row & from_target).any() else 0.0 for row in in_bin])
 
@@ -319,16 +323,29 @@ def _components(adjacent: np.ndarray) -> list[set[int]]:
     return groups
 
 
-def _ess(windows: Sequence[Window], kt: float, min_fraction: float) -> tuple[dict[str, float], list[str]]:
-    """Kish ESS of each cheap window reweighted to the target (a target window keeps all its samples)."""
+def _common_levels(windows: Sequence[Window], target: str) -> list[str]:
+    """The levels every window has energies of (``target`` among them), sorted."""
+    levels = set(windows[0].energies)
+    for w in windows:
+        if set(w.energies) != levels:
+            raise ValueError(f"window {w.name} has energies of {sorted(w.energies)}, window {windows[0].name} of "
+                             f"{sorted(levels)}: every window needs the same levels")
+    if target not in levels:
+        raise ValueError(f"target level {target!r} is not among the windows' levels {sorted(levels)}")
+    return sorted(levels)
+
+
+def _ess(windows: Sequence[Window], kt: float, target: str,
+         min_fraction: float) -> tuple[dict[str, float], list[str]]:
+    """Kish ESS of each window reweighted from its level to the target (a target window keeps all samples)."""
     ess, warnings = {}, []
     for w in windows:
-        if w.level == "target":
+        if w.level == target:
             ess[w.name] = float(len(w.s))
             continue
-        ess[w.name] = kish_ess(-(w.target - w.cheap) / kt)
+        ess[w.name] = kish_ess(-(w.energies[target] - w.energies[w.level]) / kt)
         if ess[w.name] < min_fraction * len(w.s):
-            warnings.append(f"window {w.name} ({w.bias.describe()}): reweighting cheap -> target keeps "
+            warnings.append(f"window {w.name} ({w.bias.describe()}): reweighting {w.level} -> {target} keeps "
                             f"{ess[w.name]:.1f} of {len(w.s)} samples (Kish ESS < {min_fraction:g} of them); "
                             f"add target-level windows at {w.bias.describe()}")
     return ess, warnings

@@ -209,49 +209,50 @@ def retained_window(name: str, level: str, bias: Bias, samples: WindowSamples,
                     energies: dict[str, EnergyFunction], temperature: float,
                     poll: Callable[[], None] | None = None, cache: Path | None = None,
                     cache_identity: str = "") -> Window:
-    """The window's decorrelated samples (:func:`~bioqmmm.sampling.reweighting.decorrelate`) with the
-    ``"cheap"`` and ``"target"`` energies (kJ/mol) evaluated on their frames, ready for
-    :func:`~bioqmmm.sampling.reweighting.reweight`.
+    """The window's decorrelated samples (:func:`~bioqmmm.sampling.reweighting.decorrelate`) with the energy
+    (kJ/mol) of every named level in ``energies`` evaluated on their frames, ready for
+    :func:`~bioqmmm.sampling.reweighting.reweight`; ``level`` names the one the window sampled.
 
     With ``cache`` (an .npz path), the energies of every evaluated frame are saved every
     :data:`ENERGY_CACHE_EVERY` frames; a rerun with the same ``cache_identity`` (what the frames and the
     energy models are) reuses them for every frame it retains again, and evaluates only new ones.
     """
+    levels = sorted(energies)
     indices, g = decorrelate(samples.s, samples.energy, bias, temperature)
-    known = _cached_energies(cache, cache_identity)
+    known = _cached_energies(cache, cache_identity, levels)
     fresh = 0
     for i in indices:
         if int(i) in known:
             continue
         box = None if samples.boxes is None else samples.boxes[i]
         x = samples.positions[i].astype(float)
-        known[int(i)] = (energies["cheap"](x, box), energies["target"](x, box))
+        known[int(i)] = tuple(energies[level](x, box) for level in levels)
         fresh += 1
         if poll is not None:
             poll()
         if cache is not None and fresh % ENERGY_CACHE_EVERY == 0:
-            _save_energies(cache, cache_identity, known)
+            _save_energies(cache, cache_identity, known, levels)
     if cache is not None and fresh:
-        _save_energies(cache, cache_identity, known)
-    pairs = np.array([known[int(i)] for i in indices], dtype=float).reshape(-1, 2)
-    return Window(name, level, bias, samples.s[indices], pairs[:, 0], pairs[:, 1],
+        _save_energies(cache, cache_identity, known, levels)
+    table = np.array([known[int(i)] for i in indices], dtype=float).reshape(-1, len(levels))
+    return Window(name, level, bias, samples.s[indices], dict(zip(levels, table.T, strict=True)),
                   frames=len(samples.s), statistical_inefficiency=g, retained=indices)
 
 
-def _cached_energies(cache: Path | None, identity: str) -> dict[int, tuple[float, float]]:
-    """{frame: (cheap, target)} saved for ``identity`` (empty when there is none)."""
+def _cached_energies(cache: Path | None, identity: str, levels: list[str]) -> dict[int, tuple[float, ...]]:
+    """{frame: energies of ``levels``} saved for ``identity`` (empty when there is none)."""
     try:
         with np.load(cache, allow_pickle=False) as data:
             if str(data["identity"]) == identity:
-                return {int(f): (float(c), float(t)) for f, c, t in zip(data["frames"], data["cheap"], data["target"],
-                                                                         strict=True)}
+                columns = np.array([data[level] for level in levels], dtype=float).T
+                return {int(f): tuple(map(float, row)) for f, row in zip(data["frames"], columns, strict=True)}
     except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: evaluate afresh
         pass
     return {}
 
 
-def _save_energies(cache: Path, identity: str, known: dict[int, tuple[float, float]]) -> None:
+def _save_energies(cache: Path, identity: str, known: dict[int, tuple[float, ...]], levels: list[str]) -> None:
     frames = np.array(sorted(known), dtype=int)
-    values = np.array([known[f] for f in frames], dtype=float).reshape(-1, 2)
-    save_arrays(cache, {"identity": np.array(identity), "frames": frames, "cheap": values[:, 0],
-                        "target": values[:, 1]})
+    values = np.array([known[f] for f in frames], dtype=float).reshape(-1, len(levels))
+    save_arrays(cache, {"identity": np.array(identity), "frames": frames,
+                        **{level: values[:, k] for k, level in enumerate(levels)}})

@@ -155,3 +155,42 @@ class ConstraintProjector:
             multipliers = np.linalg.solve(jacobian @ jacobian.T, jacobian @ f)
             projected[atoms] = (f - jacobian.T @ multipliers).reshape(-1, 3)
         return projected
+
+
+def inner_atoms(qmmm, positions: np.ndarray, radius: float) -> np.ndarray:
+    """QM atoms, link-atom MM hosts and their bonded neighbours, every atom within ``radius`` nm of
+    a QM atom, and their constraint partners (a constrained X–H pair moves together).
+
+    The hosts' neighbours are inner because the stiff host–neighbour bonds would otherwise make
+    the host's force depend on how tightly the environment was relaxed.
+    """
+    hosts = {link.mm_host for link in qmmm.links}
+    chosen = set(qmmm.qm_atoms) | hosts
+    for bond in qmmm.topology.bonds():
+        a, b = bond[0].index, bond[1].index
+        if a in hosts or b in hosts:
+            chosen |= {a, b}
+    if radius > 0:
+        qm_xyz = positions[list(qmmm.qm_atoms)]
+        distance = np.min(np.linalg.norm(positions[:, None, :] - qm_xyz[None], axis=2), axis=1)
+        chosen |= set(np.flatnonzero(distance < radius).tolist())
+    return np.array(sorted(fixed_atoms(qmmm.system, chosen)), dtype=int)
+
+
+def frozen_atoms(qmmm, positions: np.ndarray, radius: float | None) -> np.ndarray:
+    """Atoms farther than ``radius`` nm from every QM atom (none when ``radius`` is None)."""
+    if radius is None:
+        return np.zeros(0, dtype=int)
+    qm_xyz = positions[list(qmmm.qm_atoms)]
+    distance = np.min(np.linalg.norm(positions[:, None, :] - qm_xyz[None], axis=2), axis=1)
+    return np.flatnonzero(distance > radius)
+
+
+def qm_charges_on_atoms(qmmm) -> np.ndarray:
+    """Mulliken charges of the QM atoms, each link atom's charge added to its QM host."""
+    result = qmmm.last_qm.qm
+    charges = np.array(result.atomic_charges[: len(qmmm.qm_atoms)], dtype=float)
+    index = {atom: k for k, atom in enumerate(qmmm.qm_atoms)}
+    for link, q in zip(qmmm.links, result.atomic_charges[len(qmmm.qm_atoms):], strict=True):
+        charges[index[link.qm_host]] += q
+    return charges

@@ -24,10 +24,9 @@ import openmm
 from openmm import unit
 
 from bioqmmm.errors import CalculationError, InputError
-from bioqmmm.qmmm.embedding import minimum_image
 from bioqmmm.qmmm.surgery import X_H_BONDS, constraint_springs, qm_internal_forces
 from bioqmmm.qmmm.system import QMMMSystem
-from bioqmmm.units import positions_nm
+from bioqmmm.units import minimum_image, positions_nm
 
 
 def add_reference_potential(

@@ -1,0 +1,49 @@
+"""What a protocol's entry point receives: the built model and everything around the run.
+
+``bioqmmm run`` (:mod:`bioqmmm.run.runner`) makes one :class:`RunContext` per run (per replica in a
+replica set) from a validated protocol file; a protocol never reads the file itself. The context is
+also the way to build the same QM region at another level of theory (:meth:`RunContext.model_at`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bioqmmm.qm.factory import Level
+
+
+@dataclass
+class RunContext:
+    """One run of a protocol.
+
+    qmmm: the QM/MM model (:class:`~bioqmmm.qmmm.system.QMMMSystem`) at the file's level of theory.
+    positions (N, 3) nm and box (3, 3) nm or None: the start structure.
+    output: the output folder (created); base: the folder relative paths in the settings start from.
+    identity: fingerprint of the model and settings (run lengths excluded): a checkpoint with another
+    identity belongs to another run. record: what every ``result.json`` of this run starts with
+    (atom counts, level, identity, target). comm: the MPI communicator (or a serial stand-in).
+    poll: called by long loops; raises to stop the run (the replica runner's abort).
+    model_at(level): a fresh QMMMSystem of the same region at another :class:`~bioqmmm.qm.factory.Level`
+    (None: the file's own level). inputs_at(level): what that model is built from (system and QM
+    settings, plain values), for the identities of sub-runs (endpoints, windows).
+    """
+
+    qmmm: Any
+    positions: np.ndarray
+    box: np.ndarray | None
+    output: Path
+    base: Path
+    identity: str
+    record: dict[str, Any]
+    comm: Any
+    model_at: Callable[[Level | None], Any]
+    inputs_at: Callable[[Level | None], tuple[Any, Any]]
+    platform: str = "CPU"
+    threads: int | None = None
+    progress: bool = True
+    poll: Callable[[], None] | None = None

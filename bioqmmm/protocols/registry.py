@@ -1,0 +1,104 @@
+"""Protocols by name: what ``bioqmmm run`` validates and runs, and ``bioqmmm protocols`` lists.
+
+A protocol is a module of this package with a module-level ``PROTOCOL = Protocol(...)``: its name,
+a one-line description, its settings dataclass (keys declared with
+:func:`bioqmmm.protocols.settings.setting`) and its entry point ``run(context, settings) -> dict``
+(:class:`bioqmmm.protocols.context.RunContext` in, the ``result.json`` record out). The package is
+scanned once, on first lookup; :func:`register` adds a protocol defined anywhere else (a plug-in, a
+test). There is no other list of protocols.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bioqmmm.errors import InputError
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A registered protocol.
+
+    ``length_keys``: settings a rerun may change and still continue the run (the first, if any, is the
+    run's length: its target). ``new_keys``: keys added after the first release, left out of the run's
+    identity while at their default so that older checkpoints still resume. ``parallel``: the protocol
+    shares its own work out over MPI ranks (a file with it takes no ``replicas`` list).
+    """
+
+    name: str
+    description: str
+    settings: type
+    run: Callable[[Any, Any], dict[str, Any]]
+    length_keys: tuple[str, ...] = ()
+    new_keys: tuple[str, ...] = ()
+    parallel: bool = False
+
+    def __post_init__(self) -> None:
+        if not dataclasses.is_dataclass(self.settings):
+            raise TypeError(f"protocol {self.name!r}: settings must be a dataclass")
+        keys = {f.name for f in dataclasses.fields(self.settings)}
+        unknown = [k for k in (*self.length_keys, *self.new_keys) if k not in keys]
+        if unknown:
+            raise TypeError(f"protocol {self.name!r}: {unknown} are not keys of {self.settings.__name__}")
+
+    def target(self, settings) -> int | None:
+        """The run length a finished run reached (its first length key), or None."""
+        return getattr(settings, self.length_keys[0]) if self.length_keys else None
+
+    def identity_record(self, settings) -> dict[str, Any]:
+        """The settings a checkpoint belongs to: run lengths set to 1, new keys at their default left out."""
+        if type(settings) is not self.settings:
+            raise TypeError(f"protocol {self.name!r} takes {self.settings.__name__}, not {type(settings).__name__}")
+        record = dataclasses.asdict(dataclasses.replace(settings, **dict.fromkeys(self.length_keys, 1)))
+        defaults = {f.name: f.default for f in dataclasses.fields(self.settings)}
+        for key in self.new_keys:
+            if record[key] == defaults[key]:
+                del record[key]
+        return {"type": self.name, **record}
+
+
+_REGISTRY: dict[str, Protocol] = {}
+_SCANNED = False
+
+
+def register(protocol: Protocol) -> Protocol:
+    """Add ``protocol`` (a name registered twice by different protocols is an error)."""
+    known = _REGISTRY.get(protocol.name)
+    if known is not None and known != protocol:
+        raise ValueError(f"a protocol named {protocol.name!r} is registered already")
+    _REGISTRY[protocol.name] = protocol
+    return protocol
+
+
+def available() -> dict[str, Protocol]:
+    """Every registered protocol by name, the package's own found on first use."""
+    global _SCANNED
+    if not _SCANNED:
+        package = importlib.import_module(__package__)
+        for module in pkgutil.iter_modules(package.__path__, f"{__package__}."):
+            protocol = getattr(importlib.import_module(module.name), "PROTOCOL", None)
+            if isinstance(protocol, Protocol):
+                register(protocol)
+        _SCANNED = True
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get(name: str) -> Protocol:
+    """The protocol called ``name``; an :class:`~bioqmmm.errors.InputError` listing the known ones if none is."""
+    protocols = available()
+    if name not in protocols:
+        raise InputError(f"unknown protocol {name!r}; known: {', '.join(protocols)}")
+    return protocols[name]
+
+
+def protocol_of(settings: Any) -> Protocol:
+    """The protocol whose settings ``settings`` are."""
+    for protocol in available().values():
+        if type(settings) is protocol.settings:
+            return protocol
+    raise TypeError(f"{type(settings).__name__} is the settings class of no registered protocol")

@@ -1,0 +1,136 @@
+"""QM engines by name, and levels of theory as values.
+
+An engine type registers under a name with the dataclass of its options; a :class:`Level` (engine
+name, method, basis, options) is checked against it when it is made, so an unknown engine or
+option is an :class:`~bioqmmm.errors.InputError` before anything is computed, and
+:func:`create_engine` turns it into a :class:`~bioqmmm.qm.base.QMEngine`. Protocol files name
+the engine in their ``qm`` block (``engine: pyscf``); in Python any registered name works::
+
+    engine = create_engine(Level("b3lyp", "6-31g*", options={"conv_tol": 1e-9}))
+    mixed = create_engine(Level("mixed", options={"a": Level("hf", "sto-3g"), "b": Level("b3lyp", "6-31g*"),
+                                                  "lam": 0.5}))
+
+``mixed`` is the composite engine E(λ) = (1 − λ) E_a + λ E_b (:mod:`bioqmmm.qm.mixed`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bioqmmm.errors import InputError
+from bioqmmm.qm.base import QMEngine
+
+
+@dataclass(frozen=True)
+class EngineType:
+    """A registered engine: ``create(level, threads)`` builds it; ``options`` is the dataclass whose fields
+    (less ``excluded``) are the options a :class:`Level` may set; ``basis`` whether a level needs a basis."""
+
+    name: str
+    description: str
+    create: Callable[[Level, int | None], QMEngine]
+    options: type
+    excluded: tuple[str, ...] = ()
+    basis: bool = True
+
+    def option_names(self) -> list[str]:
+        return sorted({f.name for f in dataclasses.fields(self.options)} - set(self.excluded))
+
+
+_ENGINES: dict[str, EngineType] = {}
+
+
+def register_engine(engine: EngineType) -> EngineType:
+    """Make ``engine`` available by its name (in protocol files and :class:`Level`)."""
+    known = _ENGINES.get(engine.name)
+    if known is not None and known != engine:
+        raise ValueError(f"an engine named {engine.name!r} is registered already")
+    _ENGINES[engine.name] = engine
+    return engine
+
+
+def engine_types() -> dict[str, EngineType]:
+    """Every registered engine by name."""
+    _builtin()
+    return dict(sorted(_ENGINES.items()))
+
+
+def engine_type(name: str) -> EngineType:
+    """The engine called ``name``; an InputError listing the known ones if none is."""
+    engines = engine_types()
+    if name not in engines:
+        raise InputError(f"unknown QM engine {name!r}; known: {', '.join(engines)}")
+    return engines[name]
+
+
+@dataclass(frozen=True)
+class Level:
+    """A level of theory: ``method`` and ``basis`` (None for engines without one) of engine ``engine``,
+    with engine ``options``. Checked when made: the engine exists, the options are its own."""
+
+    method: str = ""
+    basis: str | None = None
+    engine: str = "pyscf"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        kind = engine_type(self.engine)
+        unknown = sorted(set(self.options) - set(kind.option_names()))
+        if unknown:
+            raise InputError(f"unknown option(s) {unknown} of QM engine {self.engine!r}; known: "
+                             f"{', '.join(kind.option_names())}")
+        if kind.basis and not self.basis:
+            raise InputError(f"QM engine {self.engine!r} needs a basis set (level {self.method!r})")
+
+    @property
+    def label(self) -> str:
+        """``method/basis`` (``method`` alone without a basis), as results name a level."""
+        return f"{self.method}/{self.basis}" if self.basis else self.method or self.engine
+
+
+def create_engine(level: Level, threads: int | None = None) -> QMEngine:
+    """A new engine at ``level`` (``threads``: CPU threads where the options leave them unset)."""
+    return engine_type(level.engine).create(level, threads)
+
+
+def _create_pyscf(level: Level, threads: int | None) -> QMEngine:
+    from bioqmmm.qm.pyscf_engine import PySCFEngine
+
+    options = dict(level.options)
+    if threads is not None:
+        options.setdefault("threads", threads)
+    return PySCFEngine(level.method, level.basis, **options)
+
+
+def _create_mixed(level: Level, threads: int | None) -> QMEngine:
+    from bioqmmm.qm.mixed import MixedEngine, MixedOptions
+
+    options = MixedOptions(**level.options)
+    return MixedEngine(create_engine(_level(options.a, "a"), threads), create_engine(_level(options.b, "b"), threads),
+                       options.lam)
+
+
+def _level(value: Level | Mapping[str, Any], key: str) -> Level:
+    """A mixed engine's end level, given as a Level or as a mapping of its fields."""
+    if isinstance(value, Level):
+        return value
+    try:
+        return Level(**value)
+    except TypeError as exc:
+        raise InputError(f"mixed engine option {key!r}: {exc}") from exc
+
+
+def _builtin() -> None:
+    """Register the engines bioqmmm ships (once; their modules are imported only when an engine is made)."""
+    if "pyscf" in _ENGINES:
+        return
+    from bioqmmm.qm.mixed import MixedOptions
+    from bioqmmm.qm.pyscf_engine import PySCFOptions
+
+    register_engine(EngineType("pyscf", "HF or any DFT functional PySCF knows, on CPU or GPU (gpu4pyscf)",
+                               _create_pyscf, PySCFOptions, excluded=("method", "basis", "ladder")))
+    register_engine(EngineType("mixed", "(1 - lam) E_a + lam E_b of two levels a and b, forces likewise",
+                               _create_mixed, MixedOptions, basis=False))
