@@ -34,7 +34,7 @@ from bioqmmm.paths.tsopt import TSResult, refine_transition_state
 from bioqmmm.protocols import optimize as optimize_protocol
 from bioqmmm.protocols.context import RunContext
 from bioqmmm.protocols.drive import check_restrained_atoms, drive
-from bioqmmm.protocols.optimize import OptimizeSettings, run_optimization
+from bioqmmm.protocols.optimize import ActiveRegionKeys, OptimizeSettings, run_optimization
 from bioqmmm.protocols.registry import Protocol
 from bioqmmm.protocols.settings import Declared, FieldError, setting
 from bioqmmm.region.selection import resolve_qm_atoms
@@ -58,7 +58,7 @@ class DistanceSection(Declared):
 
 
 @dataclass(frozen=True)
-class NEBSettings(Declared):
+class NEBSettings(ActiveRegionKeys):
     """Nudged elastic band with climbing image between the system's structure (or ``reactant``) and
     ``product`` (module docstring). ``reactant``/``product`` are PDB or mmCIF files with
     every atom of the system in its order, or only some residues (matched by chain, residue number
@@ -78,12 +78,6 @@ class NEBSettings(Declared):
     restraint_kjmol_nm2: float = setting(1000.0, doc="restrained environment: restraint to its start",
                                          check="positive")
     relax_every: int = setting(10, doc="relaxed environment: iterations between relaxations", check="positive_int")
-    active_radius_nm: float = setting(0.0, doc="atoms this close to the QM region are path atoms",
-                                      check="non_negative")
-    freeze_beyond_nm: float | None = setting(None, doc="atoms farther from the QM region stay fixed",
-                                             check="positive")
-    mm_tolerance_kjmol_nm: float = setting(1.0, doc="RMS force at which an environment relaxation stops",
-                                           check="positive")
     optimize_endpoints: bool = setting(True, doc="optimise both endpoints first (as two replicas)")
     endpoint_fmax_kjmol_nm: float = setting(10.0, doc="endpoint optimisation criterion", check="positive")
     endpoint_max_steps: int = setting(200, doc="endpoint optimisation steps at most", check="positive_int")

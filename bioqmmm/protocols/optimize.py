@@ -56,7 +56,19 @@ UPHILL_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
-class OptimizeSettings(Declared):
+class ActiveRegionKeys(Declared):
+    """Keys of every protocol that moves the QM region with a relaxing MM environment (optimize, neb)."""
+
+    active_radius_nm: float = setting(0.0, doc="atoms this close to the QM region move with it",
+                                      check="non_negative")
+    freeze_beyond_nm: float | None = setting(None, doc="atoms farther from the QM region stay fixed",
+                                             check="positive")
+    mm_tolerance_kjmol_nm: float = setting(1.0, doc="RMS force at which an environment relaxation stops",
+                                           check="positive")
+
+
+@dataclass(frozen=True)
+class OptimizeSettings(ActiveRegionKeys):
     """QM/MM geometry optimisation with microiterations (module docstring)."""
 
     fmax_kjmol_nm: float = setting(25.0, doc="converged when the largest inner-atom force is below this",
@@ -66,12 +78,6 @@ class OptimizeSettings(Declared):
     max_steps: int = setting(200, doc="accepted QM/MM steps at most (a rerun with more continues)",
                              check="positive_int")
     microiterations: bool = setting(True, doc="relax the MM environment between QM/MM phases")
-    active_radius_nm: float = setting(0.0, doc="atoms this close to the QM region move with it",
-                                      check="non_negative")
-    freeze_beyond_nm: float | None = setting(None, doc="atoms farther from the QM region stay fixed",
-                                             check="positive")
-    mm_tolerance_kjmol_nm: float = setting(1.0, doc="RMS force at which an environment relaxation stops",
-                                           check="positive")
     max_step_nm: float = setting(0.02, doc="longest step of any atom", check="positive")
     inner_steps_per_cycle: int = setting(20, doc="inner steps before the environment is relaxed again",
                                          check="positive_int")

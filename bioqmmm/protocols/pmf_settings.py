@@ -9,6 +9,10 @@ from typing import Literal
 from bioqmmm.protocols.settings import Declared, FieldError, engine_options, level_of, setting
 from bioqmmm.qm.factory import Level
 
+#: Keys shared by umbrella windows and metadynamics (a field object may serve several dataclasses).
+_INTERVAL = setting(50, doc="steps between samples", check="positive_int")
+_TIMESTEP = setting(2.0, doc="time step", check="positive")
+
 
 def _ordered_range(section, key: str = "range") -> None:
     value = getattr(section, key)
@@ -61,9 +65,9 @@ class WindowsSection(Declared):
     force_constant: float | None = setting(None, doc="umbrella (default 4 k_BT/spacing²)", unit="kJ/mol/unit²",
                                            check="positive")
     samples: int = setting(500, doc="samples per window (a rerun with more extends it)", check="positive_int")
-    sample_interval: int = setting(50, doc="steps between samples", check="positive_int")
+    sample_interval: int = _INTERVAL
     equilibration_steps: int = setting(5000, doc="steps before the first sample", check="non_negative")
-    timestep_fs: float = setting(2.0, doc="time step", check="positive")
+    timestep_fs: float = _TIMESTEP
 
     def check(self) -> None:
         if bool(self.centers) == bool(self.range):
@@ -92,9 +96,9 @@ class MetadynamicsSection(Declared):
     bias_factor: float = setting(10.0, doc="well-tempered bias factor (> 1)")
     frequency: int = setting(500, doc="steps between Gaussians", check="positive_int")
     samples: int = setting(2000, doc="samples with the frozen bias", check="positive_int")
-    sample_interval: int = setting(50, doc="steps between samples", check="positive_int")
+    sample_interval: int = _INTERVAL
     equilibration_steps: int = setting(0, doc="steps before the first sample", check="non_negative")
-    timestep_fs: float = setting(2.0, doc="time step", check="positive")
+    timestep_fs: float = _TIMESTEP
 
     def check(self) -> None:
         if len(self.range) != 2:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bioqmmm.errors import InputError
+from bioqmmm.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -62,38 +62,31 @@ class Protocol:
         return {"type": self.name, **record}
 
 
-_REGISTRY: dict[str, Protocol] = {}
-_SCANNED = False
+def _scan(protocols: Registry) -> None:
+    """Add the ``PROTOCOL`` of every module of this package."""
+    package = importlib.import_module(__package__)
+    for module in pkgutil.iter_modules(package.__path__, f"{__package__}."):
+        protocol = getattr(importlib.import_module(module.name), "PROTOCOL", None)
+        if isinstance(protocol, Protocol):
+            protocols.add(protocol)
+
+
+_PROTOCOLS = Registry("protocol", _scan)
 
 
 def register(protocol: Protocol) -> Protocol:
     """Add ``protocol`` (a name registered twice by different protocols is an error)."""
-    known = _REGISTRY.get(protocol.name)
-    if known is not None and known != protocol:
-        raise ValueError(f"a protocol named {protocol.name!r} is registered already")
-    _REGISTRY[protocol.name] = protocol
-    return protocol
+    return _PROTOCOLS.add(protocol)
 
 
 def available() -> dict[str, Protocol]:
     """Every registered protocol by name, the package's own found on first use."""
-    global _SCANNED
-    if not _SCANNED:
-        package = importlib.import_module(__package__)
-        for module in pkgutil.iter_modules(package.__path__, f"{__package__}."):
-            protocol = getattr(importlib.import_module(module.name), "PROTOCOL", None)
-            if isinstance(protocol, Protocol):
-                register(protocol)
-        _SCANNED = True
-    return dict(sorted(_REGISTRY.items()))
+    return _PROTOCOLS.all()
 
 
 def get(name: str) -> Protocol:
     """The protocol called ``name``; an :class:`~bioqmmm.errors.InputError` listing the known ones if none is."""
-    protocols = available()
-    if name not in protocols:
-        raise InputError(f"unknown protocol {name!r}; known: {', '.join(protocols)}")
-    return protocols[name]
+    return _PROTOCOLS.get(name)
 
 
 def protocol_of(settings: Any) -> Protocol:

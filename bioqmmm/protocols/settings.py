@@ -155,8 +155,10 @@ def level_of(section: Any):
     from bioqmmm.qm.factory import Level, engine_type
 
     engine_options({"engine": section.engine})
+    needs_basis = engine_type(section.engine).basis
+    if needs_basis and not section.basis:
+        raise FieldError("basis", f"QM engine {section.engine!r} needs a basis set")
     try:
-        return Level(section.method, section.basis if engine_type(section.engine).basis else None, section.engine,
-                     dict(section.options))
+        return Level(section.method, section.basis if needs_basis else None, section.engine, dict(section.options))
     except InputError as exc:
-        raise FieldError("options" if "option" in str(exc) else "basis", str(exc)) from None
+        raise FieldError("options", str(exc)) from None

@@ -22,12 +22,14 @@ from typing import Any
 
 from bioqmmm.errors import InputError
 from bioqmmm.qm.base import QMEngine
+from bioqmmm.registry import Registry
 
 
 @dataclass(frozen=True)
 class EngineType:
     """A registered engine: ``create(level, threads)`` builds it; ``options`` is the dataclass whose fields
-    (less ``excluded``) are the options a :class:`Level` may set; ``basis`` whether a level needs a basis."""
+    (less ``excluded``) are the options a :class:`Level` may set; ``basis`` whether a level needs a basis;
+    ``check(options)`` raises InputError for options that cannot work (run when a Level is made)."""
 
     name: str
     description: str
@@ -35,35 +37,25 @@ class EngineType:
     options: type
     excluded: tuple[str, ...] = ()
     basis: bool = True
+    check: Callable[[Mapping[str, Any]], None] | None = None
 
     def option_names(self) -> list[str]:
         return sorted({f.name for f in dataclasses.fields(self.options)} - set(self.excluded))
 
 
-_ENGINES: dict[str, EngineType] = {}
-
-
 def register_engine(engine: EngineType) -> EngineType:
     """Make ``engine`` available by its name (in protocol files and :class:`Level`)."""
-    known = _ENGINES.get(engine.name)
-    if known is not None and known != engine:
-        raise ValueError(f"an engine named {engine.name!r} is registered already")
-    _ENGINES[engine.name] = engine
-    return engine
+    return _ENGINES.add(engine)
 
 
 def engine_types() -> dict[str, EngineType]:
     """Every registered engine by name."""
-    _builtin()
-    return dict(sorted(_ENGINES.items()))
+    return _ENGINES.all()
 
 
 def engine_type(name: str) -> EngineType:
     """The engine called ``name``; an InputError listing the known ones if none is."""
-    engines = engine_types()
-    if name not in engines:
-        raise InputError(f"unknown QM engine {name!r}; known: {', '.join(engines)}")
-    return engines[name]
+    return _ENGINES.get(name)
 
 
 @dataclass(frozen=True)
@@ -84,6 +76,8 @@ class Level:
                              f"{', '.join(kind.option_names())}")
         if kind.basis and not self.basis:
             raise InputError(f"QM engine {self.engine!r} needs a basis set (level {self.method!r})")
+        if kind.check is not None:
+            kind.check(self.options)
 
     @property
     def label(self) -> str:
@@ -105,12 +99,24 @@ def _create_pyscf(level: Level, threads: int | None) -> QMEngine:
     return PySCFEngine(level.method, level.basis, **options)
 
 
-def _create_mixed(level: Level, threads: int | None) -> QMEngine:
-    from bioqmmm.qm.mixed import MixedEngine, MixedOptions
+def _mixed_levels(options: Mapping[str, Any]) -> tuple[Level, Level, float]:
+    """The two end levels and λ of a mixed engine's options, each checked."""
+    from bioqmmm.qm.mixed import MixedOptions
 
-    options = MixedOptions(**level.options)
-    return MixedEngine(create_engine(_level(options.a, "a"), threads), create_engine(_level(options.b, "b"), threads),
-                       options.lam)
+    try:
+        mixed = MixedOptions(**options)
+    except TypeError as exc:
+        raise InputError(f"mixed engine: {exc}") from exc
+    if not 0.0 <= mixed.lam <= 1.0:
+        raise InputError(f"mixed engine: lam must lie between 0 and 1, not {mixed.lam}")
+    return _level(mixed.a, "a"), _level(mixed.b, "b"), mixed.lam
+
+
+def _create_mixed(level: Level, threads: int | None) -> QMEngine:
+    from bioqmmm.qm.mixed import MixedEngine
+
+    a, b, lam = _mixed_levels(level.options)
+    return MixedEngine(create_engine(a, threads), create_engine(b, threads), lam)
 
 
 def _level(value: Level | Mapping[str, Any], key: str) -> Level:
@@ -123,14 +129,15 @@ def _level(value: Level | Mapping[str, Any], key: str) -> Level:
         raise InputError(f"mixed engine option {key!r}: {exc}") from exc
 
 
-def _builtin() -> None:
-    """Register the engines bioqmmm ships (once; their modules are imported only when an engine is made)."""
-    if "pyscf" in _ENGINES:
-        return
+def _builtin(engines: Registry) -> None:
+    """The engines bioqmmm ships (their modules imported only when an engine is made)."""
     from bioqmmm.qm.mixed import MixedOptions
     from bioqmmm.qm.pyscf_engine import PySCFOptions
 
-    register_engine(EngineType("pyscf", "HF or any DFT functional PySCF knows, on CPU or GPU (gpu4pyscf)",
-                               _create_pyscf, PySCFOptions, excluded=("method", "basis", "ladder")))
-    register_engine(EngineType("mixed", "(1 - lam) E_a + lam E_b of two levels a and b, forces likewise",
-                               _create_mixed, MixedOptions, basis=False))
+    engines.add(EngineType("pyscf", "HF or any DFT functional PySCF knows, on CPU or GPU (gpu4pyscf)",
+                           _create_pyscf, PySCFOptions, excluded=("method", "basis", "ladder")))
+    engines.add(EngineType("mixed", "(1 - lam) E_a + lam E_b of two levels a and b, forces likewise",
+                           _create_mixed, MixedOptions, basis=False, check=_mixed_levels))
+
+
+_ENGINES = Registry("QM engine", _builtin)

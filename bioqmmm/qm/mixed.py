@@ -9,7 +9,6 @@ engine b's (both are still evaluated, so that the reduced potential of every oth
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -19,11 +18,11 @@ from bioqmmm.qm.base import QMEngine, QMInfo, QMMoments, QMResult
 
 @dataclass(frozen=True)
 class MixedOptions:
-    """Options of the ``mixed`` engine: its two levels (:class:`~bioqmmm.qm.factory.Level` or a mapping of
-    its fields) and λ in [0, 1]."""
+    """Options of the ``mixed`` engine: its two levels (a mapping of :class:`~bioqmmm.qm.factory.Level`'s
+    fields, or in Python a Level) and λ in [0, 1]."""
 
-    a: Any
-    b: Any
+    a: dict
+    b: dict
     lam: float = 0.5
 
 
