@@ -17,6 +17,7 @@ from bioqmmm.qm.factory import Level, create_engine
 from bioqmmm.qmmm.embedding import PeriodicEmbedding
 from bioqmmm.qmmm.system import QMMMSystem
 from bioqmmm.region.protein import residues, sidechain
+from bioqmmm.region.region import QMRegion
 from bioqmmm.region.selection import resolve_qm_atoms
 from bioqmmm.run.protocol import ProtocolFile, QMSection, SystemSection
 from bioqmmm.simulation.environment import fixed_atoms, mm_context
@@ -117,24 +118,21 @@ def qm_at(qm: QMSection, level: Level | None) -> QMSection:
     return dataclasses.replace(qm, **changes)
 
 
+def qm_region(config: ProtocolFile, topology: app.Topology) -> QMRegion:
+    """The validated QM region of the ``qm`` block (selection, cuts, electron count)."""
+    qm = config.qm
+    return QMRegion.select(topology, qm_selection(topology, qm), charge=qm.charge, multiplicity=qm.multiplicity,
+                           boundary_charges=qm.boundary_charges, allow_polar_cut=qm.allow_polar_cut)
+
+
 def qmmm_model(config: ProtocolFile, topology: app.Topology, system: openmm.System,
-               level: Level | None = None) -> QMMMSystem:
-    """A QMMMSystem of ``config``'s QM region over the reference ``system`` (not modified), at the
-    ``qm`` block's level of theory or at ``level``."""
+               level: Level | None = None, region: QMRegion | None = None) -> QMMMSystem:
+    """A QMMMSystem of ``config``'s QM region (``region`` when it is made already) over the reference
+    ``system`` (not modified), at the ``qm`` block's level of theory or at ``level``."""
     qm = qm_at(config.qm, level)
     engine = create_engine(qm.level(), config.resources.threads)
     embedding = None
     if system.usesPeriodicBoundaryConditions():
         embedding = PeriodicEmbedding(cutoff=qm.embedding.cutoff_nm, switch_width=qm.embedding.switch_width_nm)
-    return QMMMSystem(
-        topology,
-        system,
-        qm_selection(topology, qm),
-        charge=qm.charge,
-        multiplicity=qm.multiplicity,
-        engine=engine,
-        embedding=embedding,
-        platform=config.resources.platform,
-        boundary_charges=qm.boundary_charges,
-        allow_polar_cut=qm.allow_polar_cut,
-    )
+    return QMMMSystem(topology, system, region or qm_region(config, topology), engine=engine, embedding=embedding,
+                      platform=config.resources.platform)
