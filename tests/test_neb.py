@@ -140,13 +140,13 @@ def test_restart_continues_from_the_last_iteration(tmp_path):
     assert resumed.iterations == reference.iterations
     assert np.array_equal(resumed.positions, reference.positions)
     assert len(resumed.history) == len(reference.history)
-    with pytest.raises(InputError, match="different band"):
+    with pytest.raises(InputError, match="band checkpoint of a different run"):
         _mb_neb().run(fmax=1e-3, checkpoint=checkpoint, identity="another run")
     rerun = _mb_neb().run(fmax=1e-3, max_iterations=3000, checkpoint=checkpoint, identity="mb")
     assert rerun.iterations == reference.iterations and len(rerun.history) == len(reference.history)
     default = tmp_path / "default.npz"
     _mb_neb().run(fmax=1e-3, max_iterations=5, checkpoint=default)
-    with pytest.raises(InputError, match="different band"):  # the default identity knows the settings
+    with pytest.raises(InputError, match="band checkpoint of a different run"):  # the default identity knows settings
         NEB(FunctionModel(muller_brown, 1), MB_A, MB_B, n_images=9, spring_constant=500.0, max_step=0.05,
             interpolation="linear").run(fmax=1e-3, checkpoint=default)
 

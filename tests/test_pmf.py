@@ -362,7 +362,7 @@ def test_window_sampling_resumes_bit_for_bit(tmp_path):
     resumed = sample_window(pair_system(CHEAP), distance(0, 1), bias, START, settings, tmp_path / "b",
                             platform="Reference")
     assert np.array_equal(whole.s, resumed.s) and np.array_equal(whole.positions, resumed.positions)
-    with pytest.raises(InputError, match="different settings"):
+    with pytest.raises(InputError, match="window.s samples of a different run"):
         sample_window(pair_system(CHEAP), distance(0, 1), bias, START, settings, tmp_path / "b",
                       platform="Reference", identity="other")
 

@@ -24,6 +24,7 @@ import numpy as np
 from bioqmmm.errors import InputError
 from bioqmmm.paths.models import PathModel
 from bioqmmm.simulation.checkpoint import save_arrays
+from bioqmmm.simulation.identity import require_same_run
 from bioqmmm.simulation.optimizers import FIRE
 
 
@@ -98,9 +99,9 @@ class BandState:
         """The state saved at ``path``; refused if it belongs to another run."""
         try:
             with np.load(path, allow_pickle=False) as data:
-                if str(data["identity"]) != identity or data["positions"].shape != shape:
-                    raise InputError(f"{path} is the checkpoint of a different band (other model, settings or "
-                                     "images): use another output folder or remove it")
+                same_images = data["positions"].shape == shape
+                require_same_run(str(data["identity"]) if same_images else None, identity, path.parent,
+                                 "band checkpoint")
                 keys = data["history_keys"].tolist()
                 iteration, relaxed_at = (int(v) for v in data["scalars"])
                 energies = data["endpoint_energies"]

@@ -241,3 +241,12 @@ _EXTRACTORS = {
     openmm.RBTorsionForce: _extract_torsions,
     openmm.CMAPTorsionForce: _extract_cmap,
 }
+
+
+def free_force_group(system: openmm.System, purpose: str) -> int:
+    """The force group above every group ``system``'s forces use (OpenMM has 32); ``purpose`` names what
+    needs it in the error when none is left."""
+    group = max({force.getForceGroup() for force in system.getForces()} | {0}) + 1
+    if group > 31:
+        raise InputError(f"no free force group left for {purpose}")
+    return group

@@ -13,7 +13,7 @@ from bioqmmm.errors import InputError
 from bioqmmm.qm.base import QMEngine
 from bioqmmm.qmmm.embedding import EmbeddingResult, FullEmbedding, PeriodicEmbedding
 from bioqmmm.qmmm.force import QMForceKernel, make_qm_force
-from bioqmmm.qmmm.surgery import build_mm_system, mm_charges
+from bioqmmm.qmmm.surgery import build_mm_system, free_force_group, mm_charges
 from bioqmmm.region.boundary import LinkAtom, build_boundary
 from bioqmmm.region.region import QMRegion
 from bioqmmm.units import positions_nm
@@ -101,10 +101,7 @@ class QMMMSystem:
                 f"{type(self.embedding).__name__} does not fit a {'' if periodic else 'non-'}periodic system"
             )
         self.system = build_mm_system(system, self.qm_atoms)
-        used = {f.getForceGroup() for f in self.system.getForces()}
-        self.qm_force_group = max(used | {0}) + 1
-        if self.qm_force_group > 31:
-            raise InputError("no free force group left for the QM force")
+        self.qm_force_group = free_force_group(self.system, "the QM force")
         self.kernel = QMForceKernel(region, self.boundary, engine, self.embedding)
         self.qm_force = make_qm_force(self.kernel, self.qm_force_group)
         self.system.addForce(self.qm_force)

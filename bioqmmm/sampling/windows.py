@@ -23,10 +23,12 @@ import openmm
 from openmm import unit
 
 from bioqmmm.errors import BioQMMMError, CalculationError, InputError, ReplicaAbortedError
+from bioqmmm.qmmm.surgery import free_force_group
 from bioqmmm.sampling.coordinates import Bias, ReactionCoordinate, Umbrella
 from bioqmmm.sampling.reweighting import Window, decorrelate
 from bioqmmm.simulation.checkpoint import read_checkpoint, read_meta, save_arrays, write_checkpoint
 from bioqmmm.simulation.environment import mm_context, reproducible_properties
+from bioqmmm.simulation.identity import require_same_run
 
 #: MM minimisation that pulls a start structure into a window: RMS force tolerance (kJ/mol/nm), iterations.
 PULL_TOLERANCE = 10.0
@@ -90,9 +92,7 @@ def sample_window(
     checkpoint = folder / "checkpoint.npz"
     periodic = system.usesPeriodicBoundaryConditions()
     bias_force = coordinate.bias_force(bias, periodic)
-    group = max({f.getForceGroup() for f in system.getForces()} | {0}) + 1
-    if group > 31:
-        raise InputError("no free force group left for the umbrella bias")
+    group = free_force_group(system, "the umbrella bias")
     bias_force.setForceGroup(group)
     system.addForce(bias_force)
     unbiased = sum(1 << g for g in range(32) if g != group)
@@ -109,8 +109,7 @@ def sample_window(
 
     meta = {"identity": identity, "samples": 0, "chunks": 0, "equilibrated": False}
     if checkpoint.exists():
-        if read_meta(checkpoint).get("identity") != identity:
-            raise InputError(f"{folder} holds samples of different settings: use another folder or remove it")
+        require_same_run(read_meta(checkpoint).get("identity"), identity, folder, "window's samples")
         meta = read_checkpoint(checkpoint, context, qmmm)
     else:
         if box is not None:

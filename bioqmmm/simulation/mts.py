@@ -24,7 +24,7 @@ import openmm
 from openmm import unit
 
 from bioqmmm.errors import CalculationError, InputError
-from bioqmmm.qmmm.surgery import X_H_BONDS, constraint_springs, qm_internal_forces
+from bioqmmm.qmmm.surgery import X_H_BONDS, constraint_springs, free_force_group, qm_internal_forces
 from bioqmmm.qmmm.system import QMMMSystem
 from bioqmmm.units import minimum_image, positions_nm
 
@@ -45,11 +45,7 @@ def add_reference_potential(
     """
     if qmmm.reference_group is not None:
         return qmmm.reference_group
-    used = {f.getForceGroup() for f in qmmm.system.getForces()}
-    free = [g for g in range(32) if g not in used]
-    if not free:
-        raise InputError("no free force group left for the multiple-time-step reference potential")
-    fast_group = free[0]
+    fast_group = free_force_group(qmmm.system, "the multiple-time-step reference potential")
     elements = dict(zip(qmmm.qm_atoms, qmmm.symbols, strict=True))
     x_h = constraint_springs(qmmm.reference_system, qmmm.qm_atoms, elements)
     _add_link_springs(qmmm, x_h, elements)
