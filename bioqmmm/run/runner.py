@@ -58,7 +58,7 @@ def replica_config(config: ProtocolFile, replica: ReplicaSection) -> ProtocolFil
     foreign = [key for key in replica.protocol_changes() if key not in keys]
     if foreign:
         raise InputError(f"replica {replica.name!r}: {', '.join(foreign)} are not keys of the {config.kind().name} "
-                         "protocol; a replica can change those and its QM region")
+                         "protocol; a replica changes only its protocol's keys and its QM region")
     region = replica.qm_changes()
     if {"atoms", "sidechains", "residues"} & set(region):  # a replica's QM region is given whole
         region = {"atoms": None, "sidechains": (), "residues": (), **region}
@@ -154,9 +154,9 @@ def _single(config: ProtocolFile, progress: bool, poll=None, comm=None) -> dict[
     qmmm, positions, box = build_qmmm(config)
     out = config.output_dir()
     out.mkdir(parents=True, exist_ok=True)
-    kind = config.kind()
+    kind, run_identity = config.kind(), identity(config)
     context = RunContext(
-        qmmm=qmmm, positions=positions, box=box, output=out, base=config.base_dir(), identity=identity(config),
+        qmmm=qmmm, positions=positions, box=box, output=out, base=config.base_dir(), identity=run_identity,
         record={
             "n_atoms": qmmm.topology.getNumAtoms(),
             "n_qm_atoms": len(qmmm.qm_atoms),
@@ -164,7 +164,7 @@ def _single(config: ProtocolFile, progress: bool, poll=None, comm=None) -> dict[
             "qm_level": config.qm.level().label,
             "qm_charge": config.qm.charge,
             "qm_multiplicity": config.qm.multiplicity,
-            "identity": identity(config),
+            "identity": run_identity,
             "target": kind.target(config.protocol),
         },
         comm=comm or world(),
