@@ -30,8 +30,8 @@ class Registry:
     def all(self) -> dict[str, Any]:
         """Every item by name, sorted."""
         if not self._loaded:
+            self._load(self)  # a failure propagates, and the next lookup loads again
             self._loaded = True
-            self._load(self)
         return dict(sorted(self._items.items()))
 
     def get(self, name: str) -> Any:

@@ -29,6 +29,16 @@ def write_results(outdir: str | Path, protocol: str, figures: dict[str, Any]) ->
     return record
 
 
+def read_result(outdir: str | Path, identity: str) -> dict[str, Any] | None:
+    """The ``result.json`` record in ``outdir`` if there is one and it belongs to ``identity`` (else None):
+    how a rerun finds work that is already done."""
+    try:
+        record = json.loads((Path(outdir) / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if record.get("identity") == identity else None
+
+
 def format_summary(record: dict[str, Any]) -> str:
     """``key  value unit`` lines, aligned."""
     lines = []

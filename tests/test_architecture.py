@@ -179,6 +179,59 @@ def test_levels_name_registered_engines_and_their_options_only():
     assert Level("hf", "sto-3g").label == "hf/sto-3g"
 
 
+@dataclasses.dataclass(frozen=True)
+class _ScaleOptions:
+    factor: float = 2.0
+
+
+class _ScaledEngine:
+    """A toy engine: another engine's energy and forces times a factor."""
+
+    def __init__(self, inner, factor: float) -> None:
+        self.inner, self.factor = inner, factor
+
+    def validate(self, symbols, charge, multiplicity) -> None:
+        self.inner.validate(symbols, charge, multiplicity)
+
+    def compute(self, *args, **kwargs):
+        result = self.inner.compute(*args, **kwargs)
+        return dataclasses.replace(result, energy=self.factor * result.energy, qm_forces=self.factor * result.qm_forces,
+                                   mm_forces=self.factor * result.mm_forces)
+
+    def get_state(self):
+        return self.inner.get_state()
+
+    def set_state(self, state) -> None:
+        self.inner.set_state(state)
+
+
+def test_an_engine_registered_from_outside_is_made_by_name(monkeypatch, tmp_path):
+    """register_engine is the seam a new engine (xTB, an ML potential) goes through: a Level names it, its
+    options are its own, and a protocol file selects it."""
+    from bioqmmm.qm import factory
+
+    kind = factory.EngineType("scaled", "pyscf times a factor",
+                              lambda level, threads: _ScaledEngine(create_engine(Level(level.method, level.basis)),
+                                                                   level.options.get("factor", 2.0)),
+                              _ScaleOptions)
+    factory.engine_types()
+    monkeypatch.setitem(factory._ENGINES._items, "scaled", kind)
+    scaled = create_engine(Level("hf", "sto-3g", engine="scaled", options={"factor": 3.0}))
+    plain = create_engine(Level("hf", "sto-3g"))
+    e_scaled = scaled.compute(WATER, WATER_XYZ, 0, 1, MM_XYZ, MM_Q).energy
+    assert e_scaled == pytest.approx(3.0 * plain.compute(WATER, WATER_XYZ, 0, 1, MM_XYZ, MM_Q).energy, abs=1e-5)
+    with pytest.raises(InputError, match=r"unknown option\(s\) \['conv_tol'\] of QM engine 'scaled'"):
+        Level("hf", "sto-3g", engine="scaled", options={"conv_tol": 1e-9})
+
+    from bioqmmm.run.protocol import load_protocol
+
+    path = tmp_path / "scaled.yaml"
+    path.write_text(TOY_FILE.format(scale=1, label="x").replace("protocol:\n  type: scaled_energy\n  scale: 1\n"
+                                                                 "  label: x\n", "protocol:\n  type: md\n  steps: 2\n")
+                    .replace("options:\n    conv_tol: 1e-10", "engine: scaled\n  options:\n    factor: 3.0"))
+    assert load_protocol(path).qm.level() == Level("hf", "sto-3g", "scaled", {"factor": 3.0})
+
+
 def _mixed_parts(lam: float):
     a, b = Level("hf", "sto-3g", options={"conv_tol": 1e-11}), Level("hf", "3-21g", options={"conv_tol": 1e-11})
     mixed = create_engine(Level(engine="mixed", options={"a": a, "b": dataclasses.asdict(b), "lam": lam}))
@@ -250,6 +303,30 @@ def test_protocol_file_selects_the_engine_by_name(tmp_path):
         load_protocol(path)
 
 
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("  cheap: mm ", "  cheap: {method: hf, engine: orca}  ", r"pmf.yaml:20: 'engine': unknown QM engine 'orca'"),
+    ("  cheap: mm ", "  cheap: {method: hf, basis: sto-3g, options: {conv_tl: 1}} ",
+     r"pmf.yaml:20: unknown key 'conv_tl' in 'options' \(did you mean 'conv_tol'"),
+    ("  type: pmf\n", "",
+     r"pmf.yaml:16: missing required key 'type' in 'protocol': give one of md, neb, optimize, pmf"),
+])
+def test_nested_levels_and_missing_types_are_refused_with_key_and_line(tmp_path, old, new, message):
+    from bioqmmm.run.protocol import load_protocol
+
+    path = tmp_path / "pmf.yaml"
+    path.write_text((ROOT / "protocols" / "pmf.yaml").read_text().replace(old, new))
+    with pytest.raises(ProtocolError, match=message):
+        load_protocol(path)
+
+
+def test_a_mixed_level_is_named_by_its_parts():
+    level = Level(engine="mixed", options={"a": {"method": "hf", "basis": "sto-3g"},
+                                           "b": Level("b3lyp", "6-31g*"), "lam": 0.25})
+    assert level.label == "mixed(lam=0.25; hf/sto-3g | b3lyp/6-31g*)"
+    with pytest.raises(InputError, match=r"mixed engine option 'a': unknown key\(s\) \['functional'\]"):
+        Level(engine="mixed", options={"a": {"functional": "hf"}, "b": {"method": "hf", "basis": "sto-3g"}})
+
+
 # ----------------------------------------------------------------------------- the QM region
 def test_qm_region_is_validated_once_and_used_by_the_qmmm_system(water_cluster):
     from bioqmmm.qm import PySCFEngine
@@ -275,5 +352,5 @@ def test_qm_region_is_validated_once_and_used_by_the_qmmm_system(water_cluster):
     e1, f1 = from_region.energy_and_forces(positions)
     e2, f2 = from_selection.energy_and_forces(positions)
     assert e1 == pytest.approx(e2, abs=1e-8) and np.allclose(f1, f2, atol=1e-4)
-    with pytest.raises(InputError, match="carries its charge and multiplicity"):
+    with pytest.raises(InputError, match="carries its charge, multiplicity: give none"):
         QMMMSystem(topology, system, region, charge=0, multiplicity=1, engine=engine)

@@ -65,6 +65,7 @@ class MDSettings(Declared):
     trajectory_interval: int = setting(1, doc="steps between trajectory frames", check="positive_int")
     trajectory_format: Literal["dcd", "xtc"] = setting("dcd", doc="trajectory file format")
     checkpoint_interval: int = setting(10, doc="steps between checkpoints", check="positive_int")
+    new_keys = ("qm_every",)  # single-step runs keep the identity they had before multiple time steps
 
     def check(self) -> None:
         if self.seed is not None and self.seed < 1:
@@ -137,7 +138,7 @@ def run_md(
         "energies": out / "energies.csv",
         "checkpoint": out / "checkpoint.npz",
     }
-    identity = identity or fingerprint(settings.__class__.__name__, settings.timestep_fs, settings.integrator,
+    identity = identity or fingerprint("MDProtocol", settings.timestep_fs, settings.integrator,
                                        *([settings.qm_every] if settings.qm_every > 1 else []))
     resume = files["checkpoint"].exists()
     if resume:
@@ -283,4 +284,4 @@ def run(context: RunContext, settings: MDSettings) -> dict:
 
 
 PROTOCOL = Protocol("md", "QM/MM molecular dynamics (NVT/NVE, barostat, multiple time steps) with checkpoints",
-                    MDSettings, run, length_keys=("steps",), new_keys=("qm_every",))
+                    MDSettings, run, length_keys=("steps",))

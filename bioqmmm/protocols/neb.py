@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +37,7 @@ from bioqmmm.protocols.optimize import ActiveRegionKeys, OptimizeSettings, run_o
 from bioqmmm.protocols.registry import Protocol
 from bioqmmm.protocols.settings import Declared, FieldError, setting
 from bioqmmm.region.selection import resolve_qm_atoms
-from bioqmmm.results import new_figure, quantity, write_results
+from bioqmmm.results import new_figure, quantity, read_result, write_results
 from bioqmmm.simulation.environment import ConstraintProjector
 from bioqmmm.simulation.identity import array_digest, fingerprint
 
@@ -221,12 +220,10 @@ def _optimized_endpoints(context: RunContext, settings: NEBSettings, ends: dict[
         return write_results(folder / replica.name, "optimize", {"identity": tags[replica.name], **outcome.figures()})
 
     def finished(replica: Replica) -> dict[str, Any] | None:
-        try:
-            record = json.loads((folder / replica.name / "result.json").read_text())
-        except (OSError, ValueError):
-            return None
-        done = record.get("converged") or record.get("iterations", 0) >= settings.endpoint_max_steps
-        return record if record.get("identity") == tags[replica.name] and done else None
+        record = read_result(folder / replica.name, tags[replica.name])
+        done = record is not None and (record.get("converged")
+                                       or record.get("iterations", 0) >= settings.endpoint_max_steps)
+        return record if done else None
 
     results = run_replicas([Replica(name) for name in ENDPOINTS], work, folder, finished=finished, comm=context.comm)
     for name, record in results.items():

@@ -34,6 +34,7 @@ from bioqmmm.parallel.schedule import estimated_cost
 from bioqmmm.protocols.context import RunContext
 from bioqmmm.protocols.pmf_settings import CoordinateSection, MetadynamicsSection, PMFSettings, WindowsSection
 from bioqmmm.protocols.registry import Protocol
+from bioqmmm.protocols.settings import settings_record
 from bioqmmm.region.selection import resolve_qm_atoms
 from bioqmmm.results import new_figure, quantity, write_results
 from bioqmmm.sampling.coordinates import ReactionCoordinate, Term, Umbrella, distance_difference, umbrella_windows
@@ -140,7 +141,7 @@ def run(context: RunContext, settings: PMFSettings) -> dict:
         metadynamics_range(settings.metadynamics, coordinate.period)
     start = comm.bcast(np.asarray(positions) if comm.rank == 0 else None)
     identities = {name: _window_identity(context, settings, plan, coordinate) for name, plan in plans.items()}
-    energies_identity = fingerprint(*context.inputs_at(None), settings.cheap, context.platform)
+    energies_identity = fingerprint(*context.inputs_at(None), settings_record(settings.cheap), context.platform)
     levels = _Levels(context, settings)
     folder = out / "windows"
 

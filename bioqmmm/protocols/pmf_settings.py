@@ -119,6 +119,7 @@ class LevelSection(Declared):
     basis: str | None = setting(None, doc="basis set (engines with a basis)")
     engine: str = setting("pyscf", doc="QM engine by name")
     options: dict = setting(factory=dict, schema=engine_options, doc="engine options")
+    new_keys = ("engine", "options")
 
     def check(self) -> None:
         self.level()

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bioqmmm.protocols.settings import settings_record
 from bioqmmm.registry import Registry
 
 
@@ -25,9 +26,9 @@ class Protocol:
     """A registered protocol.
 
     ``length_keys``: settings a rerun may change and still continue the run (the first, if any, is the
-    run's length: its target). ``new_keys``: keys added after the first release, left out of the run's
-    identity while at their default so that older checkpoints still resume. ``parallel``: the protocol
-    shares its own work out over MPI ranks (a file with it takes no ``replicas`` list).
+    run's length: its target). ``parallel``: the protocol shares its own work out over MPI ranks (a file
+    with it takes no ``replicas`` list). Keys added to a protocol later are declared in its settings'
+    ``new_keys`` (:class:`~bioqmmm.protocols.settings.Declared`).
     """
 
     name: str
@@ -35,14 +36,13 @@ class Protocol:
     settings: type
     run: Callable[[Any, Any], dict[str, Any]]
     length_keys: tuple[str, ...] = ()
-    new_keys: tuple[str, ...] = ()
     parallel: bool = False
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.settings):
             raise TypeError(f"protocol {self.name!r}: settings must be a dataclass")
         keys = {f.name for f in dataclasses.fields(self.settings)}
-        unknown = [k for k in (*self.length_keys, *self.new_keys) if k not in keys]
+        unknown = [k for k in self.length_keys if k not in keys]
         if unknown:
             raise TypeError(f"protocol {self.name!r}: {unknown} are not keys of {self.settings.__name__}")
 
@@ -51,15 +51,11 @@ class Protocol:
         return getattr(settings, self.length_keys[0]) if self.length_keys else None
 
     def identity_record(self, settings) -> dict[str, Any]:
-        """The settings a checkpoint belongs to: run lengths set to 1, new keys at their default left out."""
+        """The settings a checkpoint belongs to (:func:`~bioqmmm.protocols.settings.settings_record`), run
+        lengths set to 1."""
         if type(settings) is not self.settings:
             raise TypeError(f"protocol {self.name!r} takes {self.settings.__name__}, not {type(settings).__name__}")
-        record = dataclasses.asdict(dataclasses.replace(settings, **dict.fromkeys(self.length_keys, 1)))
-        defaults = {f.name: f.default for f in dataclasses.fields(self.settings)}
-        for key in self.new_keys:
-            if record[key] == defaults[key]:
-                del record[key]
-        return {"type": self.name, **record}
+        return {"type": self.name, **settings_record(settings), **dict.fromkeys(self.length_keys, 1)}
 
 
 def _scan(protocols: Registry) -> None:

@@ -56,7 +56,13 @@ def setting(default: Any = dataclasses.MISSING, *, doc: str, unit: str | None = 
 
 
 class Declared:
-    """Base of settings dataclasses: runs each key's declared check, then :meth:`check`."""
+    """Base of settings dataclasses: runs each key's declared check, then :meth:`check`.
+
+    ``new_keys`` (a class attribute): keys added after the first release, left out of
+    :func:`settings_record` while at their default, so that runs stored before they existed still resume.
+    """
+
+    new_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -71,6 +77,20 @@ class Declared:
 
     def check(self) -> None:
         """Rules that join several keys (raise :class:`FieldError`)."""
+
+
+def settings_record(value: Any) -> Any:
+    """``value`` as plain data for run identities: dataclasses as dicts (recursively), each one's
+    ``new_keys`` left out while at their default."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        omit = set(getattr(value, "new_keys", ()))
+        return {f.name: settings_record(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not (f.name in omit and getattr(value, f.name) == f.default)}
+    if isinstance(value, tuple | list):
+        return [settings_record(v) for v in value]
+    if isinstance(value, dict):
+        return {k: settings_record(v) for k, v in value.items()}
+    return value
 
 
 def unit_of(f: dataclasses.Field) -> str:
@@ -88,13 +108,16 @@ def describe_type(hint) -> str:
     if origin is Literal:
         return "one of " + ", ".join(map(repr, typing.get_args(hint)))
     if origin in (list, tuple):
-        item = typing.get_args(hint)[0]
-        plural = {int: "integers", float: "numbers", str: "strings"}
-        return f"a list of {plural.get(item, describe_type(item))}"
-    if dataclasses.is_dataclass(hint) or hint is dict or origin is dict:
+        return f"a list of {_plural(typing.get_args(hint)[0])}"
+    if dataclasses.is_dataclass(hint) or hint is dict or origin is dict or hint is Declared:
         return "a mapping"
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
     return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _plural(hint) -> str:
+    return {int: "integers", float: "numbers", str: "strings"}.get(hint, "mappings" if dataclasses.is_dataclass(hint)
+                                                                   else describe_type(hint))
 
 
 def key_rows(cls: type, prefix: str = "") -> list[tuple[str, str, str, str, str]]:

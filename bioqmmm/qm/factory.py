@@ -29,7 +29,8 @@ from bioqmmm.registry import Registry
 class EngineType:
     """A registered engine: ``create(level, threads)`` builds it; ``options`` is the dataclass whose fields
     (less ``excluded``) are the options a :class:`Level` may set; ``basis`` whether a level needs a basis;
-    ``check(options)`` raises InputError for options that cannot work (run when a Level is made)."""
+    ``check(options)`` raises InputError for options that cannot work (run when a Level is made);
+    ``label(level)`` names a level in results (default ``method/basis``)."""
 
     name: str
     description: str
@@ -38,6 +39,7 @@ class EngineType:
     excluded: tuple[str, ...] = ()
     basis: bool = True
     check: Callable[[Mapping[str, Any]], None] | None = None
+    label: Callable[[Level], str] | None = None
 
     def option_names(self) -> list[str]:
         return sorted({f.name for f in dataclasses.fields(self.options)} - set(self.excluded))
@@ -81,7 +83,11 @@ class Level:
 
     @property
     def label(self) -> str:
-        """``method/basis`` (``method`` alone without a basis), as results name a level."""
+        """How results name this level: ``method/basis`` (``method`` alone without a basis) unless the engine
+        names its levels itself."""
+        kind = engine_type(self.engine)
+        if kind.label is not None:
+            return kind.label(self)
         return f"{self.method}/{self.basis}" if self.basis else self.method or self.engine
 
 
@@ -112,6 +118,11 @@ def _mixed_levels(options: Mapping[str, Any]) -> tuple[Level, Level, float]:
     return _level(mixed.a, "a"), _level(mixed.b, "b"), mixed.lam
 
 
+def _mixed_label(level: Level) -> str:
+    a, b, lam = _mixed_levels(level.options)
+    return f"mixed(lam={lam:g}; {a.label} | {b.label})"
+
+
 def _create_mixed(level: Level, threads: int | None) -> QMEngine:
     from bioqmmm.qm.mixed import MixedEngine
 
@@ -123,10 +134,11 @@ def _level(value: Level | Mapping[str, Any], key: str) -> Level:
     """A mixed engine's end level, given as a Level or as a mapping of its fields."""
     if isinstance(value, Level):
         return value
-    try:
-        return Level(**value)
-    except TypeError as exc:
-        raise InputError(f"mixed engine option {key!r}: {exc}") from exc
+    known = [f.name for f in dataclasses.fields(Level)]
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise InputError(f"mixed engine option {key!r}: unknown key(s) {unknown}; a level has {', '.join(known)}")
+    return Level(**value)
 
 
 def _builtin(engines: Registry) -> None:
@@ -137,7 +149,7 @@ def _builtin(engines: Registry) -> None:
     engines.add(EngineType("pyscf", "HF or any DFT functional PySCF knows, on CPU or GPU (gpu4pyscf)",
                            _create_pyscf, PySCFOptions, excluded=("method", "basis", "ladder")))
     engines.add(EngineType("mixed", "(1 - lam) E_a + lam E_b of two levels a and b, forces likewise",
-                           _create_mixed, MixedOptions, basis=False, check=_mixed_levels))
+                           _create_mixed, MixedOptions, basis=False, check=_mixed_levels, label=_mixed_label))
 
 
 _ENGINES = Registry("QM engine", _builtin)

@@ -27,14 +27,13 @@ class MixedOptions:
 
 
 class MixedEngine:
-    """(1 − ``lam``) × ``engine_a`` + ``lam`` × ``engine_b``; :attr:`last_parts` keeps both results."""
+    """(1 − ``lam``) × ``engine_a`` + ``lam`` × ``engine_b``."""
 
     def __init__(self, engine_a: QMEngine, engine_b: QMEngine, lam: float) -> None:
         if not 0.0 <= lam <= 1.0:
             raise InputError(f"mixed engine: lam must lie between 0 and 1, not {lam}")
         self.engines = (engine_a, engine_b)
         self.lam = float(lam)
-        self.last_parts: tuple[QMResult, QMResult] | None = None
 
     def validate(self, symbols: list[str], charge: int, multiplicity: int) -> None:
         for engine in self.engines:
@@ -43,7 +42,6 @@ class MixedEngine:
     def compute(self, symbols, coordinates, charge, multiplicity, mm_positions, mm_charges, **kwargs) -> QMResult:
         a, b = (engine.compute(symbols, coordinates, charge, multiplicity, mm_positions, mm_charges, **kwargs)
                 for engine in self.engines)
-        self.last_parts = (a, b)
         wa, wb = 1.0 - self.lam, self.lam
 
         def mix(x, y):

@@ -65,8 +65,8 @@ class QMMMSystem:
         engine: QMEngine,
         embedding: FullEmbedding | PeriodicEmbedding | None = None,
         platform: str = "CPU",
-        boundary_charges: str = "RCD",
-        allow_polar_cut: bool = False,
+        boundary_charges: str | None = None,
+        allow_polar_cut: bool | None = None,
         link_ratios: Mapping[tuple[str, str], float] | None = None,
     ) -> None:
         if topology.getNumAtoms() != system.getNumParticles():
@@ -76,15 +76,18 @@ class QMMMSystem:
         self.topology = topology
         self.reference_system = system
         if isinstance(qm_atoms, QMRegion):
-            if charge is not None or multiplicity is not None:
-                raise InputError("a QMRegion carries its charge and multiplicity: give neither with it")
+            given = {"charge": charge, "multiplicity": multiplicity, "boundary_charges": boundary_charges,
+                     "allow_polar_cut": allow_polar_cut, "link_ratios": link_ratios}
+            if any(value is not None for value in given.values()):
+                raise InputError(f"a QMRegion carries its {', '.join(k for k, v in given.items() if v is not None)}: "
+                                 "give none of them with it")
             self.region = qm_atoms
         else:
             if charge is None or multiplicity is None:
                 raise InputError("give the QM region's charge and multiplicity (both are required)")
             self.region = QMRegion.select(topology, qm_atoms, charge=charge, multiplicity=multiplicity,
-                                          boundary_charges=boundary_charges, allow_polar_cut=allow_polar_cut,
-                                          link_ratios=link_ratios)
+                                          boundary_charges=boundary_charges or "RCD",
+                                          allow_polar_cut=bool(allow_polar_cut), link_ratios=link_ratios)
         region = self.region
         self.qm_atoms: tuple[int, ...] = region.atoms
         self.symbols = region.symbols[: len(region.atoms)]

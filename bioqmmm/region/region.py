@@ -29,7 +29,6 @@ class QMRegion:
     atoms: Topology indices, sorted. symbols: their elements, then ``"H"`` for each link atom.
     charge (e) and multiplicity: of the QM region with its link atoms. links: one hydrogen cap per cut
     bond. boundary_charges: ``"RCD"``, ``"RC"`` or ``"shift"`` (:mod:`bioqmmm.region.boundary`).
-    link_ratios: ``((qm_element, mm_element), g)`` pairs that override the standard link placement.
     """
 
     atoms: tuple[int, ...]
@@ -38,7 +37,6 @@ class QMRegion:
     multiplicity: int
     links: tuple[LinkAtom, ...] = ()
     boundary_charges: str = "RCD"
-    link_ratios: tuple[tuple[tuple[str, str], float], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.atoms:
@@ -63,8 +61,7 @@ class QMRegion:
         atoms = resolve_qm_atoms(topology, selection)
         links = find_links(topology, atoms, allow_polar_cut=allow_polar_cut, link_ratios=link_ratios)
         symbols = element_symbols(topology, atoms) + ("H",) * len(links)
-        return cls(atoms, symbols, int(charge), int(multiplicity), links, boundary_charges,
-                   tuple(sorted((link_ratios or {}).items())))
+        return cls(atoms, symbols, int(charge), int(multiplicity), links, boundary_charges)
 
     @property
     def n_electrons(self) -> int:

@@ -97,7 +97,7 @@ def build_qmmm(config: ProtocolFile) -> tuple[QMMMSystem, np.ndarray, np.ndarray
     Everything is validated (selection, boundary, charge and multiplicity, basis) before the
     only computation here, the MM relaxation of a freshly solvated example.
     """
-    base = config.source.parent if config.source is not None else None
+    base = config.base_dir()
     top, system, positions, box = build_model(config.system, base)
     qmmm = qmmm_model(config, top, system)
     if config.system.example is not None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bioqmmm.errors import InputError
 from bioqmmm.protocols import registry
 from bioqmmm.protocols.settings import Declared, FieldError, engine_options, level_of, setting
 from bioqmmm.qm.factory import Level
@@ -116,14 +117,14 @@ class ReplicaSection(Declared):
     """
 
     name: str = setting(doc="the replica's folder name")
-    seed: int | None = setting(None, doc="protocol key")
-    temperature_k: float | None = setting(None, doc="protocol key")
-    steps: int | None = setting(None, doc="protocol key")
-    atoms: str | None = setting(None, doc="QM region")
-    sidechains: tuple[str, ...] | None = setting(None, doc="QM region")
-    residues: tuple[str, ...] | None = setting(None, doc="QM region")
-    charge: int | None = setting(None, doc="QM region")
-    multiplicity: int | None = setting(None, doc="QM region")
+    seed: int | None = setting(None, doc="replaces the protocol key of this name")
+    temperature_k: float | None = setting(None, doc="replaces the protocol key of this name")
+    steps: int | None = setting(None, doc="replaces the protocol key of this name")
+    atoms: str | None = setting(None, doc="replaces this key of the qm block")
+    sidechains: tuple[str, ...] | None = setting(None, doc="replaces this key of the qm block")
+    residues: tuple[str, ...] | None = setting(None, doc="replaces this key of the qm block")
+    charge: int | None = setting(None, doc="replaces this key of the qm block")
+    multiplicity: int | None = setting(None, doc="replaces this key of the qm block")
 
     def check(self) -> None:
         if not self.name or any(c in self.name for c in "/\\ ") or self.name.startswith("."):
@@ -137,7 +138,10 @@ class ReplicaSection(Declared):
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
-def _protocol_settings(name: str) -> type:
+def _protocol_settings(name: str | None) -> type:
+    """The settings class of the protocol ``name`` (None: the error that lists the protocols)."""
+    if name is None:
+        raise InputError(f"give one of {', '.join(registry.available())}")
     return registry.get(name).settings
 
 
@@ -147,7 +151,8 @@ class ProtocolFile(Declared):
 
     system: SystemSection = setting(doc="the molecular system")
     qm: QMSection = setting(doc="the QM region and level of theory")
-    protocol: Any = setting(tagged=_protocol_settings, doc="`type`: a registered protocol, then its keys")
+    protocol: Declared = setting(tagged=_protocol_settings, doc="`type`: a registered protocol, then its keys "
+                                 "(tables below)")
     output: str = setting(doc="output folder, relative to the protocol file")
     resources: ResourcesSection = setting(ResourcesSection(), doc="threads and platform")
     replicas: tuple[ReplicaSection, ...] = setting((), doc="a replica set (docs/parallel.md)")

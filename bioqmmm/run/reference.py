@@ -46,7 +46,8 @@ def markdown() -> str:
     parts = ["| block | key | type | unit | default | meaning |", "|---|---|---|---|---|---|"]
     for block, cls in {"system": SystemSection, "qm": QMSection, "resources": ResourcesSection}.items():
         parts += [_row((block, *row)) for row in key_rows(cls)]
-    parts += [_row(("", *row)) for row in key_rows(ProtocolFile) if row[0] in ("output", "replicas")]
+    parts += [_row((row[0].split(".")[0], *row)) for row in key_rows(ProtocolFile)
+              if row[0] in ("protocol", "output") or row[0].startswith("replicas")]
     for name, protocol in registry.available().items():
         parts += ["", f"### `type: {name}`", "", protocol.description + ".", "",
                   "| key | type | unit | default | meaning |", "|---|---|---|---|---|"]

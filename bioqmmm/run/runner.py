@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import traceback
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from bioqmmm.parallel.comm import threads_per_rank, world
 from bioqmmm.parallel.replicas import Replica, run_replicas
 from bioqmmm.parallel.schedule import estimated_cost
 from bioqmmm.protocols.context import RunContext
-from bioqmmm.results import write_results
+from bioqmmm.results import read_result, write_results
 from bioqmmm.run.build import build_qmmm, qm_at, qmmm_model
 from bioqmmm.run.protocol import ProtocolFile, ReplicaSection, load_protocol
 from bioqmmm.simulation.identity import fingerprint
@@ -109,16 +108,14 @@ def _run_replica_set(config: ProtocolFile, progress: bool, comm) -> dict[str, An
     def work(replica: Replica, poll) -> dict[str, Any]:
         return _single(configs[replica.name], progress and comm.size == 1, poll=poll)
 
+    identities = {name: identity(replica_file) for name, replica_file in configs.items()}
+
     def finished(replica: Replica) -> dict[str, Any] | None:
         """The replica's result, if it is complete and from these settings (else it runs or resumes)."""
-        path = configs[replica.name].output_dir() / "result.json"
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        same = result.get("identity") == identity(configs[replica.name])
         replica_file = configs[replica.name]
-        return result if same and result.get("target") == replica_file.kind().target(replica_file.protocol) else None
+        result = read_result(replica_file.output_dir(), identities[replica.name])
+        done = result is not None and result.get("target") == replica_file.kind().target(replica_file.protocol)
+        return result if done else None
 
     replicas = [Replica(name, cost=costs[name]) for name in sections]
     results = run_replicas(replicas, work, config.output_dir(), finished=finished, comm=comm)

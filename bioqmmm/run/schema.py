@@ -132,6 +132,9 @@ class _Builder:
         origin = typing.get_origin(hint)
         if origin in (Union, types.UnionType):
             arms = typing.get_args(hint)
+            sections = [arm for arm in arms if dataclasses.is_dataclass(arm)]
+            if isinstance(node, yaml.MappingNode) and len(sections) == 1:  # its own errors name key and line
+                return self.build(sections[0], node, where)
             for arm in arms:
                 try:
                     return self.convert(arm, node, where, f)
@@ -178,7 +181,11 @@ class _Builder:
                     return lookup(tag)
                 except InputError as exc:
                     raise self.error(value_node, f"{where}: {exc}") from None
-        raise self.error(node, f"missing required key 'type' in {where}")
+        try:
+            lookup(None)
+        except InputError as exc:
+            raise self.error(node, f"missing required key 'type' in {where}: {exc}") from None
+        raise AssertionError("a tagged lookup must refuse a missing type")
 
     def _scalar(self, node: yaml.Node, where: str):
         if not isinstance(node, yaml.ScalarNode):
