@@ -335,6 +335,7 @@ def test_qm_region_is_validated_once_and_used_by_the_qmmm_system(water_cluster):
     topology, system, positions = water_cluster
     region = QMRegion.select(topology, [0, 1, 2], charge=0, multiplicity=1)
     assert region.atoms == (0, 1, 2) and region.symbols == ("O", "H", "H") and region.n_electrons == 10
+    assert QMRegion.atoms_of(region) == [0, 1, 2] == QMRegion.atoms_of((0, 1, 2))  # what preparation takes
     with pytest.raises(InputError, match="charge 10 leaves 0 electrons"):
         QMRegion.select(topology, [0, 1, 2], charge=10, multiplicity=1)
     with pytest.raises(InputError, match="charge 12 leaves -2 electrons .* the charge is wrong"):

@@ -15,14 +15,16 @@ import openmm
 from openmm import app
 
 from bioqmmm.errors import InputError
+from bioqmmm.region.region import QMRegion
 
 
-def residues_beyond(topology: app.Topology, positions: np.ndarray, qm_atoms: Sequence[int], radius_nm: float,
-                    box: np.ndarray | None = None) -> list[int]:
-    """Atoms of every residue with no atom within ``radius_nm`` of a QM atom (minimum image if ``box``)."""
+def residues_beyond(topology: app.Topology, positions: np.ndarray, qm_atoms: QMRegion | Sequence[int],
+                    radius_nm: float, box: np.ndarray | None = None) -> list[int]:
+    """Atoms of every residue with no atom within ``radius_nm`` of a QM atom (minimum image if ``box``);
+    ``qm_atoms`` is a :class:`~bioqmmm.region.region.QMRegion` or its Topology indices."""
     if radius_nm <= 0:
         raise InputError(f"active-region radius must be positive, got {radius_nm} nm")
-    qm = positions[list(qm_atoms)]
+    qm = positions[QMRegion.atoms_of(qm_atoms)]
     nearest = np.empty(len(positions))
     for start in range(0, len(positions), 4096):
         d = positions[start : start + 4096, None, :] - qm[None, :, :]
@@ -37,9 +39,11 @@ def residues_beyond(topology: app.Topology, positions: np.ndarray, qm_atoms: Seq
     return frozen
 
 
-def freeze_beyond(system: openmm.System, topology: app.Topology, positions: np.ndarray, qm_atoms: Sequence[int],
-                  radius_nm: float, method: str = "mass", force_constant: float = 1.0e4) -> list[int]:
-    """Freeze residues beyond ``radius_nm`` (nm) of the QM atoms in ``system`` (modified in place).
+def freeze_beyond(system: openmm.System, topology: app.Topology, positions: np.ndarray,
+                  qm_atoms: QMRegion | Sequence[int], radius_nm: float, method: str = "mass",
+                  force_constant: float = 1.0e4) -> list[int]:
+    """Freeze residues beyond ``radius_nm`` (nm) of the QM region (a QMRegion or its atoms) in ``system``
+    (modified in place).
 
     ``method="mass"`` sets their masses to zero and removes constraints that involve them;
     ``method="restraint"`` adds ``0.5 k |r - r0|^2`` (``force_constant`` k in kJ/mol/nm^2,

@@ -63,6 +63,11 @@ class QMRegion:
         symbols = element_symbols(topology, atoms) + ("H",) * len(links)
         return cls(atoms, symbols, int(charge), int(multiplicity), links, boundary_charges)
 
+    @staticmethod
+    def atoms_of(region: QMRegion | Sequence[int]) -> list[int]:
+        """The Topology indices of a region, or of a plain list of QM atoms."""
+        return list(region.atoms) if isinstance(region, QMRegion) else [int(i) for i in region]
+
     @property
     def n_electrons(self) -> int:
         """Electrons of the QM region with its link atoms."""
