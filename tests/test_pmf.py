@@ -591,7 +591,13 @@ def test_window_identities_follow_what_each_window_samples():
     coordinate = reaction_coordinate(config.protocol.coordinate, top)
 
     def identities(cfg):
-        return {p.name: _window_identity(cfg, p, coordinate) for p in window_plans(cfg.protocol, coordinate)}
+        from types import SimpleNamespace
+
+        from bioqmmm.run.build import qm_at
+
+        context = SimpleNamespace(inputs_at=lambda level: (cfg.system, qm_at(cfg.qm, level)))  # as the runner's
+        return {p.name: _window_identity(context, cfg.protocol, p, coordinate)
+                for p in window_plans(cfg.protocol, coordinate)}
 
     def changed(cfg, **qm):
         new = dataclasses.replace(cfg, qm=dataclasses.replace(cfg.qm, **qm))
