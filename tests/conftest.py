@@ -71,6 +71,38 @@ def assert_fd_forces(energy, positions: np.ndarray, forces: np.ndarray, atoms, h
             assert forces[atom, axis] == pytest.approx(fd, abs=FD_ABS_TOL, rel=2e-3), (atom, axis)
 
 
+def switching_scan(qmmm_system, positions: np.ndarray, box_edge: float, qm=(0, 1, 2), steps: int = 51):
+    """Move the water whose oxygen is nearest 0.7 nm from the QM centre radially by -0.15..0.35 nm (through a
+    0.6-0.9 nm switching shell); return the QM energies (kJ/mol) and the work integral of the QM forces
+    along the scan (trapezoid rule), which an exact gradient makes equal to the energy change."""
+    context = openmm.Context(
+        qmmm_system.system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference")
+    )
+    group = {qmmm_system.qm_force_group}
+    box = np.eye(3) * box_edge
+    centre = positions[list(qm)].mean(axis=0)
+    from bioqmmm.units import minimum_image
+
+    d = np.linalg.norm(minimum_image(positions - centre, box), axis=1)
+    oxygen = int(np.argmin(np.abs(d - 0.7) + 10 * (np.arange(len(positions)) % 3 != 0)))
+    molecule = [oxygen, oxygen + 1, oxygen + 2]
+    radial = minimum_image(positions[oxygen] - centre, box)
+    radial /= np.linalg.norm(radial)
+    shifts = np.linspace(-0.15, 0.35, steps)
+    energies, work_rate = [], []
+    for s in shifts:
+        p = positions.copy()
+        p[molecule] += s * radial
+        context.setPositions(p)
+        state = context.getState(getEnergy=True, getForces=True, groups=group)
+        energies.append(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+        f = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+        work_rate.append(-np.sum(f[molecule] @ radial))
+    energies, work_rate = np.array(energies), np.array(work_rate)
+    integral = np.concatenate([[0], np.cumsum(0.5 * (work_rate[1:] + work_rate[:-1]) * np.diff(shifts))])
+    return energies - energies[0], integral
+
+
 SHARED_PDB = Path(__file__).resolve().parents[2] / "shared" / "data" / "pdb"
 
 

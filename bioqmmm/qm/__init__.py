@@ -1,8 +1,9 @@
-"""QM engines: the :class:`QMEngine` protocol and the PySCF engine."""
+"""QM engines: the :class:`QMEngine` protocol, the PySCF engine and the xTB engine."""
 
 from bioqmmm.qm.base import PolynomialPotential, QMEngine, QMInfo, QMMoments, QMResult
 from bioqmmm.qm.ladder import DEFAULT_LADDER, SCFStrategy
 from bioqmmm.qm.pyscf_engine import PySCFEngine
+from bioqmmm.qm.xtb_engine import XTBEngine
 
 __all__ = [
     "DEFAULT_LADDER",
@@ -13,4 +14,5 @@ __all__ = [
     "QMMoments",
     "QMResult",
     "SCFStrategy",
+    "XTBEngine",
 ]

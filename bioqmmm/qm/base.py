@@ -36,9 +36,10 @@ class PolynomialPotential:
 class QMMoments:
     """Multipole moments of the QM region (nuclei + electrons) about a centre.
 
-    m0 in e, m1 in e nm, m2 (3, 3) in e nm^2 (second moment sum q (r-c)(r-c)^T, not traceless).
+    m0 in e, m1 in e nm, m2 (3, 3) in e nm^2 (second moment sum q (r-c)(r-c)^T; traceless from an
+    engine that couples only the harmonic part of t2, as the xtb engine does).
     The interaction energy with a :class:`PolynomialPotential` is
-    t0 m0 + t1 . m1 + 1/2 t2 : m2.
+    t0 m0 + t1 . m1 + 1/2 t2 : m2, and m0, m1, 1/2 m2 are its derivatives with respect to t0, t1, t2.
     """
 
     m0: float
@@ -66,7 +67,9 @@ class QMResult:
     potential, kJ/mol. qm_forces (n_qm, 3) and mm_forces (n_mm, 3): kJ/mol/nm.
     mm_potentials: electrostatic potential of the QM region (nuclei + electrons) at the
     MM charges requested with ``potential_at``, kJ/mol/e (= dE/dq_j).
-    moments: QM multipoles about the centre of the external potential, if one was given.
+    moments: QM multipoles about the centre of the external potential, if one was given;
+    center_gradient: then also dE/dc, the derivative with respect to the potential's centre c at fixed
+    t0, t1, t2, kJ/mol/nm (-(m0 t1 + t2 m1) for an exact polynomial coupling).
     """
 
     energy: float
@@ -76,11 +79,18 @@ class QMResult:
     mm_potentials: np.ndarray = field(default_factory=lambda: np.zeros(0))
     moments: QMMoments | None = None
     atomic_charges: np.ndarray | None = None  # Mulliken charges of the QM atoms (link atoms included), e
+    center_gradient: np.ndarray | None = None
 
 
 @runtime_checkable
 class QMEngine(Protocol):
-    """Protocol every QM engine implements."""
+    """Protocol every QM engine implements.
+
+    ``potentials``: whether :meth:`compute` returns potentials at MM charges (``potential_at``); the
+    periodic embedding switches charges by scaling them where it does, by moving them otherwise.
+    """
+
+    potentials: bool
 
     def validate(self, symbols: list[str], charge: int, multiplicity: int) -> None:
         """Raise :class:`bioqmmm.errors.InputError` if the input cannot be computed.

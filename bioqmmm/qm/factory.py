@@ -30,7 +30,8 @@ class EngineType:
     """A registered engine: ``create(level, threads)`` builds it; ``options`` is the dataclass whose fields
     (less ``excluded``) are the options a :class:`Level` may set; ``basis`` whether a level needs a basis;
     ``check(options)`` raises InputError for options that cannot work (run when a Level is made);
-    ``label(level)`` names a level in results (default ``method/basis``)."""
+    ``label(level)`` names a level in results (default ``method/basis``); ``methods``, where given, the
+    only methods the engine has."""
 
     name: str
     description: str
@@ -40,6 +41,7 @@ class EngineType:
     basis: bool = True
     check: Callable[[Mapping[str, Any]], None] | None = None
     label: Callable[[Level], str] | None = None
+    methods: tuple[str, ...] = ()
 
     def option_names(self) -> list[str]:
         return sorted({f.name for f in dataclasses.fields(self.options)} - set(self.excluded))
@@ -76,6 +78,9 @@ class Level:
         if unknown:
             raise InputError(f"unknown option(s) {unknown} of QM engine {self.engine!r}; known: "
                              f"{', '.join(kind.option_names())}")
+        if kind.methods and self.method.lower() not in kind.methods:
+            raise InputError(f"QM engine {self.engine!r} has no method {self.method!r}; "
+                             f"known: {', '.join(kind.methods)}")
         if kind.basis and not self.basis:
             raise InputError(f"QM engine {self.engine!r} needs a basis set (level {self.method!r})")
         if kind.check is not None:
@@ -96,13 +101,30 @@ def create_engine(level: Level, threads: int | None = None) -> QMEngine:
     return engine_type(level.engine).create(level, threads)
 
 
-def _create_pyscf(level: Level, threads: int | None) -> QMEngine:
-    from bioqmmm.qm.pyscf_engine import PySCFEngine
-
+def _options_with_threads(level: Level, threads: int | None) -> dict[str, Any]:
+    """The level's options, with ``threads`` where they leave it unset."""
     options = dict(level.options)
     if threads is not None:
         options.setdefault("threads", threads)
-    return PySCFEngine(level.method, level.basis, **options)
+    return options
+
+
+def _create_pyscf(level: Level, threads: int | None) -> QMEngine:
+    from bioqmmm.qm.pyscf_engine import PySCFEngine
+
+    return PySCFEngine(level.method, level.basis, **_options_with_threads(level, threads))
+
+
+def _create_xtb(level: Level, threads: int | None) -> QMEngine:
+    from bioqmmm.qm.xtb_engine import XTBEngine
+
+    return XTBEngine(level.method, **_options_with_threads(level, threads))
+
+
+def _check_xtb(options: Mapping[str, Any]) -> None:
+    from bioqmmm.qm.xtb_engine import XTBOptions, check_options
+
+    check_options(XTBOptions(**options))
 
 
 def _mixed_levels(options: Mapping[str, Any]) -> tuple[Level, Level, float]:
@@ -145,11 +167,15 @@ def _builtin(engines: Registry) -> None:
     """The engines bioqmmm ships (their modules imported only when an engine is made)."""
     from bioqmmm.qm.mixed import MixedOptions
     from bioqmmm.qm.pyscf_engine import PySCFOptions
+    from bioqmmm.qm.xtb_engine import METHODS, XTBOptions
 
     engines.add(EngineType("pyscf", "HF or any DFT functional PySCF knows, on CPU or GPU (gpu4pyscf)",
                            _create_pyscf, PySCFOptions, excluded=("method", "basis", "ladder")))
     engines.add(EngineType("mixed", "(1 - lam) E_a + lam E_b of two levels a and b, forces likewise",
                            _create_mixed, MixedOptions, basis=False, check=_mixed_levels, label=_mixed_label))
+    engines.add(EngineType("xtb", "GFN2-xTB or GFN1-xTB tight binding (xtb-python), point-charge embedding",
+                           _create_xtb, XTBOptions, excluded=("method",), basis=False, check=_check_xtb,
+                           label=lambda level: f"{level.method.lower()}-xtb", methods=METHODS))
 
 
 _ENGINES = Registry("QM engine", _builtin)

@@ -34,6 +34,7 @@ class MixedEngine:
             raise InputError(f"mixed engine: lam must lie between 0 and 1, not {lam}")
         self.engines = (engine_a, engine_b)
         self.lam = float(lam)
+        self.potentials = all(getattr(engine, "potentials", True) for engine in self.engines)
 
     def validate(self, symbols: list[str], charge: int, multiplicity: int) -> None:
         for engine in self.engines:
@@ -58,7 +59,8 @@ class MixedEngine:
         return QMResult(energy=wa * a.energy + wb * b.energy, qm_forces=mix(a.qm_forces, b.qm_forces),
                         mm_forces=mix(a.mm_forces, b.mm_forces), info=info,
                         mm_potentials=mix(a.mm_potentials, b.mm_potentials), moments=moments,
-                        atomic_charges=mix(a.atomic_charges, b.atomic_charges))
+                        atomic_charges=mix(a.atomic_charges, b.atomic_charges),
+                        center_gradient=mix(a.center_gradient, b.center_gradient))
 
     def get_state(self) -> dict[str, np.ndarray]:
         return {f"{tag}.{key}": value for tag, engine in zip("ab", self.engines, strict=True)

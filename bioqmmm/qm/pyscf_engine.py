@@ -80,6 +80,8 @@ class PySCFEngine:
     when the atom set, charge or multiplicity changes.
     """
 
+    potentials = True
+
     def __init__(self, method: str = "b3lyp", basis: str = "6-31g*", **options) -> None:
         known = {f.name for f in dataclasses.fields(PySCFOptions)} - {"method", "basis"}
         unknown = sorted(set(options) - known)
@@ -197,6 +199,8 @@ class PySCFEngine:
             mm_potentials=potentials * HARTREE_KJMOL,
             moments=moments,
             atomic_charges=_mulliken_charges(mol, dm_total, overlap),
+            center_gradient=None if moments is None else -(moments.m0 * np.asarray(external.t1)
+                                                           + np.asarray(external.t2) @ moments.m1),
         )
 
     def _molecule(self, symbols, coords_bohr, charge, multiplicity) -> gto.Mole:

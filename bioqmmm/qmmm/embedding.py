@@ -3,8 +3,10 @@
 * :class:`FullEmbedding` (non-periodic systems): every MM charge enters the QM
   Hamiltonian exactly.
 * :class:`PeriodicEmbedding`: the QM region is made whole by minimum image; MM charges
-  (and their periodic images) within ``cutoff`` of any QM atom enter exactly, scaled by a
-  C2 switch so energy and forces are continuous; everything else -- the switched-off part
+  (and their periodic images) within ``cutoff`` of any QM atom enter exactly, switched off by a
+  C2 weight w so energy and forces are continuous -- scaled to w q where the engine returns
+  potentials at MM charges (PySCF), moved out to c + (r - c) / w where it does not (xtb), so
+  that only position derivatives are needed; everything else -- the switched-off part
   of those charges, all farther charges and all periodic images -- is the Ewald far field,
   Taylor-expanded to second order about the QM centroid and coupled to the QM density as a
   polynomial potential. The derivation is in ``docs/theory.md``.
@@ -73,6 +75,10 @@ def whole_region(qm_pos: np.ndarray, box: np.ndarray) -> np.ndarray:
 #: waves per charge (K ~ 420 at f = 1, tolerance 1e-8); f = 1.5 about balances the two
 #: (docs/theory.md; timings in docs/performance.md).
 REAL_SPACE_FACTOR = 1.5
+
+#: A receding switched charge (engines without potentials at MM charges) is dropped below this weight,
+#: at 1e6 times its distance, where what it still adds is below double precision.
+MIN_RECEDING_WEIGHT = 1e-6
 
 
 def _images_within(d0: np.ndarray, box: np.ndarray, r_max: float) -> tuple[np.ndarray, np.ndarray]:
@@ -169,42 +175,58 @@ class PeriodicEmbedding:
         near = weight > 0.0
         cand, to_qm, r_iA, s, ds, weight = cand[near], to_qm[near], r_iA[near], s[near], ds[near], weight[near]
         q_near = mm_q[owner[cand]]
-        x_near = -img[cand]  # centre - charge
+        scaled = getattr(engine, "potentials", True)
+        if scaled:  # switched charges keep their place and scale: w q at r
+            sites, site_q = center + img[cand], weight * q_near
+        else:  # switched charges keep their value and recede from the centre: q at c + (r - c) / w
+            keep = weight > MIN_RECEDING_WEIGHT
+            cand, to_qm, r_iA, s, ds, weight, q_near = (a[keep] for a in (cand, to_qm, r_iA, s, ds, weight, q_near))
+            sites, site_q = center + img[cand] / weight[:, None], q_near
+        x_sites = center - sites
+        partial = np.flatnonzero(weight < 1.0)
 
-        # far field at the centre: full Ewald kernel minus the exactly treated part
+        # far field at the centre: full Ewald kernel minus the exactly treated charges
         phases = recip.phases(-d0)
         far = point_tensors(-img, mm_q[owner], alpha) + recip.tensors(phases, mm_q)
-        far = far + point_tensors(x_near, -weight * q_near, None)
+        far = far + point_tensors(x_sites, -site_q, None)
         far = far.scaled(COULOMB_KJMOL_NM)
-        partial = np.flatnonzero(weight < 1.0)
         res = engine.compute(
             list(region.symbols),
             qm,
             region.charge,
             region.multiplicity,
-            center + img[cand],
-            weight * q_near,
-            potential_at=partial,
+            sites,
+            site_q,
+            potential_at=partial if scaled else None,
             external=PolynomialPotential(center, far.t0, far.t1, far.t2),
             step=step,
         )
         m = res.moments
         f_qm = res.qm_forces.copy()
         f_mm = np.zeros_like(mm_pos)
-        np.add.at(f_mm, owner[cand], res.mm_forces)
 
-        # far field: explicit dependence on the MM positions (through the Ewald and near kernels)
+        # far field: explicit dependence on the MM positions (through the Ewald kernels)
         _, g = multipole_response(-img, m.m0, m.m1, m.m2, alpha)
         np.add.at(f_mm, owner, COULOMB_KJMOL_NM * mm_q[owner, None] * g)
         f_mm += COULOMB_KJMOL_NM * mm_q[:, None] * recip.multipole_gradient(phases, m.m0, m.m1, m.m2)
-        u_near, g_near = multipole_response(x_near, m.m0, m.m1, m.m2, None)
-        np.add.at(f_mm, owner[cand], -COULOMB_KJMOL_NM * (weight * q_near)[:, None] * g_near)
 
-        # far field: dependence on the expansion centre, dE/dc = 1/2 m2 : t3
-        f_qm -= 0.5 * np.einsum("ab,abk->k", m.m2, far.t3) / len(qm)
+        # dE/d(site position): the engine's and the subtracted near kernel's
+        u_sites, g_sites = multipole_response(x_sites, m.m0, m.m1, m.m2, None)
+        grad_sites = -res.mm_forces + COULOMB_KJMOL_NM * site_q[:, None] * g_sites
 
-        # switching weights: dE/dw_i = q_i [V_QM(r_i) - U_multipole(r_i)]
-        de_dw = q_near[partial] * (res.mm_potentials - COULOMB_KJMOL_NM * u_near[partial])
+        # dE/dc: at fixed tensors (the engine's), through the tensors, and through receding sites
+        fixed = res.center_gradient if res.center_gradient is not None else -(m.m0 * far.t1 + far.t2 @ m.m1)
+        de_dc = fixed + m.m0 * far.t1 + far.t2 @ m.m1 + 0.5 * np.einsum("ab,abk->k", m.m2, far.t3)
+        if scaled:
+            np.add.at(f_mm, owner[cand], -grad_sites)
+            de_dw = q_near[partial] * (res.mm_potentials - COULOMB_KJMOL_NM * u_sites[partial])
+        else:
+            np.add.at(f_mm, owner[cand], -grad_sites / weight[:, None])
+            de_dc += np.sum((1.0 - 1.0 / weight)[:, None] * grad_sites, axis=0)
+            de_dw = -np.einsum("ia,ia->i", grad_sites[partial], img[cand[partial]]) / weight[partial] ** 2
+        f_qm -= de_dc / len(qm)
+
+        # switching weights w_i = 1 - prod_A (1 - S(|r_i - R_A|))
         one_minus = 1.0 - s[partial]
         dw_ds = np.stack([np.prod(np.delete(one_minus, a, axis=1), axis=1) for a in range(len(qm))], axis=1)
         unit_vec = to_qm[partial] / r_iA[partial, :, None]
