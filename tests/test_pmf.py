@@ -678,3 +678,22 @@ def test_periodic_ranges_are_taken_round_the_circle():
         _checked_range((0.4, 0.3), np.linspace(0.2, 0.5, 10), "reactant_range", None)
     with pytest.raises(InputError, match="holds no bin centre"):
         _checked_range((0.31, 0.32), np.linspace(0.2, 0.5, 4), "product_range", None)
+
+
+def test_xtb_sampled_dft_target_protocol_runs(tmp_path):
+    """protocols/pmf_xtb.yaml (windows sampled at GFN2-xTB/MM, reweighted to B3LYP/MM), cut down to 4 windows
+    in the C7eq basin: the cheap level is the xTB engine, the target PySCF DFT, the reweighting keeps an ESS."""
+    text = (PROTOCOLS / "pmf_xtb.yaml").read_text()
+    text = text.replace("range: [-3.14159265, 2.61799388]", "range: [-1.6, -0.8]").replace("count: 12", "count: 4")
+    text = text.replace("samples: 40", "samples: 6").replace("  reactant_range: [-2.2, -0.9]\n", "")
+    text = text.replace("  product_range: [0.6, 1.5]\n", "")
+    text = text.replace("equilibration_steps: 500", "equilibration_steps: 50").replace("bins: 24", "bins: 8")
+    text = text.replace("output: pmf_xtb_out", "output: out")
+    path = tmp_path / "pmf_xtb.yaml"
+    path.write_text(text)
+    result = run_protocol(path, progress=False)
+    assert result["cheap_level"] == "gfn2-xtb" and result["qm_level"] == "b3lyp/sto-3g"
+    assert result["windows"] == {"cheap": 4, "metadynamics": 0, "target": 0} and result["samples_retained"] > 0
+    assert 0.0 < result["lowest_cheap_ess_fraction"] <= 1.0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "windows.csv")))
+    assert len(rows) == 4 and all(float(r["kish_ess"]) > 0 for r in rows)

@@ -174,6 +174,17 @@ def test_shipped_md_protocol_runs_from_the_command_line(tmp_path, capsys):
     assert "mean scf cycles per step" in capsys.readouterr().out
 
 
+def test_shipped_xtb_md_protocol_runs_from_the_command_line(tmp_path):
+    """protocols/md_xtb.yaml: GFN2-xTB/MM MD of solvated alanine dipeptide, the whole solute in QM."""
+    out = tmp_path / "md_xtb"
+    assert main(["run", str(PROTOCOLS / "md_xtb.yaml"), "-o", str(out), "--no-progress"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["qm_level"] == "gfn2-xtb" and result["n_qm_atoms"] == 22 and result["n_link_atoms"] == 0
+    assert result["steps"] == load_protocol(PROTOCOLS / "md_xtb.yaml").protocol.steps
+    qm_energies = np.loadtxt(out / "energies.csv", delimiter=",", skiprows=1, usecols=3)
+    assert np.all(np.isfinite(qm_energies)) and np.ptp(qm_energies) < 200  # kJ/mol: a stable run
+
+
 def test_microiterations_reach_the_force_criterion_below_the_frozen_environment_energy(tmp_path):
     shipped = (PROTOCOLS / "optimize.yaml").read_text()
     fmax = load_protocol(PROTOCOLS / "optimize.yaml").protocol.fmax_kjmol_nm
