@@ -9,7 +9,7 @@ from openmm import unit
 
 from bioqmmm import QMMMSystem
 from bioqmmm.examples import alanine_dipeptide, water_box
-from bioqmmm.qm import PySCFEngine
+from bioqmmm.qm import PySCFEngine, XTBEngine
 from bioqmmm.region.protein import sidechain
 from bioqmmm.run.build import relax_example
 from bioqmmm.units import positions_nm
@@ -60,6 +60,16 @@ def test_nve_drift_of_qm_water_in_tip3p():
     _smooth_mm(system)
     engine = PySCFEngine("hf", "sto-3g", conv_tol=1e-10)
     qmmm = QMMMSystem(top, system, [0, 1, 2], charge=0, multiplicity=1, engine=engine)
+    _assert_conserved(*_nve_run(qmmm, pos, STEPS))
+
+
+@pytest.mark.slow
+def test_nve_drift_of_qm_water_in_tip3p_at_xtb():
+    """The same box at GFN2-xTB/MM: receding switched charges and the icosahedral far field conserve energy
+    as the PySCF case does (same bound)."""
+    top, system, pos = water_box(1.9, nonbonded_cutoff=0.7)
+    _smooth_mm(system)
+    qmmm = QMMMSystem(top, system, [0, 1, 2], charge=0, multiplicity=1, engine=XTBEngine("gfn2", accuracy=0.01))
     _assert_conserved(*_nve_run(qmmm, pos, STEPS))
 
 
