@@ -27,6 +27,7 @@ BENCHMARKS = {
     "gpu_engine": ["--sizes", "2000", "20000", "100000"],
     "parallel_replicas": ["--ranks", "2", "--steps", "40"],
     "pmf_reweighting": ["--windows", "6", "--samples", "150"],
+    "xtb_step": ["--sizes", "2000", "20000", "100000", "--far-field"],
 }
 
 HEADER = """\

@@ -83,13 +83,14 @@ def check_options(options: XTBOptions) -> None:
         raise InputError(f"charge_element must be an atomic number 1-{MAX_ELEMENT}, got {options.charge_element}")
 
 
-def _xtb():
-    """xtb-python's interface module and libxtb opened with ctypes; InputError naming what to install.
+#: libxtb's OpenMP threads otherwise spin after each call, competing with OpenMM's threads: passive
+#: waiting (unless the user chose a policy) took a 22-atom GFN2 MD step from 0.12 to 0.01 s on 2 cores.
+#: xtb's bundled libgomp reads it when it loads, so it is set when this module is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-    libxtb's OpenMP threads otherwise spin after each call, competing with OpenMM's threads: passive
-    waiting (unless the user chose a policy) took a 22-atom GFN2 MD step from 0.12 to 0.01 s on 2 cores.
-    The policy is read when xtb's bundled libgomp loads, so it is set before the first import."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+def _xtb():
+    """xtb-python's interface module and libxtb opened with ctypes; InputError naming what to install."""
     try:
         import xtb
         from xtb import interface
