@@ -275,3 +275,14 @@ def test_engine_pickles_and_computes_after():
     after = clone.compute(WATER, WATER_XYZ, 0, 1, MM_XYZ, MM_Q)
     assert after.energy == pytest.approx(before.energy, abs=1e-6)
 
+
+
+def test_threads_cap_only_the_libraries_bundled_with_xtb():
+    import threadpoolctl
+
+    before = {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()}
+    XTBEngine("gfn2", threads=1).compute(WATER, WATER_XYZ, 0, 1, MM_XYZ, MM_Q)
+    after = {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()}
+    bundled = [path for path in after if f"{os.sep}xtb.libs{os.sep}" in path]
+    assert bundled and all(after[path] == 1 for path in bundled)
+    assert all(after[path] == n for path, n in before.items() if path not in bundled)

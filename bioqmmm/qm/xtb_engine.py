@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from bioqmmm.errors import InputError, SCFAttempt, SCFConvergenceError
 from bioqmmm.qm.base import PolynomialPotential, QMInfo, QMMoments, QMResult, atomic_number, check_electrons
@@ -56,8 +56,10 @@ class XTBOptions:
     scale with it; 1e-4 is its tightest). electronic_temperature: Fermi smearing of the occupations, K.
     max_iterations: SCC iterations per attempt. charge_element: atomic number whose chemical hardness the
     MM point charges carry in the damped Coulomb kernel (7, nitrogen: xtb's default).
-    warm_start: start each SCC from the previous call's charges. threads: OpenMP threads of libxtb (a
-    process-wide limit set at the first call); None leaves the default.
+    warm_start: start each SCC from the previous call's charges. threads: threads of the OpenMP and
+    OpenBLAS runtimes xtb-python bundles (PySCF's and NumPy's are not touched), set at the first call;
+    1 by default: for QM regions of tens of atoms more threads cost more in wake-ups than they save
+    (benchmarks/xtb_step.py); raise it for large regions.
     """
 
     method: str = "gfn2"
@@ -66,7 +68,7 @@ class XTBOptions:
     max_iterations: int = 250
     charge_element: int = 7
     warm_start: bool = True
-    threads: int | None = None
+    threads: int = 1
 
 
 def check_options(options: XTBOptions) -> None:
@@ -77,6 +79,8 @@ def check_options(options: XTBOptions) -> None:
         raise InputError(f"xtb accuracy must lie in [1e-4, 1e3], got {options.accuracy}")
     if options.electronic_temperature < 0:
         raise InputError(f"electronic_temperature must be >= 0 K, got {options.electronic_temperature}")
+    if options.threads < 1:
+        raise InputError(f"threads must be at least 1, got {options.threads}")
     if options.max_iterations < 1:
         raise InputError(f"max_iterations must be at least 1, got {options.max_iterations}")
     if not 1 <= options.charge_element <= MAX_ELEMENT:
@@ -107,6 +111,14 @@ def _xtb():
     lib.xtb_getPCGradient.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_double)]
     lib.xtb_getPCGradient.restype = None
     return interface, ffi, lib, VERBOSITY_MUTED
+
+
+def _limit_xtb_threads(threads: int) -> None:
+    """Cap the thread pools of the libraries bundled with xtb-python (its libgomp and OpenBLAS) only."""
+    controller = ThreadpoolController()
+    bundled = [lib.filepath for lib in controller.lib_controllers if f"{os.sep}xtb.libs{os.sep}" in lib.filepath]
+    if bundled:
+        controller.select(filepath=bundled).limit(limits=threads)
 
 
 def _icosahedron() -> np.ndarray:
@@ -219,8 +231,8 @@ class XTBEngine:
             raise InputError("the xtb engine cannot return potentials at MM charges (potential_at)")
         start = time.perf_counter()
         self.calls += 1
-        if self.options.threads and not self._threads_limited:
-            threadpool_limits(self.options.threads)
+        if not self._threads_limited:
+            _limit_xtb_threads(self.options.threads)
             self._threads_limited = True
         qm_bohr = np.asarray(coordinates, dtype=float).reshape(-1, 3) / BOHR_NM
         mm_bohr = np.asarray(mm_positions, dtype=float).reshape(-1, 3) / BOHR_NM
