@@ -41,6 +41,7 @@ from bioqmmm.qmmm.surgery import mm_charges  # noqa: E402
 TIMESTEP_PS = 0.0005
 #: A published GFN2-xTB/MM peer: 0.55 s per MD step for a 25,800-atom lysozyme system (issue 19's figure).
 PEER_S_PER_STEP = 0.55
+TARGET_RATIO = 1.3
 
 
 def _integrator() -> openmm.Integrator:
@@ -124,17 +125,24 @@ def report(args, info: dict[str, str], rows: list[dict[str, float]], far: dict[s
         f"{args.steps} timed steps after 5. The floor is a bare gas-phase xtb energy + gradient of the region "
         "(warm-started) plus a bare OpenMM MD step of the whole box.",
         "",
-        "| atoms | near-field charges | bare xtb (s) | bare MM step (s) | xTB/MM step (s) | ratio to floor | ps/day |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| atoms | near-field charges | bare xtb (s) | bare MM step (s) | xTB/MM step (s) | of which the xtb call (s) "
+        "| ratio to floor | ps/day |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ratio = r["qmmm"] / (r["xtb"] + r["mm"])
         ps_day = TIMESTEP_PS * 86400.0 / r["qmmm"]
         lines.append(f"| {r['atoms']} | {r['exact']} | {r['xtb']:.4f} | {r['mm']:.4f} | {r['qmmm']:.4f} | "
-                     f"{ratio:.2f} | {ps_day:.0f} |")
+                     f"{r['engine']:.4f} | {ratio:.2f} | {ps_day:.0f} |")
     big = [r for r in rows if r["atoms"] >= 15000]
     if big:
         r = big[0]
+        ratio = r["qmmm"] / (r["xtb"] + r["mm"])
+        rest = r["qmmm"] - r["engine"] - r["mm"]
+        lines += ["", f"Target at ~20k atoms: ratio <= {TARGET_RATIO}; measured {ratio:.2f} "
+                  f"({'met' if ratio <= TARGET_RATIO else 'not met'}). Beyond the xtb call and the MM step, "
+                  f"{rest:.3f} s of the step is the embedding, almost all of it the Ewald far field (real-space "
+                  "images and reciprocal phases of every MM charge, NumPy), which the cheap QM level no longer hides."]
         speedup = PEER_S_PER_STEP / r["qmmm"]
         lines += ["", f"At {r['atoms']} atoms a step takes {r['qmmm']:.3f} s: {speedup:.1f}x faster "
                   f"than the {PEER_S_PER_STEP} s per GFN2-xTB/MM step a published peer reports for a 25,800-atom "
