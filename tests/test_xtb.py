@@ -286,3 +286,17 @@ def test_threads_cap_only_the_libraries_bundled_with_xtb():
     bundled = [path for path in after if f"{os.sep}xtb.libs{os.sep}" in path]
     assert bundled and all(after[path] == 1 for path in bundled)
     assert all(after[path] == n for path, n in before.items() if path not in bundled)
+
+
+def test_protocol_file_with_an_unknown_xtb_method_names_the_key_and_line(tmp_path):
+    from bioqmmm.run.protocol import load_protocol
+    from bioqmmm.run.schema import ProtocolError
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("system:\n  example: alanine_dipeptide\nqm:\n  atoms: not water\n  charge: 0\n  multiplicity: 1\n"
+                    "  engine: xtb\n  method: b3lyp\nprotocol:\n  type: md\n  steps: 2\noutput: out\n")
+    with pytest.raises(ProtocolError, match=r"bad.yaml:8: 'method': QM engine 'xtb' has no method 'b3lyp'"):
+        load_protocol(path)
+    path.write_text(path.read_text().replace("method: b3lyp", "method: gfn1\n  options: {accuracy: 0.5}"))
+    level = load_protocol(path).qm.level()
+    assert (level.engine, level.method, level.basis, dict(level.options)) == ("xtb", "gfn1", None, {"accuracy": 0.5})

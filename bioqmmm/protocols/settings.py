@@ -178,6 +178,10 @@ def level_of(section: Any):
     from bioqmmm.qm.factory import Level, engine_type
 
     engine_options({"engine": section.engine})
+    try:
+        engine_type(section.engine).check_method(section.method)
+    except InputError as exc:
+        raise FieldError("method", str(exc)) from None
     needs_basis = engine_type(section.engine).basis
     if needs_basis and not section.basis:
         raise FieldError("basis", f"QM engine {section.engine!r} needs a basis set")

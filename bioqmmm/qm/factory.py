@@ -43,6 +43,11 @@ class EngineType:
     label: Callable[[Level], str] | None = None
     methods: tuple[str, ...] = ()
 
+    def check_method(self, method: str) -> None:
+        """InputError unless the engine has ``method`` (engines that list their methods)."""
+        if self.methods and method.lower() not in self.methods:
+            raise InputError(f"QM engine {self.name!r} has no method {method!r}; known: {', '.join(self.methods)}")
+
     def option_names(self) -> list[str]:
         return sorted({f.name for f in dataclasses.fields(self.options)} - set(self.excluded))
 
@@ -78,9 +83,7 @@ class Level:
         if unknown:
             raise InputError(f"unknown option(s) {unknown} of QM engine {self.engine!r}; known: "
                              f"{', '.join(kind.option_names())}")
-        if kind.methods and self.method.lower() not in kind.methods:
-            raise InputError(f"QM engine {self.engine!r} has no method {self.method!r}; "
-                             f"known: {', '.join(kind.methods)}")
+        kind.check_method(self.method)
         if kind.basis and not self.basis:
             raise InputError(f"QM engine {self.engine!r} needs a basis set (level {self.method!r})")
         if kind.check is not None:
