@@ -58,5 +58,7 @@ def minimum_image(d: np.ndarray, box: np.ndarray) -> np.ndarray:
     """Minimum-image displacement(s) for an OpenMM reduced (lower-triangular) box, nm."""
     d = np.array(d, dtype=float, copy=True)
     for axis in (2, 1, 0):
-        d -= np.outer(np.round(d[..., axis] / box[axis, axis]), box[axis]).reshape(d.shape)
+        shift = np.rint(d[..., axis] / box[axis, axis])
+        for component in range(axis + 1):  # box[axis] has no components beyond axis (reduced form)
+            d[..., component] -= shift * box[axis, component]
     return d

@@ -10,8 +10,9 @@ from openmm import unit
 
 from bioqmmm import QMMMSystem
 from bioqmmm.qm import PySCFEngine
-from bioqmmm.qmmm.embedding import REAL_SPACE_FACTOR, PeriodicEmbedding, _images_within
-from bioqmmm.qmmm.ewald import ReciprocalSum, point_tensors
+from bioqmmm.qmmm.embedding import PeriodicEmbedding
+from bioqmmm.qmmm.ewald import multipole_response, point_tensors
+from bioqmmm.qmmm.far_field import REAL_SPACE_CUTOFF, EwaldFarField, images_within
 from bioqmmm.qmmm.surgery import mm_charges
 from bioqmmm.units import COULOMB_KJMOL_NM, minimum_image
 
@@ -77,8 +78,8 @@ def test_translation_across_the_box_edge_leaves_energy_unchanged(small_water_box
 
 def test_far_field_is_independent_of_the_ewald_splitting(small_water_box):
     _, _, pos = small_water_box
-    coarse = _qmmm(small_water_box, PeriodicEmbedding(cutoff=0.9, switch_width=0.3, ewald_tolerance=1e-6))
-    fine = _qmmm(small_water_box, PeriodicEmbedding(cutoff=0.9, switch_width=0.3, ewald_tolerance=1e-11))
+    coarse = _qmmm(small_water_box, PeriodicEmbedding(cutoff=0.9, switch_width=0.3))  # default 1e-5
+    fine = _qmmm(small_water_box, PeriodicEmbedding(cutoff=0.9, switch_width=0.3, ewald_tolerance=1e-10))
     assert fine.energy_and_forces(pos)[0] == pytest.approx(coarse.energy_and_forces(pos)[0], abs=2e-4)
 
 
@@ -118,13 +119,108 @@ def test_ewald_potential_and_field_match_openmm(small_water_box):
     field_openmm = f_plus / 1e-3  # force on a small charge = q E = -q grad phi
 
     box = np.eye(3) * BOX
-    alpha = 3.0
-    recip = ReciprocalSum(box, alpha, 1e-12)
-    d0 = minimum_image(pos - probe, box)
-    images = (d0[None] + (np.array(np.meshgrid(*[[-1, 0, 1]] * 3)).reshape(3, -1).T @ box)[:, None]).reshape(-1, 3)
-    ours = point_tensors(-images, np.tile(q, 27), alpha) + recip.tensors(recip.phases(-d0), q)
+    far_field = EwaldFarField(box, 1e-10)
+    ours = far_field.tensors(far_field.geometry(probe, minimum_image(pos - probe, box)), q)
     assert COULOMB_KJMOL_NM * ours.t0 == pytest.approx(phi_openmm, rel=1e-4)
     np.testing.assert_allclose(-COULOMB_KJMOL_NM * ours.t1, field_openmm, rtol=1e-3, atol=1e-2)
+
+
+TRICLINIC = np.array([[2.2, 0.0, 0.0], [0.66, 1.98, 0.0], [-0.44, 0.55, 1.87]])
+MULTIPOLE = (0.3, np.array([0.05, -0.02, 0.03]),
+             np.array([[0.01, 0.002, -0.001], [0.002, -0.004, 0.0005], [-0.001, 0.0005, 0.02]]))
+
+
+def _random_charges(box, seed=0):
+    rng = np.random.default_rng(seed)
+    n = int(100 * abs(np.linalg.det(box)))
+    q = rng.normal(size=n)
+    return rng.uniform(0.0, 1.0, (n, 3)) @ box, q - q.mean() + 0.1 / n
+
+
+def _direct_ewald(box, center, pos, q, m):
+    """Reference: plain Ewald sums (real-space images, plane waves), tolerance 1e-12, no mesh.
+
+    Returns the tensors t0..t3 at the centre and grad_x U of the multipole m for every charge.
+    """
+    r_real = 1.5 * np.diag(box).min()
+    alpha = np.sqrt(-np.log(1e-12)) / r_real
+    d0 = minimum_image(pos - center, box)
+    lattice = np.array(np.meshgrid(*[np.arange(-4, 5)] * 3)).reshape(3, -1).T @ box
+    images = (d0[None] + lattice[:, None]).reshape(-1, 3)
+    owners = np.tile(np.arange(len(q)), len(lattice))
+    inside = np.linalg.norm(images, axis=1) < r_real
+    images, owners = images[inside], owners[inside]
+    tensors = point_tensors(-images, q[owners], alpha)
+    _, g_real = multipole_response(-images, *m, alpha)
+    gradient = np.zeros_like(d0)
+    np.add.at(gradient, owners, g_real)
+    volume = abs(np.linalg.det(box))
+    n = np.array(np.meshgrid(*[np.arange(-14, 15)] * 3)).reshape(3, -1).T
+    k = 2 * np.pi * n[np.any(n != 0, axis=1)] @ np.linalg.inv(box).T
+    k2 = np.einsum("ka,ka->k", k, k)
+    a = (4 * np.pi / volume) * np.exp(-k2 / (4 * alpha**2)) / k2  # psi_rec(x) = sum_k a_k cos(k.x) (full sphere)
+    theta = -d0 @ k.T  # x = centre - r_j
+    cos, sin = np.cos(theta), np.sin(theta)
+    s_cos, s_sin = q @ cos, q @ sin
+    t0 = a @ s_cos - np.pi / (alpha**2 * volume) * q.sum()
+    t1 = -np.einsum("k,ka->a", a * s_sin, k)
+    t2 = -np.einsum("k,ka,kb->ab", a * s_cos, k, k)
+    t3 = np.einsum("k,ka,kb,kc->abc", a * s_sin, k, k, k)
+    m0, m1, m2 = m
+    kmk = np.einsum("ka,ab,kb->k", k, m2, k)
+    gradient += sin @ ((a * (0.5 * kmk - m0))[:, None] * k) - cos @ ((a * (k @ m1))[:, None] * k)
+    return tensors.t0 + t0, tensors.t1 + t1, tensors.t2 + t2, tensors.t3 + t3, gradient
+
+
+@pytest.mark.parametrize("tolerance, rel", [(1e-5, 5e-5), (1e-8, 5e-7)])
+def test_mesh_far_field_matches_the_direct_ewald_sum(tolerance, rel):
+    """Particle-mesh tensors at the centre and multipole gradients at the charges against plain Ewald."""
+    pos, q = _random_charges(TRICLINIC)
+    center = np.array([0.7, 1.3, 0.4])
+    far_field = EwaldFarField(TRICLINIC, tolerance)
+    geometry = far_field.geometry(center, minimum_image(pos - center, TRICLINIC))
+    ours = far_field.tensors(geometry, q)
+    reference = _direct_ewald(TRICLINIC, center, pos, q, MULTIPOLE)
+    for mine, ref in zip((ours.t0, ours.t1, ours.t2, ours.t3), reference[:4], strict=True):
+        assert np.max(np.abs(mine - ref)) < rel * np.max(np.abs(ref))
+    gradient = far_field.multipole_gradient(geometry, *MULTIPOLE)
+    assert np.max(np.abs(gradient - reference[4])) < rel * np.max(np.abs(reference[4]))
+
+
+def test_mesh_far_field_derivatives_are_exact():
+    """t1..t3 are the centre derivatives of t0..t2, and the multipole gradient is the derivative of
+    E = m0 t0 + m1.t1 + 1/2 m2:t2 in each charge's position, to finite-difference precision: the mesh
+    approximates psi, but consistently, so forces stay the exact gradient of the energy."""
+    pos, q = _random_charges(TRICLINIC, seed=1)
+    center = np.array([0.7, 1.3, 0.4])
+    far_field = EwaldFarField(TRICLINIC, 1e-5)
+
+    def tensors(c, p=pos):
+        return far_field.tensors(far_field.geometry(c, minimum_image(p - c, TRICLINIC)), q)
+
+    h = 1e-5
+    t = tensors(center)
+    for a in range(3):
+        step = np.eye(3)[a] * h
+        plus, minus = tensors(center + step), tensors(center - step)
+        np.testing.assert_allclose((plus.t0 - minus.t0) / (2 * h), t.t1[a], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose((plus.t1 - minus.t1) / (2 * h), t.t2[a], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose((plus.t2 - minus.t2) / (2 * h), t.t3[a], rtol=1e-5, atol=1e-5)
+
+    def energy(p):
+        tt = tensors(center, p)
+        m0, m1, m2 = MULTIPOLE
+        return m0 * tt.t0 + m1 @ tt.t1 + 0.5 * np.sum(m2 * tt.t2)
+
+    gradient = far_field.multipole_gradient(far_field.geometry(center, minimum_image(pos - center, TRICLINIC)),
+                                            *MULTIPOLE)
+    for j in (0, 7, 123):
+        for a in range(3):
+            moved = [pos.copy(), pos.copy()]
+            moved[0][j, a] += h
+            moved[1][j, a] -= h
+            force = -(energy(moved[0]) - energy(moved[1])) / (2 * h)
+            assert force == pytest.approx(q[j] * gradient[j, a], rel=1e-6, abs=1e-8)
 
 
 @pytest.mark.parametrize(
@@ -136,8 +232,8 @@ def test_far_field_images_are_every_lattice_image_within_the_real_space_cutoff(b
     """The shift search finds exactly the images a brute-force lattice sum finds."""
     rng = np.random.default_rng(3)
     d0 = minimum_image(rng.uniform(-4.0, 4.0, (300, 3)), box)
-    r_max = REAL_SPACE_FACTOR * np.diag(box).min()
-    images, owners = _images_within(d0, box, r_max)
+    r_max = REAL_SPACE_CUTOFF
+    images, owners = images_within(d0, box, r_max)
     lattice = np.array(np.meshgrid(*[np.arange(-5, 6)] * 3)).reshape(3, -1).T @ box
     brute = (d0[None] + lattice[:, None]).reshape(-1, 3)
     brute_owner = np.tile(np.arange(len(d0)), len(lattice))

@@ -17,15 +17,14 @@ charge, the exact gradient of that energy.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from itertools import product
 
 import numpy as np
 
 from bioqmmm.errors import InputError
 from bioqmmm.qm.base import PolynomialPotential, QMEngine, QMResult
-from bioqmmm.qmmm.ewald import ReciprocalSum, multipole_response, point_tensors
+from bioqmmm.qmmm.ewald import multipole_response, point_tensors
+from bioqmmm.qmmm.far_field import EwaldFarField, images_within
 from bioqmmm.region.region import QMRegion
 from bioqmmm.units import COULOMB_KJMOL_NM, minimum_image
 
@@ -70,36 +69,9 @@ def whole_region(qm_pos: np.ndarray, box: np.ndarray) -> np.ndarray:
     return qm_pos[0] + minimum_image(qm_pos - qm_pos[0], box)
 
 
-#: Real-space Ewald cutoff of the far field in units of the shortest box edge. The real-space
-#: sum costs ~(4/3)pi f^3 image evaluations per MM charge and the reciprocal sum ~K/f^3 plane
-#: waves per charge (K ~ 420 at f = 1, tolerance 1e-8); f = 1.5 about balances the two
-#: (docs/theory.md; timings in docs/performance.md).
-REAL_SPACE_FACTOR = 1.5
-
 #: A receding switched charge (engines without potentials at MM charges) is dropped below this weight,
 #: at 1e6 times its distance, where what it still adds is below double precision.
 MIN_RECEDING_WEIGHT = 1e-6
-
-
-def _images_within(d0: np.ndarray, box: np.ndarray, r_max: float) -> tuple[np.ndarray, np.ndarray]:
-    """Periodic images d0 + n.box (n integer) closer than r_max to the origin, and their owners.
-
-    d0 are minimum-image displacements from :func:`minimum_image`, so |d0| <= R =
-    1/2 sqrt(sum_a box_aa^2); a lattice shift s can bring an image within r_max only if
-    |s| < r_max + R. Looping over those shifts keeps the memory at a few copies of d0.
-    """
-    reach = r_max + 0.5 * math.sqrt(float(np.sum(np.diag(box) ** 2)))
-    n_max = [int(math.ceil(reach / box[a, a])) for a in range(3)]
-    images, owners = [], []
-    for n in product(*(range(-m, m + 1) for m in n_max)):
-        shift = np.asarray(n, dtype=float) @ box
-        if np.linalg.norm(shift) >= reach:
-            continue
-        moved = d0 + shift
-        inside = np.flatnonzero(np.einsum("ia,ia->i", moved, moved) < r_max * r_max)
-        images.append(moved[inside])
-        owners.append(inside)
-    return np.concatenate(images), np.concatenate(owners)
 
 
 def quintic_switch(r: np.ndarray, r_on: float, r_off: float) -> tuple[np.ndarray, np.ndarray]:
@@ -116,14 +88,14 @@ class PeriodicEmbedding:
 
     cutoff: MM charges within this distance (nm) of any QM atom enter exactly;
     switch_width: the weight of a charge goes smoothly from 1 at ``cutoff - switch_width``
-    to 0 at ``cutoff`` (nm); ewald_tolerance: relative truncation of the real- and
-    reciprocal-space Ewald sums of the far field.
+    to 0 at ``cutoff`` (nm); ewald_tolerance: relative accuracy of the far field's Ewald sums
+    (real-space truncation and particle mesh, :class:`~bioqmmm.qmmm.far_field.EwaldFarField`).
     """
 
     cutoff: float = 1.2
     switch_width: float = 0.2
-    ewald_tolerance: float = 1e-8
-    _recip_cache: dict = field(default_factory=dict, repr=False)
+    ewald_tolerance: float = 1e-5
+    _far_field_cache: dict = field(default_factory=dict, repr=False)
     periodic = True
 
     def __post_init__(self) -> None:
@@ -132,18 +104,16 @@ class PeriodicEmbedding:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_recip_cache"] = {}
+        state["_far_field_cache"] = {}
         return state
 
-    def _ewald(self, box: np.ndarray) -> tuple[float, float, ReciprocalSum]:
-        """Real-space cutoff, alpha and reciprocal sum for this box (cached per box)."""
+    def _far_field(self, box: np.ndarray) -> EwaldFarField:
+        """The Ewald sums for this box (cached per box)."""
         key = tuple(np.round(box, 12).ravel())
-        if key not in self._recip_cache:
-            r_real = REAL_SPACE_FACTOR * min(box[0, 0], box[1, 1], box[2, 2])
-            alpha = math.sqrt(-math.log(self.ewald_tolerance)) / r_real
-            self._recip_cache.clear()
-            self._recip_cache[key] = (r_real, alpha, ReciprocalSum(box, alpha, self.ewald_tolerance))
-        return self._recip_cache[key]
+        if key not in self._far_field_cache:
+            self._far_field_cache.clear()
+            self._far_field_cache[key] = EwaldFarField(box, self.ewald_tolerance)
+        return self._far_field_cache[key]
 
     def evaluate(
         self,
@@ -159,15 +129,13 @@ class PeriodicEmbedding:
             raise InputError("PeriodicEmbedding needs periodic box vectors")
         qm = whole_region(qm_pos, box)
         center = qm.mean(axis=0)
-        r_real, alpha, recip = self._ewald(box)
-
-        # every periodic image of every MM charge within the real-space cutoff of the centre
+        far_field = self._far_field(box)
         d0 = minimum_image(mm_pos - center, box)
-        img, owner = _images_within(d0, box, r_real)  # image position - centre, its MM charge
-        dist = np.linalg.norm(img, axis=1)
 
+        # candidates for the near field: periodic images (image - centre) within reach of any QM atom
         rqm = np.linalg.norm(qm - center, axis=1).max()
-        cand = np.flatnonzero(dist < self.cutoff + rqm)
+        img, owner = images_within(d0, box, self.cutoff + rqm)
+        cand = np.arange(len(img))
         to_qm = img[cand, None, :] + center - qm[None]  # (n_cand, n_qm, 3)
         r_iA = np.linalg.norm(to_qm, axis=2)
         s, ds = quintic_switch(r_iA, self.cutoff - self.switch_width, self.cutoff)
@@ -186,9 +154,8 @@ class PeriodicEmbedding:
         partial = np.flatnonzero(weight < 1.0)
 
         # far field at the centre: full Ewald kernel minus the exactly treated charges
-        phases = recip.phases(-d0)
-        far = point_tensors(-img, mm_q[owner], alpha) + recip.tensors(phases, mm_q)
-        far = far + point_tensors(x_sites, -site_q, None)
+        geometry = far_field.geometry(center, d0)
+        far = far_field.tensors(geometry, mm_q) + point_tensors(x_sites, -site_q, None)
         far = far.scaled(COULOMB_KJMOL_NM)
         res = engine.compute(
             list(region.symbols),
@@ -206,9 +173,7 @@ class PeriodicEmbedding:
         f_mm = np.zeros_like(mm_pos)
 
         # far field: explicit dependence on the MM positions (through the Ewald kernels)
-        _, g = multipole_response(-img, m.m0, m.m1, m.m2, alpha)
-        np.add.at(f_mm, owner, COULOMB_KJMOL_NM * mm_q[owner, None] * g)
-        f_mm += COULOMB_KJMOL_NM * mm_q[:, None] * recip.multipole_gradient(phases, m.m0, m.m1, m.m2)
+        f_mm += COULOMB_KJMOL_NM * mm_q[:, None] * far_field.multipole_gradient(geometry, m.m0, m.m1, m.m2)
 
         # dE/d(site position): the engine's and the subtracted near kernel's
         u_sites, g_sites = multipole_response(x_sites, m.m0, m.m1, m.m2, None)
@@ -227,8 +192,11 @@ class PeriodicEmbedding:
         f_qm -= de_dc / len(qm)
 
         # switching weights w_i = 1 - prod_A (1 - S(|r_i - R_A|))
-        one_minus = 1.0 - s[partial]
-        dw_ds = np.stack([np.prod(np.delete(one_minus, a, axis=1), axis=1) for a in range(len(qm))], axis=1)
+        one_minus = 1.0 - s[partial]  # dw_i/dS_iA = prod over the other QM atoms, as prefix x suffix products
+        ones = np.ones((len(partial), 1))
+        before = np.cumprod(np.hstack([ones, one_minus[:, :-1]]), axis=1)
+        after = np.cumprod(np.hstack([ones, one_minus[:, :0:-1]]), axis=1)[:, ::-1]
+        dw_ds = before * after
         unit_vec = to_qm[partial] / r_iA[partial, :, None]
         dE_dvec = (de_dw[:, None] * dw_ds * ds[partial])[:, :, None] * unit_vec  # dE/d(r_i - R_A)
         np.add.at(f_mm, owner[cand[partial]], -dE_dvec.sum(axis=1))

@@ -9,8 +9,9 @@ For a radial kernel f(r) the derivatives with respect to the field point x (r = 
 with B0 = f and, for the Ewald real-space kernel erfc(alpha r)/r,
 B_n = [(2n - 1) B_{n-1} + (2 alpha^2)^n exp(-alpha^2 r^2) / (alpha sqrt(pi))] / r^2
 (W. Smith, CCP5 Newsletter 46, 18 (1998)); for the bare kernel 1/r the exponential term
-is absent. The reciprocal-space part of the periodic kernel is handled by
-:class:`ReciprocalSum`. Units are whatever the caller uses (here nm and e).
+is absent. The sums over sources are compiled loops (numba). The reciprocal-space part of the
+periodic kernel is handled by :class:`bioqmmm.qmmm.far_field.EwaldFarField`. Units are whatever the
+caller uses (here nm and e).
 """
 
 from __future__ import annotations
@@ -18,25 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
-from scipy.special import erfc
-
-
-def radial_b(r: np.ndarray, alpha: float | None, order: int = 3) -> list[np.ndarray]:
-    """B_0..B_order at distances r; alpha=None gives the bare 1/r kernel."""
-    inv_r2 = 1.0 / (r * r)
-    if alpha is None:
-        b = [1.0 / r]
-        gauss = None
-    else:
-        b = [erfc(alpha * r) / r]
-        gauss = np.exp(-((alpha * r) ** 2)) / (alpha * math.sqrt(math.pi))
-    for n in range(1, order + 1):
-        term = (2 * n - 1) * b[-1]
-        if gauss is not None:
-            term = term + (2 * alpha * alpha) ** n * gauss
-        b.append(term * inv_r2)
-    return b
 
 
 @dataclass(frozen=True)
@@ -55,88 +39,129 @@ class FieldTensors:
         return FieldTensors(self.t0 * factor, self.t1 * factor, self.t2 * factor, self.t3 * factor)
 
 
+@numba.njit(cache=True, inline="always")
+def _radial(r2: float, alpha: float) -> tuple[float, float, float, float]:
+    """B_0..B_3 at squared distance r2; alpha = 0 gives the bare 1/r kernel."""
+    r = math.sqrt(r2)
+    inv_r2 = 1.0 / r2
+    if alpha > 0.0:
+        gauss = math.exp(-alpha * alpha * r2) / (alpha * math.sqrt(math.pi))
+        a2 = 2.0 * alpha * alpha
+        b0 = math.erfc(alpha * r) / r
+        b1 = (b0 + a2 * gauss) * inv_r2
+        b2 = (3.0 * b1 + a2 * a2 * gauss) * inv_r2
+        b3 = (5.0 * b2 + a2 * a2 * a2 * gauss) * inv_r2
+    else:
+        b0 = 1.0 / r
+        b1 = b0 * inv_r2
+        b2 = 3.0 * b1 * inv_r2
+        b3 = 5.0 * b2 * inv_r2
+    return b0, b1, b2, b3
+
+
+@numba.njit(cache=True)
+def _point_tensors(x: np.ndarray, q: np.ndarray, alpha: float):
+    # moments of the sources: sum q B_n x^k, symmetric parts only (10 of the 27 third-order terms)
+    s0 = s1b = 0.0
+    s1 = np.zeros(3)
+    v2 = np.zeros(3)  # sum q B2 x
+    s2 = np.zeros((3, 3))
+    s3 = np.zeros((3, 3, 3))
+    for j in range(len(q)):
+        x0, x1, x2 = x[j, 0], x[j, 1], x[j, 2]
+        b0, b1, b2, b3 = _radial(x0 * x0 + x1 * x1 + x2 * x2, alpha)
+        qj = q[j]
+        s0 += qj * b0
+        s1b += qj * b1
+        c1, c2, c3 = qj * b1, qj * b2, qj * b3
+        s1[0] += c1 * x0
+        s1[1] += c1 * x1
+        s1[2] += c1 * x2
+        v2[0] += c2 * x0
+        v2[1] += c2 * x1
+        v2[2] += c2 * x2
+        s2[0, 0] += c2 * x0 * x0
+        s2[0, 1] += c2 * x0 * x1
+        s2[0, 2] += c2 * x0 * x2
+        s2[1, 1] += c2 * x1 * x1
+        s2[1, 2] += c2 * x1 * x2
+        s2[2, 2] += c2 * x2 * x2
+        s3[0, 0, 0] += c3 * x0 * x0 * x0
+        s3[0, 0, 1] += c3 * x0 * x0 * x1
+        s3[0, 0, 2] += c3 * x0 * x0 * x2
+        s3[0, 1, 1] += c3 * x0 * x1 * x1
+        s3[0, 1, 2] += c3 * x0 * x1 * x2
+        s3[0, 2, 2] += c3 * x0 * x2 * x2
+        s3[1, 1, 1] += c3 * x1 * x1 * x1
+        s3[1, 1, 2] += c3 * x1 * x1 * x2
+        s3[1, 2, 2] += c3 * x1 * x2 * x2
+        s3[2, 2, 2] += c3 * x2 * x2 * x2
+    t2 = np.zeros((3, 3))
+    t3 = np.zeros((3, 3, 3))
+    for a in range(3):
+        for b in range(3):
+            t2[a, b] = s2[min(a, b), max(a, b)] - (s1b if a == b else 0.0)
+            for c in range(3):
+                i, j, k = sorted((a, b, c))
+                t3[a, b, c] = -s3[i, j, k]
+                # (delta_ab x_c + delta_ac x_b + delta_bc x_a) B2
+                t3[a, b, c] += (v2[c] if a == b else 0.0) + (v2[b] if a == c else 0.0) + (v2[a] if b == c else 0.0)
+    return s0, -s1, t2, t3
+
+
 def point_tensors(x: np.ndarray, q: np.ndarray, alpha: float | None) -> FieldTensors:
-    """Potential derivatives at the origin of sources q at -x (x = field point - source)."""
-    if len(q) == 0:
-        return FieldTensors(0.0, np.zeros(3), np.zeros((3, 3)), np.zeros((3, 3, 3)))
-    b0, b1, b2, b3 = radial_b(np.sqrt(np.einsum("ja,ja->j", x, x)), alpha)
-    eye = np.eye(3)
-    t1 = -((q * b1) @ x)
-    qxb2 = (q * b2) @ x
-    t2 = x.T @ ((q * b2)[:, None] * x) - eye * np.sum(q * b1)
-    xx = (x[:, :, None] * x[:, None, :]).reshape(-1, 9)
-    t3 = -(((q * b3)[:, None] * x).T @ xx).reshape(3, 3, 3)
-    t3 += np.einsum("ab,c->abc", eye, qxb2) + np.einsum("ac,b->abc", eye, qxb2) + np.einsum("bc,a->abc", eye, qxb2)
-    return FieldTensors(float(np.sum(q * b0)), t1, t2, t3)
+    """Potential derivatives at the origin of sources q at -x (x = field point - source);
+    alpha: Ewald real-space kernel erfc(alpha r)/r, None for the bare 1/r."""
+    t0, t1, t2, t3 = _point_tensors(np.ascontiguousarray(x, dtype=float), np.asarray(q, dtype=float), alpha or 0.0)
+    return FieldTensors(float(t0), t1, t2, t3)
 
 
-def multipole_response(x: np.ndarray, m0: float, m1: np.ndarray, m2: np.ndarray, alpha: float | None):
+@numba.njit(cache=True, inline="always")
+def _response(x0: float, x1: float, x2: float, m0: float, m1: np.ndarray, m2: np.ndarray, alpha: float):
+    """U and grad_x U of the multipole for one unit source at -x (see :func:`multipole_response`)."""
+    b0, b1, b2, b3 = _radial(x0 * x0 + x1 * x1 + x2 * x2, alpha)
+    tr = m2[0, 0] + m2[1, 1] + m2[2, 2]
+    m1x = x0 * m1[0] + x1 * m1[1] + x2 * m1[2]
+    m2x0 = x0 * m2[0, 0] + x1 * m2[1, 0] + x2 * m2[2, 0]
+    m2x1 = x0 * m2[0, 1] + x1 * m2[1, 1] + x2 * m2[2, 1]
+    m2x2 = x0 * m2[0, 2] + x1 * m2[1, 2] + x2 * m2[2, 2]
+    xm2x = x0 * m2x0 + x1 * m2x1 + x2 * m2x2
+    u = m0 * b0 - m1x * b1 + 0.5 * (xm2x * b2 - tr * b1)
+    radial = -m0 * b1 + m1x * b2 + 0.5 * (tr * b2 - xm2x * b3)
+    return (u, radial * x0 - b1 * m1[0] + b2 * m2x0, radial * x1 - b1 * m1[1] + b2 * m2x1,
+            radial * x2 - b1 * m1[2] + b2 * m2x2)
+
+
+@numba.njit(cache=True)
+def _multipole_response(x: np.ndarray, m0: float, m1: np.ndarray, m2: np.ndarray, alpha: float):
+    n = len(x)
+    u = np.empty(n)
+    g = np.empty((n, 3))
+    for j in range(n):
+        u[j], g[j, 0], g[j, 1], g[j, 2] = _response(x[j, 0], x[j, 1], x[j, 2], m0, m1, m2, alpha)
+    return u, g
+
+
+@numba.njit(cache=True)
+def add_multipole_gradient(
+    x: np.ndarray, owners: np.ndarray, m0: float, m1: np.ndarray, m2: np.ndarray, alpha: float, out: np.ndarray
+) -> None:
+    """out[owners[j]] += grad_x U(x_j): :func:`multipole_response`'s gradient summed per source charge."""
+    for j in range(len(x)):
+        _, g0, g1, g2 = _response(x[j, 0], x[j, 1], x[j, 2], m0, m1, m2, alpha)
+        out[owners[j], 0] += g0
+        out[owners[j], 1] += g1
+        out[owners[j], 2] += g2
+
+
+def multipole_response(
+    x: np.ndarray, m0: float, m1: np.ndarray, m2: np.ndarray, alpha: float | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Energy per unit source charge and its gradient for sources at -x (field point origin).
 
     A multipole (m0, m1, m2) at the field point interacts with a unit charge through
     U = m0 f + m1 . grad f + 1/2 m2 : grad grad f (f evaluated at x). Returns U (n,)
     and G = grad_x U (n, 3); the force on the source is +G times its charge.
     """
-    b0, b1, b2, b3 = radial_b(np.sqrt(np.einsum("ja,ja->j", x, x)), alpha)
-    m1x = x @ m1
-    m2x = x @ m2
-    xm2x = np.einsum("ja,ja->j", m2x, x)
-    tr = np.trace(m2)
-    u = m0 * b0 - m1x * b1 + 0.5 * (xm2x * b2 - tr * b1)
-    g = -m0 * b1[:, None] * x
-    g += (m1x * b2)[:, None] * x - b1[:, None] * m1
-    g += 0.5 * ((-xm2x * b3 + tr * b2)[:, None] * x + 2.0 * b2[:, None] * m2x)
-    return u, g
-
-
-class ReciprocalSum:
-    """Reciprocal-space part of the Ewald kernel for one periodic box.
-
-    psi_rec(x) = sum_{k != 0} A_k cos(k . x) - pi / (alpha^2 V) with
-    A_k = (4 pi / V) exp(-k^2 / (4 alpha^2)) / k^2, summed over a half space (factor 2).
-    """
-
-    def __init__(self, box: np.ndarray, alpha: float, tolerance: float) -> None:
-        volume = abs(np.linalg.det(box))
-        recip = 2.0 * np.pi * np.linalg.inv(box).T  # rows: reciprocal vectors
-        k_max = 2.0 * alpha * math.sqrt(-math.log(tolerance))
-        n_max = [int(math.ceil(k_max / np.linalg.norm(b))) for b in recip]
-        grid = np.array(np.meshgrid(*[np.arange(-n, n + 1) for n in n_max], indexing="ij")).reshape(3, -1).T
-        half = (grid[:, 0] > 0) | ((grid[:, 0] == 0) & ((grid[:, 1] > 0) | ((grid[:, 1] == 0) & (grid[:, 2] > 0))))
-        k = grid[half] @ recip
-        k2 = np.einsum("ka,ka->k", k, k)
-        keep = k2 <= k_max * k_max
-        self.k = k[keep]
-        k2 = k2[keep]
-        self.amplitude = 2.0 * (4.0 * np.pi / volume) * np.exp(-k2 / (4.0 * alpha * alpha)) / k2
-        self.background = -np.pi / (alpha * alpha * volume)
-
-    def phases(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """cos(k . x) and sin(k . x), (n, K) each, for displacements x = field point - source.
-
-        Computed once per geometry and shared by :meth:`tensors` and :meth:`multipole_gradient`.
-        """
-        theta = x @ self.k.T
-        return np.cos(theta), np.sin(theta)
-
-    def tensors(self, phases: tuple[np.ndarray, np.ndarray], q: np.ndarray) -> FieldTensors:
-        """Potential derivatives at the field point of sources q, given their :meth:`phases`."""
-        cos, sin = phases
-        s_cos = q @ cos
-        s_sin = q @ sin
-        a, k = self.amplitude, self.k
-        t0 = float(a @ s_cos) + self.background * float(np.sum(q))
-        t1 = -np.einsum("k,ka->a", a * s_sin, k)
-        t2 = -np.einsum("k,ka,kb->ab", a * s_cos, k, k)
-        t3 = np.einsum("k,ka,kb,kc->abc", a * s_sin, k, k, k)
-        return FieldTensors(t0, t1, t2, t3)
-
-    def multipole_gradient(
-        self, phases: tuple[np.ndarray, np.ndarray], m0: float, m1: np.ndarray, m2: np.ndarray
-    ) -> np.ndarray:
-        """grad_x U for U = m0 psi + m1 . grad psi + 1/2 m2 : grad grad psi (reciprocal part), (n, 3)."""
-        cos, sin = phases
-        kmk = np.einsum("ka,ab,kb->k", self.k, m2, self.k)
-        sin_coef = (self.amplitude * (0.5 * kmk - m0))[:, None] * self.k
-        cos_coef = -(self.amplitude * (self.k @ m1))[:, None] * self.k
-        return sin @ sin_coef + cos @ cos_coef
+    return _multipole_response(np.ascontiguousarray(x, dtype=float), float(m0), np.asarray(m1, dtype=float),
+                               np.asarray(m2, dtype=float), alpha or 0.0)
