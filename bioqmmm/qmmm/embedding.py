@@ -88,8 +88,8 @@ class PeriodicEmbedding:
 
     cutoff: MM charges within this distance (nm) of any QM atom enter exactly;
     switch_width: the weight of a charge goes smoothly from 1 at ``cutoff - switch_width``
-    to 0 at ``cutoff`` (nm); ewald_tolerance: relative accuracy of the far field's Ewald sums
-    (real-space truncation and particle mesh, :class:`~bioqmmm.qmmm.far_field.EwaldFarField`).
+    to 0 at ``cutoff`` (nm); ewald_tolerance: relative accuracy of the particle mesh of the far
+    field's Ewald sums (:class:`~bioqmmm.qmmm.far_field.EwaldFarField`).
     """
 
     cutoff: float = 1.2
@@ -135,21 +135,22 @@ class PeriodicEmbedding:
         # candidates for the near field: periodic images (image - centre) within reach of any QM atom
         rqm = np.linalg.norm(qm - center, axis=1).max()
         img, owner = images_within(d0, box, self.cutoff + rqm)
-        cand = np.arange(len(img))
-        to_qm = img[cand, None, :] + center - qm[None]  # (n_cand, n_qm, 3)
+        to_qm = img[:, None, :] + center - qm[None]  # (n_images, n_qm, 3)
         r_iA = np.linalg.norm(to_qm, axis=2)
         s, ds = quintic_switch(r_iA, self.cutoff - self.switch_width, self.cutoff)
         weight = 1.0 - np.prod(1.0 - s, axis=1)
         near = weight > 0.0
-        cand, to_qm, r_iA, s, ds, weight = cand[near], to_qm[near], r_iA[near], s[near], ds[near], weight[near]
-        q_near = mm_q[owner[cand]]
+        img, owner, to_qm, r_iA, s, ds, weight = (a[near] for a in (img, owner, to_qm, r_iA, s, ds, weight))
+        q_near = mm_q[owner]
         scaled = getattr(engine, "potentials", True)
         if scaled:  # switched charges keep their place and scale: w q at r
-            sites, site_q = center + img[cand], weight * q_near
+            sites, site_q = center + img, weight * q_near
         else:  # switched charges keep their value and recede from the centre: q at c + (r - c) / w
             keep = weight > MIN_RECEDING_WEIGHT
-            cand, to_qm, r_iA, s, ds, weight, q_near = (a[keep] for a in (cand, to_qm, r_iA, s, ds, weight, q_near))
-            sites, site_q = center + img[cand] / weight[:, None], q_near
+            img, owner, to_qm, r_iA, s, ds, weight, q_near = (
+                a[keep] for a in (img, owner, to_qm, r_iA, s, ds, weight, q_near)
+            )
+            sites, site_q = center + img / weight[:, None], q_near
         x_sites = center - sites
         partial = np.flatnonzero(weight < 1.0)
 
@@ -183,12 +184,12 @@ class PeriodicEmbedding:
         fixed = res.center_gradient if res.center_gradient is not None else -(m.m0 * far.t1 + far.t2 @ m.m1)
         de_dc = fixed + m.m0 * far.t1 + far.t2 @ m.m1 + 0.5 * np.einsum("ab,abk->k", m.m2, far.t3)
         if scaled:
-            np.add.at(f_mm, owner[cand], -grad_sites)
+            np.add.at(f_mm, owner, -grad_sites)
             de_dw = q_near[partial] * (res.mm_potentials - COULOMB_KJMOL_NM * u_sites[partial])
         else:
-            np.add.at(f_mm, owner[cand], -grad_sites / weight[:, None])
+            np.add.at(f_mm, owner, -grad_sites / weight[:, None])
             de_dc += np.sum((1.0 - 1.0 / weight)[:, None] * grad_sites, axis=0)
-            de_dw = -np.einsum("ia,ia->i", grad_sites[partial], img[cand[partial]]) / weight[partial] ** 2
+            de_dw = -np.einsum("ia,ia->i", grad_sites[partial], img[partial]) / weight[partial] ** 2
         f_qm -= de_dc / len(qm)
 
         # switching weights w_i = 1 - prod_A (1 - S(|r_i - R_A|))
@@ -199,7 +200,7 @@ class PeriodicEmbedding:
         dw_ds = before * after
         unit_vec = to_qm[partial] / r_iA[partial, :, None]
         dE_dvec = (de_dw[:, None] * dw_ds * ds[partial])[:, :, None] * unit_vec  # dE/d(r_i - R_A)
-        np.add.at(f_mm, owner[cand[partial]], -dE_dvec.sum(axis=1))
+        np.add.at(f_mm, owner[partial], -dE_dvec.sum(axis=1))
         f_qm += dE_dvec.sum(axis=0)
         e_far = far.t0 * m.m0 + far.t1 @ m.m1 + 0.5 * np.sum(far.t2 * m.m2)
-        return EmbeddingResult(res.energy, f_qm, f_mm, res, len(cand), float(e_far))
+        return EmbeddingResult(res.energy, f_qm, f_mm, res, len(img), float(e_far))

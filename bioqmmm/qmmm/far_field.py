@@ -213,14 +213,16 @@ _ORDERS = [tuple(combo.count(axis) for axis in range(3)) for n in range(4)
 
 @dataclass(frozen=True)
 class FarFieldGeometry:
-    """What both sums need of one configuration: the centre (nm), the real-space images (image - centre)
-    and their owners, and every charge's B-spline support on the mesh (valid until the next geometry)."""
+    """What both sums need of one configuration: the real-space images (image - centre) and their owners,
+    every charge's B-spline support on the mesh (valid until the next geometry), and the centre's support
+    (grid block for np.ix_, tables (axis, derivative 0..3, s))."""
 
-    center: np.ndarray
     images: np.ndarray
     owners: np.ndarray
     weights: np.ndarray
     index: np.ndarray
+    centre_block: tuple[np.ndarray, ...]
+    centre_tables: np.ndarray
 
 
 class EwaldFarField:
@@ -280,13 +282,13 @@ class EwaldFarField:
                               np.empty((len(d0), 3, SPLINE_ORDER), dtype=np.int64))
         weights, index = self._supports
         _supports(np.ascontiguousarray((center + d0) @ self.to_grid), self.shape, weights, index)
-        return FarFieldGeometry(np.asarray(center, dtype=float), images, owners, weights, index)
+        return FarFieldGeometry(images, owners, weights, index, *self._centre_support(np.asarray(center, dtype=float)))
 
     def tensors(self, geometry: FarFieldGeometry, q: np.ndarray) -> FieldTensors:
         """phi and its first three derivatives at the centre of the charges q (e) of ``geometry``."""
         potential = self._convolve(_spread(geometry.weights, geometry.index, q, self._grids))
-        block, tables = self._centre_support(geometry.center)
-        local = potential[block]
+        tables = geometry.centre_tables
+        local = potential[geometry.centre_block]
         by_order = {o: np.einsum("xyz,x,y,z->", local, tables[0, o[0]], tables[1, o[1]], tables[2, o[2]])
                     for o in _ORDERS}
         u1 = np.array([by_order[(1, 0, 0)], by_order[(0, 1, 0)], by_order[(0, 0, 1)]])
@@ -305,14 +307,14 @@ class EwaldFarField:
         g = self.to_grid
         mu1 = g.T @ m1  # the multipole in grid units
         mu2 = g.T @ m2 @ g
-        block, tables = self._centre_support(geometry.center)
+        tables = geometry.centre_tables
         local = m0 * np.einsum("x,y,z->xyz", tables[0, 0], tables[1, 0], tables[2, 0])
         for o in _ORDERS[1:10]:  # d/dc of M(u_c - g): the centre's B-spline derivatives, orders 1 and 2
             axes = [a for a in range(3) for _ in range(o[a])]
             coefficient = mu1[axes[0]] if len(axes) == 1 else mu2[axes[0], axes[1]] * (0.5 if o.count(2) else 1.0)
             local += coefficient * np.einsum("x,y,z->xyz", tables[0, o[0]], tables[1, o[1]], tables[2, o[2]])
         spread = np.zeros(self.shape)
-        np.add.at(spread, block, local)
+        np.add.at(spread, geometry.centre_block, local)
         potential = self._convolve(spread)
         # U_j = sum_g M(u_j - g) potential(g); grad_x = -grad_{r_j} = -(d/du) to_grid^T
         gradient = -_interpolated_gradient(geometry.weights, geometry.index, potential) @ g.T
