@@ -20,6 +20,7 @@ import os
 import pickle
 import time
 import traceback
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,12 @@ from bioqmmm.parallel.schedule import balanced, finish_times, spread
 
 RECORD = "replicas.json"
 log = logging.getLogger(__name__)
+
+
+def replica_seed(seed: int, name: str) -> int:
+    """A replica's own seed, from a run's seed and the replica's name (positive, below 2³¹): adding a
+    replica leaves the others' seeds alone."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31 - 1) + 1
 
 
 @dataclass(frozen=True)

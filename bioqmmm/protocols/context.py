@@ -28,8 +28,9 @@ class RunContext:
     identity belongs to another run. record: what every ``result.json`` of this run starts with
     (atom counts, level, identity, target). comm: the MPI communicator (or a serial stand-in).
     poll: called by long loops; raises to stop the run (the replica runner's abort).
-    model_at(level): a fresh QMMMSystem of the same region at another :class:`~bioqmmm.qm.factory.Level`
-    (None: the file's own level). inputs_at(level): what that model is built from (system and QM
+    model_at(level, region=None): a fresh QMMMSystem of the same region (or of ``region``, a
+    :class:`~bioqmmm.region.region.QMRegion`) at another :class:`~bioqmmm.qm.factory.Level` (None: the
+    file's own level). inputs_at(level): what that model is built from (system and QM
     settings, plain values), for the identities of sub-runs (endpoints, windows).
     """
 
@@ -41,7 +42,7 @@ class RunContext:
     identity: str
     record: dict[str, Any]
     comm: Any
-    model_at: Callable[[Level | None], Any]
+    model_at: Callable[..., Any]
     inputs_at: Callable[[Level | None], tuple[Any, Any]]
     platform: str = "CPU"
     threads: int | None = None

@@ -20,7 +20,6 @@ import csv
 import dataclasses
 import json
 import math
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import openmm
 from openmm import app
 
 from bioqmmm.errors import CalculationError, InputError
-from bioqmmm.parallel.replicas import Replica, run_replicas
+from bioqmmm.parallel.replicas import Replica, replica_seed, run_replicas
 from bioqmmm.parallel.schedule import estimated_cost
 from bioqmmm.protocols.context import RunContext
 from bioqmmm.protocols.pmf_settings import CoordinateSection, MetadynamicsSection, PMFSettings, WindowsSection
@@ -90,18 +89,13 @@ def window_plans(settings: PMFSettings, coordinate: ReactionCoordinate) -> list[
             continue
         for bias in _umbrellas(section, coordinate.period, settings.temperature_k):
             name = f"{prefix}{bias.center:+.4f}"
-            plans.append(WindowPlan(name, level, bias, section, _seed(settings.seed, name)))
+            plans.append(WindowPlan(name, level, bias, section, replica_seed(settings.seed, name)))
     if settings.metadynamics is not None:
-        plans.append(WindowPlan("m", "cheap", None, settings.metadynamics, _seed(settings.seed, "m")))
+        plans.append(WindowPlan("m", "cheap", None, settings.metadynamics, replica_seed(settings.seed, "m")))
     names = [p.name for p in plans]
     if len(set(names)) != len(names):
         raise InputError(f"two windows of one level share a centre (to 4 decimals): {sorted(names)}")
     return plans
-
-
-def _seed(seed: int, name: str) -> int:
-    """A window's own seed, from the file's seed and the window's name (positive, below 2³¹)."""
-    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31 - 1) + 1
 
 
 def _umbrellas(section: WindowsSection, period: float | None, temperature: float) -> list[Umbrella]:

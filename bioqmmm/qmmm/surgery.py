@@ -27,6 +27,8 @@ _NEUTRAL_FORCES = (
     openmm.MonteCarloFlexibleBarostat,
     openmm.AndersenThermostat,
 )
+#: One-body external potentials (restraints, walls): the same term in the MM and the QM/MM model, kept as is.
+_EXTERNAL_FORCES = (openmm.CustomExternalForce,)
 
 
 def mm_charges(system: openmm.System) -> np.ndarray:
@@ -56,7 +58,7 @@ def _modify(force: openmm.Force, qm: frozenset[int]) -> None:
     handler = _HANDLERS.get(type(force))
     if handler is not None:
         handler(force, qm)
-    elif not isinstance(force, _NEUTRAL_FORCES):
+    elif not isinstance(force, _NEUTRAL_FORCES + _EXTERNAL_FORCES):
         raise InputError(
             f"force {force.getName()!r} ({type(force).__name__}) is not supported in a QM/MM system yet; "
             "remove it from the reference System or ask for support"

@@ -165,7 +165,8 @@ def _single(config: ProtocolFile, progress: bool, poll=None, comm=None) -> dict[
             "target": kind.target(config.protocol),
         },
         comm=comm or world(),
-        model_at=lambda level: qmmm_model(config, qmmm.topology, qmmm.reference_system, level, qmmm.region),
+        model_at=lambda level, region=None: qmmm_model(config, qmmm.topology, qmmm.reference_system, level,
+                                                      region or qmmm.region),
         inputs_at=lambda level: (config.system, qm_at(config.qm, level)),
         platform=config.resources.platform, threads=config.resources.threads, progress=progress, poll=poll,
     )

@@ -85,7 +85,7 @@ class Profile:
     ts_position: float | None = None
 
 
-def _pymbar():
+def quiet_pymbar():
     """pymbar, imported without its import-time log noise (a missing-JAX banner, a generic timeseries
     caveat); its warnings during estimation still show."""
     logger = logging.getLogger("pymbar")
@@ -107,7 +107,7 @@ def decorrelate(s: np.ndarray, energy: np.ndarray, bias: Bias, temperature: floa
     of the sampled reduced potential β(U + w); pymbar's
     ``subsample_correlated_data`` keeps every g-th sample (Chodera, J. Chem. Theory Comput. 12, 1799 (2016)).
     """
-    timeseries = _pymbar().timeseries
+    timeseries = quiet_pymbar().timeseries
     s = np.asarray(s, dtype=float)
     if bias.center is not None:
         series = [bias.displacement(s)]
@@ -116,12 +116,13 @@ def decorrelate(s: np.ndarray, energy: np.ndarray, bias: Bias, temperature: floa
     else:
         series = [s]
     series.append((np.asarray(energy) + bias.energy(s)) / kt_kjmol(temperature))
-    g = max(_inefficiency(x) for x in series)
+    g = max(inefficiency(x) for x in series)
     return np.asarray(timeseries.subsample_correlated_data(series[0], g=g), dtype=int), g
 
 
-def _inefficiency(series: np.ndarray) -> float:
-    timeseries = _pymbar().timeseries
+def inefficiency(series: np.ndarray) -> float:
+    """Statistical inefficiency g of a time series (pymbar; 1 for a constant or very short series)."""
+    timeseries = quiet_pymbar().timeseries
     if len(series) < 3 or np.ptp(series) == 0:
         return 1.0
     return float(timeseries.statistical_inefficiency(series))
@@ -164,7 +165,7 @@ def reweight(
     occupied = np.array(sorted(set(bins[(bins >= 0) & (bins < len(bin_edges) - 1)].tolist())))
     centers = 0.5 * (bin_edges[occupied] + bin_edges[occupied + 1])
 
-    mbar = _mbar(u_kn, n_k)
+    mbar = solve_mbar(u_kn, n_k)
     overlap = np.asarray(mbar.compute_overlap()["matrix"]) if len(windows) > 1 else np.ones((1, 1))
     neighbours = {(windows[a].name, windows[b].name): float(overlap[a, b]) for a, b in neighbour_pairs(windows)}
     warnings = _overlap_warnings(windows, overlap, neighbours)
@@ -204,10 +205,10 @@ def reweight(
     return profile
 
 
-def _mbar(u_kn: np.ndarray, n_k: np.ndarray):
+def solve_mbar(u_kn: np.ndarray, n_k: np.ndarray):
     """MBAR solved by pymbar's adaptive Newton/self-consistent iteration to :data:`MBAR_TOLERANCE`."""
     solver = ({"method": "adaptive", "options": {"min_sc_iter": 0, "maxiter": 100000}},)
-    return _pymbar().MBAR(u_kn, n_k, relative_tolerance=MBAR_TOLERANCE, solver_protocol=solver)
+    return quiet_pymbar().MBAR(u_kn, n_k, relative_tolerance=MBAR_TOLERANCE, solver_protocol=solver)
 
 
 def _target_log_weights(mbar, u_kn, n_k, u_target) -> np.ndarray:
@@ -269,7 +270,7 @@ def _bootstrap(u_kn, n_k, in_bin, u_target, ref: int, count: int, seed: int) -> 
     curves = []
     for _ in range(count):
         pick = np.concatenate([rng.integers(a, b, b - a) for a, b in zip(starts[:-1], starts[1:], strict=True)])
-        mbar = _mbar(u_kn[:, pick], n_k)
+        mbar = solve_mbar(u_kn[:, pick], n_k)
         log_w = _target_log_weights(mbar, u_kn[:, pick], n_k, u_target[pick])
         with np.errstate(divide="ignore"):
             f = -np.array([logsumexp(log_w[row[pick]]) if row[pick].any() else -np.inf for row in in_bin])

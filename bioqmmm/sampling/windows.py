@@ -1,4 +1,5 @@
-"""One biased sampling window: Langevin dynamics under an umbrella, samples kept in resumable chunks.
+"""Sampling in resumable chunks: Langevin dynamics of a System (:func:`sample`), and one biased window
+under an umbrella (:func:`sample_window`).
 
     samples = sample_window(system, coordinate, bias, positions, settings, folder)
 
@@ -87,15 +88,56 @@ def sample_window(
     sample and may raise to stop.
     A checkpoint from other settings (``identity``) is refused.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    checkpoint = folder / "checkpoint.npz"
     periodic = system.usesPeriodicBoundaryConditions()
     bias_force = coordinate.bias_force(bias, periodic)
     group = free_force_group(system, "the umbrella bias")
     bias_force.setForceGroup(group)
     system.addForce(bias_force)
     unbiased = sum(1 << g for g in range(32) if g != group)
+
+    def measure(context: openmm.Context, state: openmm.State) -> dict[str, float]:
+        energy = context.getState(getEnergy=True, groups=unbiased).getPotentialEnergy()
+        return {"s": coordinate.value(bias_force.getCollectiveVariableValues(context)),
+                "energy": energy.value_in_unit(unit.kilojoule_per_mole)}
+
+    joined = sample(system, positions, settings, folder, measure, box=box, qmmm=qmmm, platform=platform,
+                    threads=threads, identity=identity, poll=poll, what=f"window at {bias.describe()}",
+                    holds="window's samples")
+    return WindowSamples(joined["s"], joined["energy"], joined["positions"], joined.get("boxes"))
+
+
+Measure = Callable[[openmm.Context, openmm.State], dict[str, float]]
+
+
+def sample(
+    system: openmm.System,
+    positions: np.ndarray,
+    settings: SamplingSettings,
+    folder: str | Path,
+    measure: Measure,
+    *,
+    box: np.ndarray | None = None,
+    qmmm=None,
+    platform: str = "CPU",
+    threads: int | None = None,
+    identity: str = "",
+    poll: Callable[[], None] | None = None,
+    what: str = "sampling",
+    holds: str = "run's samples",
+) -> dict[str, np.ndarray]:
+    """Langevin sampling of ``system`` into ``folder`` with checkpoints (or its resumption): every
+    ``sample_interval`` steps the positions (nm, float32), the box (nm, periodic systems) and the values
+    ``measure(context, state)`` returns (``state`` holds the positions) are recorded.
+
+    ``qmmm``: whatever holds the Python-side state of ``system``'s forces (a QMMMSystem, or an object with
+    its ``engine``/``kernel`` state interface); ``what`` names the run in errors, ``holds`` what its folder
+    holds. Returns every recorded
+    array, one row per sample, the first ``settings.samples`` when more are stored.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint = folder / "checkpoint.npz"
+    periodic = system.usesPeriodicBoundaryConditions()
     integrator = openmm.LangevinMiddleIntegrator(
         settings.temperature_k * unit.kelvin, settings.friction_per_ps / unit.picosecond,
         settings.timestep_fs * 1e-3 * unit.picosecond,
@@ -109,7 +151,7 @@ def sample_window(
 
     meta = {"identity": identity, "samples": 0, "chunks": 0, "equilibrated": False}
     if checkpoint.exists():
-        require_same_run(read_meta(checkpoint).get("identity"), identity, folder, "window's samples")
+        require_same_run(read_meta(checkpoint).get("identity"), identity, folder, holds)
         meta = read_checkpoint(checkpoint, context, qmmm)
     else:
         if box is not None:
@@ -126,8 +168,7 @@ def sample_window(
             write_checkpoint(checkpoint, context, qmmm, meta)
         while meta["samples"] < settings.samples:
             count = min(settings.checkpoint_interval, settings.samples - meta["samples"])
-            chunk = _record(context, integrator, coordinate, bias_force, unbiased, count, settings.sample_interval,
-                            periodic, typed, poll)
+            chunk = _record(context, integrator, measure, count, settings.sample_interval, periodic, typed, poll)
             save_arrays(folder / f"samples_{len(chunks):04d}.npz", chunk)
             chunks.append(chunk)
             meta["samples"] += count
@@ -136,11 +177,10 @@ def sample_window(
     except (ReplicaAbortedError, InputError):
         raise
     except BioQMMMError as exc:
-        raise CalculationError(f"window at {bias.describe()} stopped after {meta['samples']} samples: {exc}; "
+        raise CalculationError(f"{what} stopped after {meta['samples']} samples: {exc}; "
                                f"rerun to resume from {checkpoint}") from exc
     # a rerun asking for fewer samples than are stored gets the first ones
-    joined = {key: np.concatenate([c[key] for c in chunks])[:settings.samples] for key in chunks[0]}
-    return WindowSamples(joined["s"], joined["energy"], joined["positions"], joined.get("boxes"))
+    return {key: np.concatenate([c[key] for c in chunks])[:settings.samples] for key in chunks[0]}
 
 
 def pulled_start(mm_system: openmm.System, coordinate: ReactionCoordinate, bias: Umbrella, positions: np.ndarray,
@@ -159,21 +199,22 @@ def pulled_start(mm_system: openmm.System, coordinate: ReactionCoordinate, bias:
     return np.asarray(context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer))
 
 
-def _record(context, integrator, coordinate, bias_force, unbiased: int, count: int, interval: int, periodic: bool,
-            typed, poll) -> dict[str, np.ndarray]:
-    s, energy, positions, boxes = [], [], [], []
+def _record(context, integrator, measure: Measure, count: int, interval: int, periodic: bool, typed,
+            poll) -> dict[str, np.ndarray]:
+    rows: list[dict[str, float]] = []
+    positions, boxes = [], []
     for _ in range(count):
         with typed():
             integrator.step(interval)
-            state = context.getState(getEnergy=True, getPositions=True, groups=unbiased)
-        s.append(coordinate.value(bias_force.getCollectiveVariableValues(context)))
-        energy.append(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+            state = context.getState(getPositions=True)
+            rows.append(measure(context, state))
         positions.append(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer).astype(np.float32))
         if periodic:
             boxes.append(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer))
         if poll is not None:
             poll()
-    chunk = {"s": np.array(s), "energy": np.array(energy), "positions": np.array(positions)}
+    chunk = {key: np.array([row[key] for row in rows]) for key in rows[0]}
+    chunk["positions"] = np.array(positions)
     if periodic:
         chunk["boxes"] = np.array(boxes)
     return chunk
