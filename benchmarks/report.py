@@ -28,6 +28,7 @@ BENCHMARKS = {
     "parallel_replicas": ["--ranks", "2", "--steps", "40"],
     "pmf_reweighting": ["--windows", "6", "--samples", "150"],
     "xtb_step": ["--sizes", "2000", "20000", "100000", "--far-field"],
+    "fep_cost": ["--window-samples", "30", "--figures", "docs/figures/fep"],
 }
 
 HEADER = """\

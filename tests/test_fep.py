@@ -8,6 +8,7 @@ estimators that share no assumptions (λ windows vs nonequilibrium switching, fo
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -142,7 +143,7 @@ def _window_samples(hamiltonian: MixedHamiltonian, lam: float, folder: Path, see
                                 friction_per_ps=10.0, seed=seed, checkpoint_interval=100)
 
     def measure(context, state):
-        u_a, u_b = hamiltonian.energies(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+        u_a, u_b = hamiltonian.energies_of(state)
         return {"u_a": u_a, "u_b": u_b}
 
     recorded = sample(hamiltonian.system, np.zeros((1, 3)), settings, folder, measure, qmmm=hamiltonian)
@@ -264,7 +265,7 @@ def test_region_change_windows_and_switching_agree_from_either_end():
                                     checkpoint_interval=samples, **dynamics)
 
         def measure(context, state):
-            u_a, u_b = hamiltonian.energies(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+            u_a, u_b = hamiltonian.energies_of(state)
             return {"u_a": u_a, "u_b": u_b}
 
         return sample(hamiltonian.system, positions, settings, folder / f"{lam}-{seed}", measure, qmmm=hamiltonian)
@@ -384,3 +385,59 @@ def test_bad_fep_settings_are_named(tmp_path):
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(InputError, match="not in the qm block's region"):
         run_protocol(path, progress=False)
+
+
+def _shipped(tmp_path: Path, name: str, output: str, **changes) -> Path:
+    """A shipped protocol file cut down (``changes`` to its protocol block), one thread per run so that serial
+    and MPI runs evaluate bit for bit alike; paths made absolute."""
+    config = yaml.safe_load((ROOT / "protocols" / name).read_text())
+    config["protocol"].update(changes)
+    if "pdb" in config["system"]:
+        config["system"]["pdb"] = str(ROOT / "protocols" / config["system"]["pdb"])
+    config["resources"] = {"threads": 1}
+    config["output"] = str(tmp_path / output)
+    path = tmp_path / f"{output}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_shipped_fep_files_run_and_legs_join_into_a_cycle(tmp_path):
+    """protocols/fep_levels.yaml (switching, xTB/MM → B3LYP/MM) and protocols/fep_region.yaml (windows, region
+    change), cut down, write result.json with ΔA, σ, the verdict, the diagnostics and the plots; two legs that
+    name each other report the cycle once both are done (the first one waits for the second)."""
+    levels = run_protocol(_shipped(tmp_path, "fep_levels.yaml", "levels", sample_interval=20, equilibration_steps=20,
+                                   switching={"trajectories": 2, "steps": 2}, bootstraps=0), progress=False)
+    assert levels["free_energy"]["estimator"] == "Jarzynski" and levels["energy_evaluations"]["high"] == 4
+    assert {d["name"] for d in levels["diagnostics"]} >= {"jarzynski_ess", "time_convergence", "zwanzig_ess"}
+    assert levels["trusted"] is False  # two trajectories are not enough to check anything, and it says so
+    assert (tmp_path / "levels" / "works.png").stat().st_size > 0
+
+    small = {"samples": 20, "equilibration_steps": 20, "max_windows": 0, "bootstraps": 5}
+    first = run_protocol(_shipped(tmp_path, "fep_region.yaml", "complex", **small, cycle={
+        "kind": "binding", "leg": "complex", "other_leg": str(tmp_path / "solvent"), "low_free_energy_kjmol": -20.0}),
+        progress=False)
+    assert "waiting for the solvent leg" in first["cycle"]["status"]
+    second = run_protocol(_shipped(tmp_path, "fep_region.yaml", "solvent", **{**small, "seed": 7}, cycle={
+        "kind": "binding", "leg": "solvent", "other_leg": str(tmp_path / "complex"), "low_free_energy_kjmol": -20.0}),
+        progress=False)
+    cycle = second["cycle"]
+    assert cycle["value"] == pytest.approx(-20.0 + first["free_energy"]["value"] - second["free_energy"]["value"])
+    assert cycle["uncertainty"] == pytest.approx(np.hypot(first["free_energy"]["uncertainty"],
+                                                          second["free_energy"]["uncertainty"]))
+    assert "ΔG(high)" in (tmp_path / "solvent" / "summary.txt").read_text()
+
+
+def test_fep_windows_under_mpirun_equal_the_serial_run(tmp_path):
+    """The region-change windows shared over mpirun -n 2 give the serial run's ΔA and window table exactly."""
+    from conftest import mpirun
+
+    small = {"samples": 30, "equilibration_steps": 20, "max_windows": 0, "bootstraps": 0}
+    serial = run_protocol(_shipped(tmp_path, "fep_region.yaml", "serial", **small), progress=False)
+    parallel = mpirun(sys.executable, "-m", "bioqmmm.cli", "run",
+                      str(_shipped(tmp_path, "fep_region.yaml", "mpi", **small)), "--no-progress", timeout=600)
+    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    assert (tmp_path / "serial" / "windows.csv").read_text() == (tmp_path / "mpi" / "windows.csv").read_text()
+    mpi = json.loads((tmp_path / "mpi" / "result.json").read_text())
+    assert mpi["free_energy"]["value"] == serial["free_energy"]["value"]
+    record = json.loads((tmp_path / "mpi" / "windows" / "replicas.json").read_text())
+    assert {r["rank"] for r in record["replicas"].values()} == {0, 1}

@@ -63,6 +63,7 @@ class FreeEnergyResult:
     estimates: dict[str, Estimate]
     checks: list[Check]
     convergence: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)  # (fraction, ΔA, σ)
+    convergence_method: str = ""  # the estimator of the convergence series
     windows: estimators.WindowAnalysis | None = None
     lambdas: np.ndarray | None = None
     ess: dict[str, float] = field(default_factory=dict)
@@ -171,6 +172,7 @@ def analyse_windows(lambdas: Sequence[float], delta_u: Sequence[np.ndarray], kt:
             return float(pairs[:, 0].sum()), float(np.sqrt((pairs[:, 1] ** 2).sum()))
 
         result.convergence, check = _convergence(statistic, groups, thresholds)
+        result.convergence_method = "BAR"
         checks.append(check)
     else:
         checks.append(Check("time_convergence", 0.0, 8.0, False,
@@ -232,6 +234,7 @@ def analyse_switching(forward: np.ndarray, reverse: np.ndarray | None, kt: float
                               works={"forward": forward, "reverse": reverse})
     if _halves_usable(groups):
         result.convergence, check = _convergence(statistic, groups, thresholds)
+        result.convergence_method = reported.method
         checks.append(check)
     else:
         checks.append(Check("time_convergence", 0.0, 8.0, False,

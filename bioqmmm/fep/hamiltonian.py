@@ -155,6 +155,11 @@ class MixedHamiltonian:
         positions = np.asarray(positions, dtype=float)
         return tuple(end.evaluate(positions, box, step)[0] for end in self.ends)
 
+    def energies_of(self, state: openmm.State) -> tuple[float, float]:
+        """(U_a, U_b) in kJ/mol at the positions (and box) of an OpenMM State of :attr:`system`, read as the
+        force reads them: after a step this is the structure the dynamics just evaluated (free)."""
+        return self.energies(*_structure(self, state), state.getStepCount())
+
     @contextlib.contextmanager
     def typed_errors(self) -> Iterator[None]:
         """Re-raise a failure inside an end state (an unconverged SCF …) as its typed bioqmmm error."""
@@ -175,13 +180,17 @@ class MixedHamiltonian:
 def _mixed_force(hamiltonian: MixedHamiltonian, state: openmm.State) -> tuple[float, np.ndarray]:
     """PythonForce callback of :attr:`MixedHamiltonian.system`."""
     try:
-        positions = np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
-        box = None
-        if hamiltonian.system.usesPeriodicBoundaryConditions():
-            box = np.asarray(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer))
-        result = hamiltonian.evaluate(positions, box, state.getStepCount())
+        result = hamiltonian.evaluate(*_structure(hamiltonian, state), state.getStepCount())
     except BaseException as exc:
         hamiltonian.last_error = exc
         raise
     hamiltonian.last_error = None
     return result
+
+
+def _structure(hamiltonian: MixedHamiltonian, state: openmm.State) -> tuple[np.ndarray, np.ndarray | None]:
+    """Positions (nm) and, for a periodic System, box vectors (nm) of ``state``."""
+    positions = np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    if not hamiltonian.system.usesPeriodicBoundaryConditions():
+        return positions, None
+    return positions, np.asarray(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer))

@@ -144,7 +144,7 @@ def _run_windows(context, settings: FEPSettings, ends: _Ends, kt: float, thresho
         where = folder / replica.name
 
         def measure(_context, state) -> dict[str, float]:
-            u_a, u_b = hamiltonian.energies(_positions(state), _box(state), state.getStepCount())
+            u_a, u_b = hamiltonian.energies_of(state)
             return {"u_a": u_a, "u_b": u_b}
 
         recorded = sample(hamiltonian.system, context.positions, _sampling(settings, settings.samples,
@@ -208,15 +208,6 @@ def _uncorrelated(folder: Path) -> np.ndarray:
     """ΔU (kJ/mol) of a window's effectively uncorrelated samples (:func:`bioqmmm.fep.analysis.uncorrelated`)."""
     with np.load(folder / "window.npz") as data:
         return uncorrelated(data["u_b"] - data["u_a"])
-
-
-def _positions(state: openmm.State) -> np.ndarray:
-    return np.asarray(state.getPositions(asNumpy=True).value_in_unit(openmm.unit.nanometer))
-
-
-def _box(state: openmm.State) -> np.ndarray | None:
-    box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(openmm.unit.nanometer)
-    return np.asarray(box) if state.getPeriodicBoxVectors() is not None else None
 
 
 # -------------------------------------------------------------------------------------------------- switching
@@ -360,7 +351,39 @@ def _write(context: RunContext, settings: FEPSettings, ends: _Ends, result: Free
     if settings.cycle is not None:
         record["cycle"] = cycle_record(settings.cycle, result, context.base)
     record["files"] = sorted(files)
-    return write_results(out, "fep", record)
+    record = write_results(out, "fep", record)
+    (out / "summary.txt").write_text(_summary(record, result))
+    return record
+
+
+def _summary(record: dict[str, Any], result: FreeEnergyResult) -> str:
+    """summary.txt: the number with its verdict first, then every estimate and check (failed critical
+    checks marked FAIL, failed cross-checks 'note')."""
+    e = result.estimate
+    boot = "" if e.bootstrap is None else f", bootstrap ± {e.bootstrap:.3f}"
+    lines = [f"ΔA = A_b − A_a = {e.value:.3f} ± {e.uncertainty:.3f} kJ/mol ({e.method}{boot})",
+             f"verdict: {record['verdict']}",
+             f"end state a: {record['low_end_state']}; end state b: {record['qm_level']} (the qm block)",
+             "", "estimates (kJ/mol):"]
+    for name, other in result.estimates.items():
+        other_boot = "" if other.bootstrap is None else f"  (bootstrap ± {other.bootstrap:.3f})"
+        lines.append(f"  {name:<18} {other.value:14.3f} ± {other.uncertainty:.3f}{other_boot}")
+    lines += ["", "diagnostics:"]
+    for check in result.checks:
+        mark = "ok  " if check.passed else ("FAIL" if check.critical else "note")
+        lines.append(f"  {mark}  {check.message}")
+    if "lambda_schedule" in record:
+        lines += ["", "λ schedule (rounds): " + " → ".join(str([round(x, 4) for x in r]) for r in
+                                                         record["lambda_schedule"])]
+    evaluations = record["energy_evaluations"]
+    lines += [f"energy evaluations: end state a {evaluations['low']}, end state b {evaluations['high']}"]
+    if "cycle" in record:
+        cycle = record["cycle"]
+        lines.append(f"cycle ({cycle['kind']}): " + (cycle["status"] if "status" in cycle else
+                     f"ΔG(high) = {cycle['value']:.3f} ± {cycle['uncertainty']:.3f} kJ/mol "
+                     f"({'trusted' if cycle['trusted'] else 'NOT TRUSTED'})"))
+    lines += ["", f"files: {', '.join(record['files'])}"]
+    return "\n".join(lines) + "\n"
 
 
 def _write_windows_csv(path: Path, result: FreeEnergyResult) -> None:
@@ -385,14 +408,21 @@ def _write_works_csv(path: Path, result: FreeEnergyResult) -> None:
 
 
 def _plot_windows(lambda_path: Path, overlap_path: Path, result: FreeEnergyResult) -> None:
+    """A(λ) − A(0), and its departure from the straight line λ ΔA (the part that needs the windows between
+    the ends: for a constant ΔU it would be zero), both with ±2σ bars; the overlap matrix."""
     analysis = result.windows
-    fig, (ax,) = new_figure()
-    ax.errorbar(result.lambdas, analysis.state_free_energies, yerr=2 * analysis.state_uncertainties, fmt="o-",
-                ms=3, capsize=2)
-    ax.set_xlabel("λ")
-    ax.set_ylabel("A(λ) − A(0) (kJ/mol)")
-    ax.set_title(f"ΔA = {result.estimate.value:.2f} ± {result.estimate.uncertainty:.2f} kJ/mol (MBAR, ±2σ bars)"
-                 + ("" if result.trusted else "  NOT TRUSTED"), fontsize=9)
+    lambdas, f, df = result.lambdas, analysis.state_free_energies, 2 * analysis.state_uncertainties
+    fig, axes = new_figure(rows=2)
+    axes[0].errorbar(lambdas, f, yerr=df, fmt="o-", ms=3, capsize=2)
+    axes[0].set_ylabel("A(λ) − A(0) (kJ/mol)")
+    axes[0].set_title(f"ΔA = {result.estimate.value:.2f} ± {result.estimate.uncertainty:.2f} kJ/mol (MBAR, ±2σ bars)"
+                      + ("" if result.trusted else "  NOT TRUSTED"), fontsize=9)
+    axes[1].errorbar(lambdas, f - lambdas * f[-1], yerr=df, fmt="o-", ms=3, capsize=2, color="tab:green")
+    axes[1].axhline(0.0, color="0.6", lw=0.8)
+    axes[1].set_ylabel("A(λ) − A(0) − λ ΔA")
+    axes[1].set_xlabel("λ")
+    for ax in axes:
+        ax.ticklabel_format(axis="y", useOffset=False)
     fig.savefig(lambda_path, dpi=120)
     fig, (ax,) = new_figure(height=5.5)
     image = ax.imshow(analysis.overlap, cmap="viridis", vmin=0, vmax=1)
@@ -429,7 +459,9 @@ def _plot_convergence(path: Path, result: FreeEnergyResult) -> None:
     ax.axhline(result.estimate.value, color="k", lw=0.8)
     ax.set_xlabel("fraction of the data")
     ax.set_ylabel("ΔA (kJ/mol)")
-    ax.set_title(f"time convergence ({result.estimate.method})", fontsize=9)
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.set_title(f"time convergence ({result.convergence_method}): first (forward) and last (backward) "
+                 "fractions of every window or direction", fontsize=9)
     if result.convergence:
         ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)
