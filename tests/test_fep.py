@@ -103,6 +103,17 @@ def test_two_windows_far_apart_are_flagged_not_reported_clean():
     assert "λ 0 and 1" in record["problems"][0] and "add a window" in record["problems"][0]
 
 
+def test_switching_whose_work_distributions_do_not_overlap_is_flagged_not_crashed():
+    """Forward and reverse works 40 k_BT apart: Crooks is reported untrusted with its overlap, no exception."""
+    rng = np.random.default_rng(3)
+    forward = 110.0 + rng.normal(size=30) * 20.0
+    reverse = 90.0 + rng.normal(size=30) * 20.0
+    result = analyse_switching(forward, reverse, KT)
+    assert result.estimate.method == "Crooks" and not result.trusted
+    failed = [c for c in result.checks if c.name == "work_overlap"][0]
+    assert not failed.passed and failed.value < 0.03 and "switch more slowly" in failed.message
+
+
 def test_schedule_inserts_midpoints_where_overlap_is_low_within_the_budget():
     assert refine([0, 0.5, 1], [0.2, 0.01], 0.03, 10) == [0, 0.5, 0.75, 1]
     assert refine([0, 0.5, 1], [0.001, 0.01], 0.03, 4) == [0, 0.25, 0.5, 1]  # the worst gap first
@@ -125,8 +136,8 @@ def test_mixed_hamiltonian_forces_are_the_gradient_of_the_mixed_energy(water_clu
                          engine=XTBEngine("gfn2", accuracy=1e-4)) for n in (1, 2)]
     mixed = MixedHamiltonian(*models, 0.3, constraints=system, platform="Reference")
     energy, forces = mixed.evaluate(positions)
-    u_a, u_b = mixed.energies(positions)
-    assert np.isclose(energy, 0.7 * u_a + 0.3 * u_b, rtol=0, atol=1e-9)
+    u_a, u_b = (model.energy_and_forces(positions)[0] for model in models)  # each model's own Context
+    assert np.isclose(energy, 0.7 * u_a + 0.3 * u_b, rtol=0, atol=1e-3)
     h = 1e-5
     for atom in (0, 4, 9):  # QM in both, QM only in b, MM in both
         for axis in range(3):
@@ -135,6 +146,11 @@ def test_mixed_hamiltonian_forces_are_the_gradient_of_the_mixed_energy(water_clu
             minus[atom, axis] -= h
             numeric = -(mixed.evaluate(plus)[0] - mixed.evaluate(minus)[0]) / (2 * h)
             assert abs(numeric - forces[atom, axis]) < 0.02, (atom, axis, numeric, forces[atom, axis])
+    # a switch of n steps costs n evaluations of each end (the dynamics reuses them)
+    before = [model.kernel.evaluations for model in models]
+    switch(mixed, positions, None, forward=True, steps=5, timestep_fs=1.0, temperature_k=300.0, friction_per_ps=5.0,
+           seed=1, platform="Reference")
+    assert [model.kernel.evaluations - b for model, b in zip(models, before, strict=True)] == [5, 5]
 
 
 def _window_samples(hamiltonian: MixedHamiltonian, lam: float, folder: Path, seed: int) -> np.ndarray:
@@ -384,6 +400,11 @@ def test_bad_fep_settings_are_named(tmp_path):
     config["protocol"]["low_region"]["atoms"] = "resid 5"
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(InputError, match="not in the qm block's region"):
+        run_protocol(path, progress=False)
+    config = yaml.safe_load(_region_file(tmp_path, "self", {}).read_text())
+    config["protocol"]["cycle"] = {"kind": "binding", "leg": "complex", "other_leg": config["output"]}
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(InputError, match="this run's own output folder"):
         run_protocol(path, progress=False)
 
 

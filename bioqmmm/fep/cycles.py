@@ -29,25 +29,34 @@ def combine(kind: str, low: float, plus: dict[str, Any], minus: dict[str, Any]) 
             "low_level_free_energy": low, "correction": value - low}
 
 
-def cycle_record(section, result, base: Path) -> dict[str, Any]:
-    """The cycle of a leg's ``section`` (a :class:`~bioqmmm.protocols.fep_settings.CycleSection`): with
-    this leg's ``result`` and the other leg's ``result.json`` the combined ΔG, else what is missing.
-    With ``result`` None, only checks that the other leg's folder is not this leg's."""
+def cycle_record(section, result, base: Path, output: Path, temperature_k: float) -> dict[str, Any]:
+    """The cycle of a leg's ``section`` (a :class:`~bioqmmm.protocols.fep_settings.CycleSection`; ``other_leg``
+    relative to ``base``): with this leg's ``result`` and the other leg's ``result.json`` the combined ΔG, else
+    what is missing. With ``result`` None, only checks that the other leg is not this run (``output``)."""
     folder = Path(section.other_leg)
     folder = folder if folder.is_absolute() else base / folder
+    if folder.resolve() == Path(output).resolve():
+        raise InputError(f"cycle: other_leg {section.other_leg!r} is this run's own output folder")
     if result is None:
-        if folder.resolve() == base.resolve():
-            raise InputError("cycle: other_leg names this run's own folder")
         return {}
     mine = {**result.estimate.record(), "trusted": result.trusted}
     try:
         other = json.loads((folder / "result.json").read_text())
     except (OSError, ValueError):
-        return {"kind": section.kind, "leg": section.leg,
+        return {"kind": section.kind, "leg": section.leg, "low_level_free_energy": section.low_free_energy_kjmol,
                 "status": f"waiting for the {OTHER_LEG[section.leg]} leg: no result.json in {folder}; run it, "
                 "then rerun this file"}
-    if other.get("protocol") != "fep" or other.get("cycle", {}).get("leg", OTHER_LEG[section.leg]) == section.leg:
-        raise InputError(f"cycle: {folder}/result.json is not the {OTHER_LEG[section.leg]} leg's fep result")
+    theirs = other.get("cycle", {})
+    wrong = [what for what, bad in (
+        ("not a fep result", other.get("protocol") != "fep"),
+        (f"not the {OTHER_LEG[section.leg]} leg", theirs.get("leg", OTHER_LEG[section.leg]) != OTHER_LEG[section.leg]),
+        (f"not a {section.kind} cycle", theirs.get("kind", section.kind) != section.kind),
+        ("another low-level ΔG", theirs.get("low_level_free_energy", section.low_free_energy_kjmol)
+         != section.low_free_energy_kjmol),
+        ("another temperature", other.get("temperature", {}).get("value", temperature_k) != temperature_k),
+    ) if bad]
+    if wrong:
+        raise InputError(f"cycle: {folder}/result.json is {', '.join(wrong)}")
     legs = {section.leg: mine, OTHER_LEG[section.leg]: other["free_energy"]}
     plus = PLUS_LEG[section.kind]
     record = combine(section.kind, section.low_free_energy_kjmol, legs[plus], legs[OTHER_LEG[plus]])

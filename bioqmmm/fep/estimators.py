@@ -131,11 +131,23 @@ def bar(work_forward: np.ndarray, work_reverse: np.ndarray, kt: float) -> tuple[
 
 
 def work_overlap(work_forward: np.ndarray, work_reverse: np.ndarray, kt: float) -> float:
-    """Overlap of forward and reverse work distributions (pymbar's ``bar_overlap``; 1 = identical), the
-    works shifted by the mean forward work first (the overlap does not depend on it)."""
-    shift = float(np.mean(work_forward))
-    return float(quiet_pymbar().other_estimators.bar_overlap((np.asarray(work_forward) - shift) / kt,
-                                                             (np.asarray(work_reverse) + shift) / kt))
+    """Overlap of forward and reverse work distributions: the off-diagonal element O_ab of the two-state
+    MBAR overlap matrix (the same measure as a pair of λ windows'), MBAR started from the BAR solution.
+    pymbar's ``bar_overlap`` is not used: it asserts that MBAR reproduces BAR, which fails exactly when the
+    overlap is poor. A solution that cannot be found counts as no overlap."""
+    forward = np.asarray(work_forward, dtype=float)
+    reverse = np.asarray(work_reverse, dtype=float)
+    shift = float(np.mean(forward))
+    u_kn = np.zeros((2, len(forward) + len(reverse)))
+    u_kn[1, :len(forward)] = (forward - shift) / kt  # forward samples (from a): reduced energy in b relative to a
+    u_kn[0, len(forward):] = (reverse + shift) / kt  # reverse samples (from b): reduced energy in a relative to b
+    delta, _ = bar(forward, reverse, kt)
+    try:
+        mbar = solve_mbar(u_kn, np.array([len(forward), len(reverse)]), np.array([0.0, (delta - shift) / kt]))
+        overlap = float(np.asarray(mbar.compute_overlap()["matrix"])[0, 1])
+    except Exception:  # noqa: BLE001 (pymbar raises assertion, parameter and linear-algebra errors alike)
+        return 0.0
+    return overlap if np.isfinite(overlap) else 0.0
 
 
 def exponential(work: np.ndarray, kt: float, *, bootstraps: int = 0, seed: int = 0,

@@ -96,17 +96,18 @@ class MixedHamiltonian:
         system_a, system_b = (end.system for end in self.ends)
         template = constraints or system_a
         n = template.getNumParticles()
-        for name, system in (("a", system_a), ("b", system_b)):
+        source = "end state a" if constraints is None else "the constraints System"
+        reference = [template.getParticleMass(i).value_in_unit(unit.dalton) for i in range(n)]
+        for name, system in (("end state a", system_a), ("end state b", system_b)):
             if system.getNumParticles() != n:
-                raise InputError(f"end state {name} has {system.getNumParticles()} particles, the mixed system {n}")
+                raise InputError(f"{name} has {system.getNumParticles()} particles, {source} {n}")
             masses = [system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(n)]
-            reference = [template.getParticleMass(i).value_in_unit(unit.dalton) for i in range(n)]
             if not np.allclose(masses, reference):
-                raise InputError(f"end state {name} has other particle masses than the mixed system")
+                raise InputError(f"{name} has other particle masses than {source}")
             if any(system.isVirtualSite(i) for i in range(n)):
-                raise InputError(f"end state {name} has virtual sites, which the mixed Hamiltonian does not handle")
-        if system_a.usesPeriodicBoundaryConditions() != system_b.usesPeriodicBoundaryConditions():
-            raise InputError("one end state is periodic and the other is not")
+                raise InputError(f"{name} has virtual sites, which the mixed Hamiltonian does not handle")
+            if system.usesPeriodicBoundaryConditions() != template.usesPeriodicBoundaryConditions():
+                raise InputError(f"{name} and {source} differ in periodicity")
         self.lam = lam
         self.last_error: BaseException | None = None
         self.engine = _StatePair(self.ends, "engine")

@@ -97,8 +97,7 @@ def _sampling(settings: FEPSettings, samples: int, seed: int) -> SamplingSetting
 def _identity(context: RunContext, settings: FEPSettings, name: str) -> str:
     """What a window's or an end state's samples are: the model, both ends, the dynamics (not the count)."""
     dynamics = {key: getattr(settings, key) for key in ("sample_interval", "equilibration_steps", "timestep_fs",
-                                                        "temperature_k", "friction_per_ps", "seed",
-                                                        "checkpoint_interval")}
+                                                        "temperature_k", "friction_per_ps", "seed")}
     low = settings_record(settings.low if settings.low_region is None else settings.low_region)
     return fingerprint(*context.inputs_at(None), low, dynamics, context.platform, name)
 
@@ -106,8 +105,8 @@ def _identity(context: RunContext, settings: FEPSettings, name: str) -> str:
 def run(context: RunContext, settings: FEPSettings) -> dict:
     """The ``fep`` protocol on every rank (windows or trajectories shared out); rank 0 writes the files."""
     ends = _Ends(context, settings)
-    if settings.cycle is not None:
-        cycle_record(settings.cycle, None, context.base)  # the other leg's folder is checked before sampling
+    if settings.cycle is not None:  # the other leg's folder is checked before sampling
+        cycle_record(settings.cycle, None, context.base, context.output, settings.temperature_k)
     kt = kt_kjmol(settings.temperature_k)
     thresholds = Thresholds(settings.min_overlap, settings.min_ess, settings.max_sigmas)
     if settings.method == "windows":
@@ -167,10 +166,15 @@ def _run_windows(context, settings: FEPSettings, ends: _Ends, kt: float, thresho
         run_replicas(replicas, work, folder, finished=finished, comm=comm)
         refined = None
         if comm.rank == 0 and settings.max_windows > len(lambdas):
-            groups = [_uncorrelated(folder / _window_name(lam)) for lam in lambdas]
-            overlap = analyse_windows(lambdas, groups, kt, thresholds=thresholds).windows.neighbour_overlap
-            refined = refine(lambdas, overlap, settings.min_overlap, settings.max_windows)
+            try:
+                groups = [_uncorrelated(folder / _window_name(lam)) for lam in lambdas]
+                overlap = analyse_windows(lambdas, groups, kt, thresholds=thresholds).windows.neighbour_overlap
+                refined = refine(lambdas, overlap, settings.min_overlap, settings.max_windows)
+            except (InputError, CalculationError) as exc:  # raised on every rank, not left waiting
+                refined = (type(exc).__name__, str(exc))
         refined = comm.bcast(refined)
+        if isinstance(refined, tuple):
+            raise {"InputError": InputError}.get(refined[0], CalculationError)(refined[1])
         if refined is None or refined == lambdas:
             break
         lambdas = refined
@@ -349,7 +353,7 @@ def _write(context: RunContext, settings: FEPSettings, ends: _Ends, result: Free
     if "schedule" in extra:
         record["lambda_schedule"] = extra["schedule"]
     if settings.cycle is not None:
-        record["cycle"] = cycle_record(settings.cycle, result, context.base)
+        record["cycle"] = cycle_record(settings.cycle, result, context.base, context.output, settings.temperature_k)
     record["files"] = sorted(files)
     record = write_results(out, "fep", record)
     (out / "summary.txt").write_text(_summary(record, result))

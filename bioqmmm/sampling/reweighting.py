@@ -205,10 +205,12 @@ def reweight(
     return profile
 
 
-def solve_mbar(u_kn: np.ndarray, n_k: np.ndarray):
-    """MBAR solved by pymbar's adaptive Newton/self-consistent iteration to :data:`MBAR_TOLERANCE`."""
+def solve_mbar(u_kn: np.ndarray, n_k: np.ndarray, initial_f_k: np.ndarray | None = None):
+    """MBAR solved by pymbar's adaptive Newton/self-consistent iteration to :data:`MBAR_TOLERANCE`, from
+    ``initial_f_k`` (reduced free energies) when given."""
     solver = ({"method": "adaptive", "options": {"min_sc_iter": 0, "maxiter": 100000}},)
-    return quiet_pymbar().MBAR(u_kn, n_k, relative_tolerance=MBAR_TOLERANCE, solver_protocol=solver)
+    return quiet_pymbar().MBAR(u_kn, n_k, relative_tolerance=MBAR_TOLERANCE, solver_protocol=solver,
+                               initial_f_k=initial_f_k)
 
 
 def _target_log_weights(mbar, u_kn, n_k, u_target) -> np.ndarray:
