@@ -94,7 +94,7 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d')} on {platform.node()} ({os.cpu_count()} cores, load average {load:.2f} at "
         f"start), Python {platform.python_version()}, OpenMM {openmm.__version__}, PySCF {pyscf.__version__}.",
         "",
-        "`protocols/fep_levels.yaml`: formamide in a 2.4 nm TIP3P box, GFN2-xTB/MM → B3LYP/6-31G*/MM at 300 K. "
+        "`protocols/fep_levels.yaml`: one rigid water in a 1.8 nm TIP3P box, GFN2-xTB/MM → B3LYP/6-31G*/MM at 300 K. "
         "*Switching* is the file as shipped (trajectories from xTB/MM samples, B3LYP only along the switches); "
         f"*windows* samples λ = 0, ½, 1 ({args.window_samples} samples 5 steps apart after 50 steps; B3LYP at every "
         "step of the λ > 0 windows). E = B3LYP/MM evaluations; E × (σ / 0.1 kcal/mol)² = the evaluations that "
@@ -106,7 +106,9 @@ def main() -> None:
         _row("λ windows (MBAR)", windows, t_windows),
         "",
         f"Windows need {ratio:.1f}× the DFT evaluations of switching for the same uncertainty on this example "
-        "(ratio of E σ²).",
+        "(ratio of E σ²)" + ("." if switching["trusted"] and windows["trusted"] else
+                             "; at these budgets a run is untrusted (above), so its σ is itself uncertain and the "
+                             "ratio is an estimate of the efficiencies, not a converged number."),
         "",
         "`protocols/fep_region.yaml` as shipped (the worked example of docs/fep.md: a 20-water cluster at "
         "GFN2-xTB/MM, the neighbour of the QM water moved into QM, λ windows with the automatic schedule): "

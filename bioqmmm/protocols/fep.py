@@ -439,18 +439,22 @@ def _plot_windows(lambda_path: Path, overlap_path: Path, result: FreeEnergyResul
 
 
 def _plot_works(path: Path, result: FreeEnergyResult, kt: float) -> None:
+    """Histograms of W − ΔA (forward) and −W_R − ΔA (reverse), in k_BT: Crooks' theorem puts both at 0 where
+    they cross; a forward histogram far right of 0 is dissipation, and no overlap means no estimate."""
     fig, (ax,) = new_figure()
     forward, reverse = result.works["forward"], result.works["reverse"]
-    bins = np.histogram_bin_edges(np.concatenate([forward, [] if reverse is None else -reverse]), bins=20)
-    ax.hist(forward, bins=bins, alpha=0.6, label="forward W (a → b)")
+    delta = result.estimate.value
+    shown = [(forward - delta) / kt] + ([] if reverse is None else [(-reverse - delta) / kt])
+    bins = np.histogram_bin_edges(np.concatenate(shown), bins=20)
+    ax.hist(shown[0], bins=bins, alpha=0.6, label="forward W (a → b)")
     if reverse is not None:
-        ax.hist(-reverse, bins=bins, alpha=0.6, label="−W reverse (b → a)")
-    ax.axvline(result.estimate.value, color="k", lw=1, label=f"ΔA ({result.estimate.method})")
-    ax.set_xlabel("work (kJ/mol)")
+        ax.hist(shown[1], bins=bins, alpha=0.6, label="−W reverse (b → a)")
+    ax.axvline(0.0, color="k", lw=1, label=f"ΔA ({result.estimate.method})")
+    ax.set_xlabel("(work − ΔA) / k_BT")
     ax.set_ylabel("trajectories")
     ax.legend(fontsize=8)
-    ax.set_title(f"switching works (k_BT = {kt:.2f} kJ/mol)" + ("" if result.trusted else "  NOT TRUSTED"),
-                 fontsize=9)
+    ax.set_title(f"switching works, ΔA = {delta:.2f} ± {result.estimate.uncertainty:.2f} kJ/mol"
+                 + ("" if result.trusted else "  NOT TRUSTED"), fontsize=9)
     fig.savefig(path, dpi=120)
 
 
