@@ -1,0 +1,129 @@
+"""The adaptive QM/MM Hamiltonian: a buffered partition, a model per partition, a combination scheme.
+
+:class:`AdaptiveHamiltonian` is what MD runs on: its :attr:`~AdaptiveHamiltonian.system` holds the
+particles, masses and constraints of the reference (the core's own constraints freed, as in a fixed
+QM/MM model) and one ``PythonForce`` that, at every force call, finds each group's weight
+(:mod:`bioqmmm.adaptive.partition`), evaluates the partitions the scheme needs
+(:mod:`bioqmmm.adaptive.models`) and combines them (:mod:`bioqmmm.adaptive.schemes`). Every change of
+a group's state (MM, buffer, QM) is logged with its step and distance; the counters say how many
+evaluations were made and how often the buffer cap was exceeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import openmm
+
+from bioqmmm.adaptive.models import Builder, PartitionModels
+from bioqmmm.adaptive.partition import BufferedPartition, GroupWeights
+from bioqmmm.adaptive.schemes import SCHEMES, interpolation, pap
+from bioqmmm.errors import InputError
+from bioqmmm.simulation.composite import CompositeHamiltonian, check_same_particles
+
+MM, BUFFER, QM = "mm", "buffer", "qm"
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """A group changing state at an OpenMM step: ``before``/``after`` one of mm, buffer, qm; ``r_nm`` its
+    distance from the centre then."""
+
+    step: int
+    group: int
+    before: str
+    after: str
+    r_nm: float
+
+
+class _NoState:
+    """Engines and kernels live in the partition models; a checkpoint restore only forgets their results."""
+
+    def __init__(self, models: PartitionModels) -> None:
+        self._models = models
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        self._models.forget()
+
+
+class AdaptiveHamiltonian(CompositeHamiltonian):
+    """Adaptive QM/MM (or MM/MM) over ``partition``'s groups.
+
+    build: partition (QM groups) → model (:func:`~bioqmmm.adaptive.models.qmmm_builder` or
+    :func:`~bioqmmm.adaptive.models.mm_builder`). template: the System whose masses, constraints and box
+    the dynamics uses (the MM reference); constraints between two ``core`` atoms are dropped when
+    ``free_core`` (a QM core relaxes its X–H bonds as in a fixed QM/MM model). scheme: ``"pap"``
+    (Hamiltonian, 2ⁿ evaluations for n buffer groups) or ``"interpolation"`` (2 evaluations, not
+    Hamiltonian). cache: partition models kept (default 2^max_buffer_groups + 4).
+    """
+
+    def __init__(self, partition: BufferedPartition, build: Builder, template: openmm.System, *,
+                 core: Sequence[int], scheme: str = "pap", free_core: bool = True, platform: str = "CPU",
+                 threads: int | None = None, cache: int | None = None) -> None:
+        if scheme not in SCHEMES:
+            raise InputError(f"unknown adaptive scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+        self.partition = partition
+        self.scheme = scheme
+        self.core = np.array(sorted(int(i) for i in core), dtype=int)
+        self.models = PartitionModels(build, cache or 2**partition.max_buffer_groups + 4, platform, threads)
+        check_same_particles(template, [("the model without buffer groups", self.models.get(frozenset()).system)],
+                             "the template System")
+        self.system = self.host_system(template, "AdaptiveQMMM",
+                                       frozenset(self.core.tolist()) if free_core else frozenset())
+        self.engine = self.kernel = _NoState(self.models)
+        self.exchanges: list[Exchange] = []
+        self.evaluations = 0
+        self.capped_steps = 0
+        self.last: GroupWeights | None = None
+        self.last_step: int | None = None
+        self._states = np.full(len(partition.groups), MM, dtype=object)
+        self._evaluated: tuple[np.ndarray, np.ndarray | None, float, np.ndarray] | None = None
+
+    @property
+    def hamiltonian(self) -> bool:
+        """Whether the forces are the exact gradient of the energy (the permuted scheme)."""
+        return self.scheme == "pap"
+
+    def evaluate(self, positions: np.ndarray, box: np.ndarray | None = None, step: int = 0) -> tuple[float, np.ndarray]:
+        """Energy (kJ/mol) and forces (kJ/mol/nm) at ``positions`` (nm); the same structure twice is free."""
+        positions = np.asarray(positions, dtype=float)
+        done = self._evaluated
+        if done is not None and np.array_equal(done[0], positions) and (box is None or np.array_equal(done[1], box)):
+            return done[2], done[3].copy()
+        weights = self.partition.weights(positions, box)
+        n = len(positions)
+
+        def evaluate(groups: frozenset[int]) -> tuple[float, np.ndarray]:
+            return self.models.get(groups).evaluate(positions, box, step)
+
+        if self.scheme == "pap":
+            energy, forces, calls = pap(weights, evaluate, n)
+        else:
+            energy, forces, calls = interpolation(weights, evaluate, self.partition.groups, self.core, n)
+        self.evaluations += calls
+        self.capped_steps += bool(weights.dropped)
+        self._log(weights, positions, box, step)
+        self.last, self.last_step = weights, step
+        self._evaluated = (positions.copy(), None if box is None else box.copy(), energy, forces.copy())
+        return energy, forces
+
+    def _log(self, weights: GroupWeights, positions: np.ndarray, box: np.ndarray | None, step: int) -> None:
+        states = np.full(len(self.partition.groups), MM, dtype=object)
+        states[list(weights.inner)] = QM
+        states[list(weights.buffer)] = BUFFER
+        changed = np.flatnonzero(states != self._states) if self.last is not None else []
+        if len(changed):
+            r, _ = self.partition.distances(positions, box)
+            self.exchanges += [Exchange(int(step), int(g), str(self._states[g]), str(states[g]), float(r[g]))
+                               for g in changed]
+        self._states = states
+
+    def forget(self) -> None:
+        """Drop remembered results (after a checkpoint restore)."""
+        self._evaluated = None
+        self.models.forget()

@@ -1,0 +1,134 @@
+"""The complete model of each partition: which groups are QM → a QMMMSystem (or an MM System).
+
+A partition is the set of groups treated at the high level, besides the core. :class:`PartitionModels`
+builds the model of a partition when it is first needed and keeps the most recently used ones, each in
+its own evaluation Context (an SCF guess per partition, so warm starts survive from step to step).
+Two builders:
+
+* :func:`qmmm_builder`: the QM region is the core region plus the groups' atoms (whole molecules, so
+  no new link atoms), its charge the core's plus each group's net MM charge, its multiplicity the
+  core's; each partition is a full QMMMSystem over the reference System.
+* :func:`mm_builder`: two MM models of the same particles; the core and the partition's groups take the
+  high model's nonbonded parameters (charge, σ, ε), all else the low model's. No QM: the test bed of the
+  adaptive schemes (e.g. TIP3P inside, a recharged water outside).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import openmm
+from openmm import app
+
+from bioqmmm.errors import InputError
+from bioqmmm.qmmm.surgery import mm_charges
+from bioqmmm.region.region import QMRegion
+from bioqmmm.region.selection import describe_atom, element_symbols
+from bioqmmm.simulation.composite import ModelContext
+
+#: Partition (QM groups) → the model: a QMMMSystem or an openmm.System.
+Builder = Callable[[frozenset[int]], object]
+
+
+class PartitionModels:
+    """Evaluation Contexts of partition models, built on first use, the ``capacity`` most recent kept."""
+
+    def __init__(self, build: Builder, capacity: int, platform: str = "CPU", threads: int | None = None) -> None:
+        self.build = build
+        self.capacity = int(capacity)
+        self.platform, self.threads = platform, threads
+        self.built = 0
+        self._models: OrderedDict[frozenset[int], ModelContext] = OrderedDict()
+
+    def get(self, groups: frozenset[int]) -> ModelContext:
+        """The evaluation Context of the partition with ``groups`` at the high level."""
+        model = self._models.get(groups)
+        if model is None:
+            model = ModelContext(self.build(groups), self.platform, self.threads)
+            self.built += 1
+            self._models[groups] = model
+            while len(self._models) > self.capacity:
+                self._models.popitem(last=False)
+        self._models.move_to_end(groups)
+        return model
+
+    def forget(self) -> None:
+        """Drop every remembered result (after a checkpoint restore)."""
+        for model in self._models.values():
+            model.forget()
+
+
+def check_whole_molecules(topology: app.Topology, groups: Sequence[Sequence[int]]) -> None:
+    """Every group is a whole molecule: no bond leaves it (an adaptive boundary never cuts bonds)."""
+    owner = {int(i): k for k, group in enumerate(groups) for i in group}
+    atoms = list(topology.atoms())
+    for bond in topology.bonds():
+        a, b = bond[0].index, bond[1].index
+        if (a in owner or b in owner) and owner.get(a) != owner.get(b):
+            inside, outside = (a, b) if a in owner else (b, a)
+            raise InputError(f"adaptive group {owner[inside]} is not a whole molecule: "
+                             f"{describe_atom(atoms[inside])} is bonded to {describe_atom(atoms[outside])}")
+
+
+def group_charges(system: openmm.System, groups: Sequence[Sequence[int]]) -> list[int]:
+    """Net MM charge (e) of each group, which must be an integer."""
+    charges = mm_charges(system)
+    totals = []
+    for k, group in enumerate(groups):
+        q = float(charges[list(group)].sum())
+        if abs(q - round(q)) > 1e-3:
+            raise InputError(f"adaptive group {k} carries a net MM charge of {q:.4f} e, not an integer")
+        totals.append(int(round(q)))
+    return totals
+
+
+def qmmm_builder(topology: app.Topology, system: openmm.System, core: QMRegion,
+                 groups: Sequence[Sequence[int]], make: Callable[[QMRegion], object]) -> Builder:
+    """Partition → QMMMSystem made by ``make`` (e.g. a run's ``model_at``) for the core plus those groups."""
+    check_whole_molecules(topology, groups)
+    charges = group_charges(system, groups)
+    core_atoms = set(core.atoms)
+    clash = [k for k, g in enumerate(groups) if core_atoms & set(int(i) for i in g)]
+    if clash:
+        raise InputError(f"adaptive group {clash[0]} overlaps the core QM region")
+    n_core = len(core.atoms)
+    link_symbols = core.symbols[n_core:]
+
+    def build(qm_groups: frozenset[int]) -> object:
+        atoms = tuple(sorted(core_atoms.union(*(map(int, groups[g]) for g in qm_groups))))
+        region = QMRegion(atoms, element_symbols(topology, atoms) + link_symbols,
+                          core.charge + sum(charges[g] for g in qm_groups), core.multiplicity, core.links,
+                          core.boundary_charges)
+        return make(region)
+
+    return build
+
+
+def mm_builder(low: openmm.System, high: openmm.System, core: Sequence[int],
+               groups: Sequence[Sequence[int]]) -> Builder:
+    """Partition → a copy of ``low`` whose core and partition groups take ``high``'s nonbonded parameters."""
+    if low.getNumParticles() != high.getNumParticles():
+        raise InputError(f"the two MM models differ in particle count ({low.getNumParticles()} and "
+                         f"{high.getNumParticles()})")
+    _nonbonded(low, "low")
+    high_nb = _nonbonded(high, "high")  # read now: the force lives only as long as ``high``
+    high_parameters = [high_nb.getParticleParameters(i) for i in range(high.getNumParticles())]
+    core = [int(i) for i in core]
+
+    def build(qm_groups: frozenset[int]) -> openmm.System:
+        system = copy.deepcopy(low)
+        target = _nonbonded(system, "low")
+        for i in core + [int(i) for g in sorted(qm_groups) for i in groups[g]]:
+            target.setParticleParameters(i, *high_parameters[i])
+        return system
+
+    return build
+
+
+def _nonbonded(system: openmm.System, name: str) -> openmm.NonbondedForce:
+    forces = [f for f in system.getForces() if isinstance(f, openmm.NonbondedForce)]
+    if len(forces) != 1:
+        raise InputError(f"the {name} MM model needs exactly one NonbondedForce, it has {len(forces)}")
+    return forces[0]

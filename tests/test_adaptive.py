@@ -1,0 +1,196 @@
+"""Adaptive QM/MM: buffered partition, permuted (Hamiltonian) and force-interpolation schemes."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import openmm
+import pytest
+from conftest import _cluster, directional_derivative
+from openmm import app, unit
+
+from bioqmmm.adaptive.hamiltonian import AdaptiveHamiltonian
+from bioqmmm.adaptive.models import mm_builder, qmmm_builder
+from bioqmmm.adaptive.partition import BufferedPartition
+from bioqmmm.adaptive.schemes import pap_derivatives, pap_weights
+from bioqmmm.errors import InputError
+from bioqmmm.qmmm.embedding import quintic_switch
+from bioqmmm.simulation.composite import particle_masses
+
+#: SPC/E charges (Berendsen, Grigera & Straatsma, J. Phys. Chem. 1987, 91, 6269) on TIP3P geometry: the
+#: "other level" of the two-MM-model tests.
+SPCE_CHARGES = {"O": -0.8476, "H": 0.4238}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """20 TIP3P waters (rigid), no cutoff: topology, system, positions (nm), water groups."""
+    topology, system, positions = _cluster(20)
+    groups = [[a.index for a in r.atoms()] for r in topology.residues()]
+    return topology, system, positions, groups
+
+
+def recharged(system: openmm.System, topology: app.Topology) -> openmm.System:
+    """``system`` with SPC/E charges on every water."""
+    other = copy.deepcopy(system)
+    nonbonded = next(f for f in other.getForces() if isinstance(f, openmm.NonbondedForce))
+    for atom in topology.atoms():
+        _, sigma, epsilon = nonbonded.getParticleParameters(atom.index)
+        nonbonded.setParticleParameters(atom.index, SPCE_CHARGES[atom.element.symbol], sigma, epsilon)
+    return other
+
+
+def radii_around(partition_distances: np.ndarray, n_inner: int, n_buffer: int) -> tuple[float, float]:
+    """r_inner and r_outer (nm) putting the ``n_inner`` nearest groups in QM and the next ``n_buffer`` in
+    the buffer, each well inside its zone."""
+    d = np.sort(partition_distances)
+    return 0.5 * (d[n_inner - 1] + d[n_inner]), 0.5 * (d[n_inner + n_buffer - 1] + d[n_inner + n_buffer])
+
+
+def mm_adaptive(cluster, n_inner=1, n_buffer=3, scheme="pap", high=None, max_buffer_groups=4):
+    topology, system, positions, groups = cluster
+    core, others = groups[0], groups[1:]
+    probe = BufferedPartition(core, others, particle_masses(system), 0.1, 0.2)
+    r_inner, r_outer = radii_around(probe.distances(positions)[0], n_inner, n_buffer)
+    partition = BufferedPartition(core, others, particle_masses(system), r_inner, r_outer, max_buffer_groups)
+    build = mm_builder(system, high or recharged(system, topology), core, others)
+    return AdaptiveHamiltonian(partition, build, system, core=core, scheme=scheme, free_core=False,
+                               platform="Reference")
+
+
+def test_weights_are_a_c2_smoothstep_with_exact_gradients(cluster):
+    """λ is 1 inside r_inner, 0 beyond r_outer, ½ half way, with vanishing first and second derivatives at
+    both radii; ∇λ of each buffer group on its atoms and the centre's is the central difference of λ."""
+    topology, system, positions, groups = cluster
+    lam, slope = quintic_switch(np.array([0.3, 0.4, 0.5]), 0.3, 0.5)
+    assert lam == pytest.approx([1.0, 0.5, 0.0], abs=1e-15) and slope[0] == slope[2] == 0.0
+
+    def curvature(r: float, h: float) -> float:
+        return float((quintic_switch(np.array(r + h), 0.3, 0.5)[1] - quintic_switch(np.array(r - h), 0.3, 0.5)[1])
+                     / (2 * h))
+
+    for edge, side in ((0.3, 1.0), (0.5, -1.0)):  # λ'' → 0 linearly at both radii: C², no kink in the force
+        near, nearer = curvature(edge + side * 1e-3, 1e-4), curvature(edge + side * 1e-4, 1e-5)
+        assert abs(nearer) < 0.15 * abs(near)
+
+    probe = BufferedPartition(groups[0], groups[1:], particle_masses(system), 0.3, 0.5)
+    r_inner, r_outer = radii_around(probe.distances(positions)[0], 1, 3)
+    partition = BufferedPartition(groups[0], groups[1:], particle_masses(system), r_inner, r_outer)
+    weights = partition.weights(positions)
+    assert len(weights.inner) == 1 and len(weights.buffer) == 3
+    rng = np.random.default_rng(3)
+    for g, (atoms, gradient) in zip(weights.buffer, weights.gradients, strict=True):
+        for atom, analytic in zip(atoms, gradient, strict=True):
+            direction = rng.normal(size=3)
+            shifted = [positions.copy(), positions.copy()]
+            shifted[0][atom] += 1e-7 * direction  # the buffer is 0.03 nm wide here: small steps
+            shifted[1][atom] -= 1e-7 * direction
+            numeric = (partition.weights(shifted[0]).lam[g] - partition.weights(shifted[1]).lam[g]) / 2e-7
+            assert numeric == pytest.approx(analytic @ direction, rel=1e-6, abs=1e-8)
+
+
+def test_permuted_weights_sum_to_one_and_differentiate_exactly():
+    """Σ_S w_S = 1; at λ ∈ {0, 1} only that partition counts; ∂E/∂λ_b of E = Σ w_S E_S is its central
+    difference for an arbitrary table of partition energies."""
+    rng = np.random.default_rng(7)
+    lam = rng.uniform(0.05, 0.95, size=4)
+    energies = rng.normal(scale=50.0, size=16)
+    assert pap_weights(lam).sum() == pytest.approx(1.0, abs=1e-14)
+    assert pap_weights(np.array([1.0, 0.0, 1.0, 0.0])) @ energies == energies[0b0101]
+    analytic = pap_derivatives(lam, energies)
+    for b in range(4):
+        step = np.zeros(4)
+        step[b] = 1e-6
+        numeric = (pap_weights(lam + step) @ energies - pap_weights(lam - step) @ energies) / 2e-6
+        assert numeric == pytest.approx(analytic[b], rel=1e-7, abs=1e-7)
+
+
+def test_permuted_forces_are_the_gradient_with_groups_in_the_buffer(cluster):
+    """Two MM water models (TIP3P as the high level, SPC/E charges as the low): forces of the permuted
+    scheme, transition forces included, are central differences of its energy on the centre, on buffer
+    groups and on the environment, with three groups inside the buffer."""
+    hamiltonian = mm_adaptive(cluster)
+    positions = cluster[2]
+    energy, forces = hamiltonian.evaluate(positions)
+    weights = hamiltonian.last
+    assert len(weights.buffer) == 3 and not weights.dropped
+    assert hamiltonian.evaluations == 8  # 2^3 partitions
+    groups = hamiltonian.partition.groups
+    atoms = [int(hamiltonian.core[0]), *[int(groups[g][0]) for g in weights.buffer], int(groups[-1][1])]
+    rng = np.random.default_rng(11)
+    transition = weights.transition_forces(np.ones(3), len(positions))
+    assert np.abs(transition).max() > 1.0  # the buffer gradients are not negligible here
+    for atom in atoms:
+        direction = np.zeros_like(positions)
+        direction[atom] = rng.normal(size=3)
+        numeric = directional_derivative(lambda x: hamiltonian.evaluate(x)[0], positions, direction, h=1e-5)
+        assert numeric == pytest.approx(float(np.sum(forces * direction)), abs=2e-5 * max(1.0, abs(numeric)))
+
+
+def test_force_interpolation_uses_two_evaluations_and_is_not_a_gradient(cluster):
+    """Force interpolation: two partitions per step, forces λ-interpolated per atom, and (as documented)
+    not the gradient of its monitoring energy — the missing transition force shows on a buffer group."""
+    hamiltonian = mm_adaptive(cluster, scheme="interpolation")
+    positions = cluster[2]
+    _, forces = hamiltonian.evaluate(positions)
+    assert hamiltonian.evaluations == 2 and not hamiltonian.hamiltonian
+    weights = hamiltonian.last
+    k = int(np.argmin(np.abs(weights.lam[list(weights.buffer)] - 0.5)))  # the group half way through the buffer
+    g = weights.buffer[k]
+    small = hamiltonian.models.get(frozenset(weights.inner)).evaluate(positions, None, 0)[1]
+    large = hamiltonian.models.get(frozenset(weights.inner) | frozenset(weights.buffer)).evaluate(positions, None, 0)[1]
+    atom = hamiltonian.partition.groups[g][0]
+    lam = weights.lam[g]
+    assert forces[atom] == pytest.approx(lam * large[atom] + (1 - lam) * small[atom], abs=1e-9)
+    direction = np.zeros_like(positions)
+    direction[atom] = weights.gradients[k][1][0] / np.linalg.norm(weights.gradients[k][1][0])
+    numeric = directional_derivative(lambda x: hamiltonian.evaluate(x)[0], positions, direction, h=1e-5)
+    assert abs(numeric - float(np.sum(forces * direction))) > 1e-2
+
+
+def test_identical_levels_reproduce_the_plain_run_step_for_step(cluster):
+    """Limit check: when both levels are the same Hamiltonian, adaptive Verlet dynamics (groups crossing
+    the buffer) follows the plain MM run to round-off."""
+    topology, system, positions, _ = cluster
+    hamiltonian = mm_adaptive(cluster, high=system)
+    platform = openmm.Platform.getPlatformByName("Reference")
+    masses = particle_masses(system)
+    velocities = np.random.default_rng(5).normal(size=positions.shape) * np.sqrt(2.494 / masses)[:, None]
+    velocities -= masses @ velocities / masses.sum()  # no centre-of-mass motion for the plain run's remover
+    runs = []
+    for model in (system, hamiltonian.system):
+        context = openmm.Context(model, openmm.VerletIntegrator(0.001), platform)
+        context.setPositions(positions)
+        context.setVelocities(velocities)
+        context.applyVelocityConstraints(1e-12)
+        context.getIntegrator().step(200)
+        runs.append(context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    assert hamiltonian.evaluations > 200 and hamiltonian.exchanges  # groups did cross the buffer
+    assert np.abs(runs[0] - runs[1]).max() < 1e-9
+
+
+def test_buffer_cap_drops_the_outermost_groups(cluster):
+    """With more groups in the buffer than the cap, those of smallest λ count as MM and are reported."""
+    hamiltonian = mm_adaptive(cluster, max_buffer_groups=2)
+    hamiltonian.evaluate(cluster[2])
+    weights = hamiltonian.last
+    assert len(weights.buffer) == 2 and len(weights.dropped) == 1
+    assert weights.lam[weights.dropped[0]] == 0.0 and hamiltonian.capped_steps == 1
+    assert hamiltonian.evaluations == 4
+
+
+def test_bad_adaptive_input_is_refused_before_any_evaluation(cluster):
+    topology, system, positions, groups = cluster
+    masses = particle_masses(system)
+    with pytest.raises(InputError, match="r_inner < r_outer"):
+        BufferedPartition(groups[0], groups[1:], masses, 0.5, 0.4)
+    with pytest.raises(InputError, match="two groups"):
+        BufferedPartition(groups[0], groups[:3], masses, 0.3, 0.5)
+    partition = BufferedPartition(groups[0], groups[1:], masses, 0.3, 0.5)
+    with pytest.raises(InputError, match="unknown adaptive scheme 'sorted'"):
+        AdaptiveHamiltonian(partition, mm_builder(system, system, groups[0], groups[1:]), system,
+                            core=groups[0], scheme="sorted")
+    split = [[g[0]] for g in groups[1:]]  # an oxygen without its hydrogens
+    with pytest.raises(InputError, match="not a whole molecule"):
+        qmmm_builder(topology, system, None, split, lambda region: None)
