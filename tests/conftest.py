@@ -150,3 +150,20 @@ def mpirun(*args: str, ranks: int = 2, timeout: float = 300) -> subprocess.Compl
            "OMPI_MCA_rmaps_base_oversubscribe": "1", "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe"}
     return subprocess.run([launcher, "-n", str(ranks), *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
+
+
+def shipped_protocol(tmp_path, name: str, output: str, **changes):
+    """A shipped protocol file cut down (``changes`` to its protocol block), one thread per run so that serial
+    and MPI runs evaluate bit for bit alike; paths made absolute. Returns the new file's path."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((root / "protocols" / name).read_text())
+    config["protocol"].update(changes)
+    if "pdb" in config["system"]:
+        config["system"]["pdb"] = str(root / "protocols" / config["system"]["pdb"])
+    config["resources"] = {"threads": 1}
+    config["output"] = str(tmp_path / output)
+    path = tmp_path / f"{output}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

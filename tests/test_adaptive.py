@@ -11,7 +11,7 @@ from conftest import _cluster, directional_derivative
 from openmm import app, unit
 
 from bioqmmm.adaptive.hamiltonian import AdaptiveHamiltonian
-from bioqmmm.adaptive.models import mm_builder, qmmm_builder
+from bioqmmm.adaptive.models import group_offsets, mm_builder, qmmm_builder
 from bioqmmm.adaptive.partition import BufferedPartition
 from bioqmmm.adaptive.schemes import pap_derivatives, pap_weights
 from bioqmmm.errors import InputError
@@ -45,6 +45,9 @@ def radii_around(partition_distances: np.ndarray, n_inner: int, n_buffer: int) -
     """r_inner and r_outer (nm) putting the ``n_inner`` nearest groups in QM and the next ``n_buffer`` in
     the buffer, each well inside its zone."""
     d = np.sort(partition_distances)
+    if n_buffer == 0:  # an empty buffer in the gap between the last inner group and the next one
+        gap = d[n_inner] - d[n_inner - 1]
+        return d[n_inner - 1] + 0.25 * gap, d[n_inner - 1] + 0.75 * gap
     return 0.5 * (d[n_inner - 1] + d[n_inner]), 0.5 * (d[n_inner + n_buffer - 1] + d[n_inner + n_buffer])
 
 
@@ -194,3 +197,112 @@ def test_bad_adaptive_input_is_refused_before_any_evaluation(cluster):
     split = [[g[0]] for g in groups[1:]]  # an oxygen without its hydrogens
     with pytest.raises(InputError, match="not a whole molecule"):
         qmmm_builder(topology, system, None, split, lambda region: None)
+
+
+def xtb_adaptive(cluster, n_inner: int, n_buffer: int, scheme: str = "pap") -> AdaptiveHamiltonian:
+    """GFN2-xTB/MM adaptive model of the cluster: water 0 the QM core, the others adaptive groups."""
+    from bioqmmm.qm.xtb_engine import XTBEngine
+    from bioqmmm.qmmm.system import QMMMSystem
+    from bioqmmm.region.region import QMRegion
+
+    topology, system, positions, groups = cluster
+    core = QMRegion.select(topology, groups[0], charge=0, multiplicity=1)
+    probe = BufferedPartition(groups[0], groups[1:], particle_masses(system), 0.1, 0.2)
+    r_inner, r_outer = radii_around(probe.distances(positions)[0], n_inner, n_buffer)
+    partition = BufferedPartition(groups[0], groups[1:], particle_masses(system), r_inner, r_outer)
+    build = qmmm_builder(topology, system, core, groups[1:],
+                         lambda region: QMMMSystem(topology, system, region, engine=XTBEngine("gfn2", accuracy=1e-4)))
+    engine = XTBEngine("gfn2", accuracy=1e-4)
+    empty = np.zeros((0, 3)), np.zeros(0)
+    offsets = group_offsets(topology, system, groups[1:], positions,
+                            lambda symbols, x, q: engine.compute(symbols, x, q, 1, *empty).energy)
+    return AdaptiveHamiltonian(partition, build, system, core=groups[0], scheme=scheme, platform="Reference",
+                               offsets=offsets)
+
+
+def test_empty_buffer_is_the_fixed_qmmm_model_of_the_inner_region(cluster):
+    """With no group in the buffer, the adaptive GFN2-xTB/MM energy and forces are those of a plain QMMMSystem
+    whose QM region is the core plus the inner groups."""
+    from bioqmmm.qm.xtb_engine import XTBEngine
+    from bioqmmm.qmmm.system import QMMMSystem
+
+    topology, system, positions, groups = cluster
+    hamiltonian = xtb_adaptive(cluster, 2, 0)
+    energy, forces = hamiltonian.evaluate(positions)
+    inner = hamiltonian.last.inner
+    energy += hamiltonian.offsets[list(inner)].sum()
+    assert len(inner) == 2 and not hamiltonian.last.buffer and hamiltonian.evaluations == 1
+    atoms = sorted(groups[0] + [i for g in inner for i in groups[1 + g]])
+    plain = QMMMSystem(topology, system, atoms, charge=0, multiplicity=1, engine=XTBEngine("gfn2", accuracy=1e-4),
+                       platform="Reference")
+    reference_energy, reference_forces = plain.energy_and_forces(positions)
+    assert energy == pytest.approx(reference_energy, abs=1e-6)
+    assert np.abs(forces - reference_forces).max() < 1e-5
+
+
+def test_permuted_xtb_forces_are_the_gradient_with_groups_in_the_buffer(cluster):
+    """GFN2-xTB/MM, a QM water with two neighbours in the buffer (4 QM/MM evaluations per call): forces of the
+    permuted scheme are central differences of its energy, transition forces included."""
+    hamiltonian = xtb_adaptive(cluster, 1, 2)
+    positions = cluster[2]
+    _, forces = hamiltonian.evaluate(positions)
+    weights = hamiltonian.last
+    assert len(weights.buffer) == 2 and hamiltonian.evaluations == 4
+    groups = hamiltonian.partition.groups
+    rng = np.random.default_rng(13)
+    for atom in (int(hamiltonian.core[0]), *[int(groups[g][0]) for g in weights.buffer], int(groups[-1][0])):
+        direction = np.zeros_like(positions)
+        direction[atom] = rng.normal(size=3)
+        numeric = directional_derivative(lambda x: hamiltonian.evaluate(x)[0], positions, direction, h=1e-5)
+        assert numeric == pytest.approx(float(np.sum(forces * direction)), abs=2e-3 + 1e-4 * abs(numeric))
+
+
+def _rows(path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_shipped_adaptive_md_runs_conserves_energy_and_resumes_bit_for_bit(tmp_path):
+    """protocols/adaptive_md.yaml cut to 300 steps: groups in the buffer, the NVE drift within the TESTING.md
+    bound, result.json and plots written; the same run stopped at step 150 and resumed sees the same exchanges
+    at the same steps and the same energies to xtb's SCC tolerance (libxtb keeps its SCC guess to itself, so
+    the first SCC after a resume starts afresh; PySCF guesses are checkpointed)."""
+    from conftest import shipped_protocol
+
+    from bioqmmm.run.runner import run_protocol
+
+    short = {"steps": 300, "report_interval": 5, "checkpoint_interval": 50}
+    straight = run_protocol(shipped_protocol(tmp_path, "adaptive_md.yaml", "straight", **short), progress=False)
+    assert straight["hamiltonian"] is True and straight["max_buffer_groups_seen"] >= 1
+    assert abs(straight["energy_drift"]["value"]) < 1.7  # kJ/mol/ns/dof (TESTING.md NVE bound)
+    assert straight["evaluations_per_step"]["value"] > 1.0
+    for name in ("region.png", "energy.png", "exchanges.csv", "trajectory.dcd"):
+        assert (tmp_path / "straight" / name).stat().st_size > 0
+
+    run_protocol(shipped_protocol(tmp_path, "adaptive_md.yaml", "resumed", **{**short, "steps": 150}), progress=False)
+    resumed = run_protocol(shipped_protocol(tmp_path, "adaptive_md.yaml", "resumed", **short), progress=False)
+    assert resumed["resumed_from_step"] == 150
+    rows = [_rows(tmp_path / name / "adaptive.csv") for name in ("straight", "resumed")]
+    assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]]
+    for a, b in zip(*rows, strict=True):
+        assert (a["qm_groups"], a["buffer_groups"]) == (b["qm_groups"], b["buffer_groups"])
+        assert float(a["total_kjmol"]) == pytest.approx(float(b["total_kjmol"]), abs=1e-3)
+    exchanges = [[(e["step"], e["group"], e["before"], e["after"]) for e in _rows(tmp_path / name / "exchanges.csv")]
+                 for name in ("straight", "resumed")]
+    assert exchanges[0] == exchanges[1] and exchanges[0]  # groups did change state in these 300 steps
+
+
+def test_adaptive_md_refuses_groups_inside_the_qm_region_and_an_inverted_buffer(tmp_path):
+    from conftest import shipped_protocol
+
+    from bioqmmm.run.runner import run_protocol
+    from bioqmmm.run.schema import ProtocolError
+
+    with pytest.raises(InputError, match="in the QM region already"):
+        run_protocol(shipped_protocol(tmp_path, "adaptive_md.yaml", "overlap", groups="water", steps=10),
+                     progress=False)
+    with pytest.raises(ProtocolError, match="r_outer_nm"):
+        run_protocol(shipped_protocol(tmp_path, "adaptive_md.yaml", "inverted", r_outer_nm=0.2, steps=10),
+                     progress=False)

@@ -16,6 +16,7 @@ import numpy as np
 import openmm
 import pytest
 import yaml
+from conftest import shipped_protocol
 from openmm import app, unit
 
 from bioqmmm.errors import InputError
@@ -29,7 +30,6 @@ from bioqmmm.run.schema import ProtocolError
 from bioqmmm.sampling.windows import SamplingSettings, sample
 from bioqmmm.units import kt_kjmol
 
-ROOT = Path(__file__).resolve().parents[1]
 KT = kt_kjmol(300.0)
 #: Two 3-D wells U = ½ k |x − c|² (kJ/mol/nm², nm).
 K_A, K_B = 400.0, 900.0
@@ -413,37 +413,24 @@ def test_bad_fep_settings_are_named(tmp_path):
         run_protocol(path, progress=False)
 
 
-def _shipped(tmp_path: Path, name: str, output: str, **changes) -> Path:
-    """A shipped protocol file cut down (``changes`` to its protocol block), one thread per run so that serial
-    and MPI runs evaluate bit for bit alike; paths made absolute."""
-    config = yaml.safe_load((ROOT / "protocols" / name).read_text())
-    config["protocol"].update(changes)
-    if "pdb" in config["system"]:
-        config["system"]["pdb"] = str(ROOT / "protocols" / config["system"]["pdb"])
-    config["resources"] = {"threads": 1}
-    config["output"] = str(tmp_path / output)
-    path = tmp_path / f"{output}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def test_shipped_fep_files_run_and_legs_join_into_a_cycle(tmp_path):
     """protocols/fep_levels.yaml (switching, xTB/MM → B3LYP/MM) and protocols/fep_region.yaml (windows, region
     change), cut down, write result.json with ΔA, σ, the verdict, the diagnostics and the plots; two legs that
     name each other report the cycle once both are done (the first one waits for the second)."""
-    levels = run_protocol(_shipped(tmp_path, "fep_levels.yaml", "levels", sample_interval=20, equilibration_steps=20,
-                                   switching={"trajectories": 2, "steps": 2}, bootstraps=0), progress=False)
+    levels = run_protocol(shipped_protocol(tmp_path, "fep_levels.yaml", "levels", sample_interval=20,
+                                           equilibration_steps=20, switching={"trajectories": 2, "steps": 2},
+                                           bootstraps=0), progress=False)
     assert levels["free_energy"]["estimator"] == "Jarzynski" and levels["energy_evaluations"]["high"] == 4
     assert {d["name"] for d in levels["diagnostics"]} >= {"jarzynski_ess", "time_convergence", "zwanzig_ess"}
     assert levels["trusted"] is False  # two trajectories are not enough to check anything, and it says so
     assert (tmp_path / "levels" / "works.png").stat().st_size > 0
 
     small = {"samples": 20, "equilibration_steps": 20, "max_windows": 0, "bootstraps": 5}
-    first = run_protocol(_shipped(tmp_path, "fep_region.yaml", "complex", **small, cycle={
+    first = run_protocol(shipped_protocol(tmp_path, "fep_region.yaml", "complex", **small, cycle={
         "kind": "binding", "leg": "complex", "other_leg": str(tmp_path / "solvent"), "low_free_energy_kjmol": -20.0}),
         progress=False)
     assert "waiting for the solvent leg" in first["cycle"]["status"]
-    second = run_protocol(_shipped(tmp_path, "fep_region.yaml", "solvent", **{**small, "seed": 7}, cycle={
+    second = run_protocol(shipped_protocol(tmp_path, "fep_region.yaml", "solvent", **{**small, "seed": 7}, cycle={
         "kind": "binding", "leg": "solvent", "other_leg": str(tmp_path / "complex"), "low_free_energy_kjmol": -20.0}),
         progress=False)
     cycle = second["cycle"]
@@ -458,9 +445,10 @@ def test_fep_windows_under_mpirun_equal_the_serial_run(tmp_path):
     from conftest import mpirun
 
     small = {"samples": 30, "equilibration_steps": 20, "max_windows": 0, "bootstraps": 0}
-    serial = run_protocol(_shipped(tmp_path, "fep_region.yaml", "serial", **small), progress=False)
+    serial = run_protocol(shipped_protocol(tmp_path, "fep_region.yaml", "serial", **small), progress=False)
     parallel = mpirun(sys.executable, "-m", "bioqmmm.cli", "run",
-                      str(_shipped(tmp_path, "fep_region.yaml", "mpi", **small)), "--no-progress", timeout=600)
+                      str(shipped_protocol(tmp_path, "fep_region.yaml", "mpi", **small)), "--no-progress",
+                      timeout=600)
     assert parallel.returncode == 0, parallel.stderr[-3000:]
     assert (tmp_path / "serial" / "windows.csv").read_text() == (tmp_path / "mpi" / "windows.csv").read_text()
     mpi = json.loads((tmp_path / "mpi" / "result.json").read_text())

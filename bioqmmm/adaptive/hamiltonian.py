@@ -38,17 +38,32 @@ class Exchange:
     r_nm: float
 
 
-class _NoState:
-    """Engines and kernels live in the partition models; a checkpoint restore only forgets their results."""
+class _PartitionStates:
+    """``get_state``/``set_state`` of one kind of object (``engine``: SCF guess, ``kernel``: cached result) of
+    every partition model kept, keys prefixed by the partition (``"3-7."``, ``"none."``): what a checkpoint
+    stores, so a resumed run continues bit for bit."""
 
-    def __init__(self, models: PartitionModels) -> None:
-        self._models = models
+    def __init__(self, hamiltonian: AdaptiveHamiltonian, attribute: str) -> None:
+        self._hamiltonian, self._models, self._attribute = hamiltonian, hamiltonian.models, attribute
 
     def get_state(self) -> dict[str, np.ndarray]:
-        return {}
+        state = {}
+        for groups, model in self._models.items():
+            if model.qmmm is not None:
+                label = "-".join(map(str, sorted(groups))) or "none"
+                state.update({f"{label}.{key}": value
+                              for key, value in getattr(model.qmmm, self._attribute).get_state().items()})
+        return state
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
-        self._models.forget()
+        self._hamiltonian.forget()
+        by_partition: dict[str, dict[str, np.ndarray]] = {}
+        for name, value in state.items():
+            label, key = name.split(".", 1)
+            by_partition.setdefault(label, {})[key] = value
+        for label, part in by_partition.items():
+            groups = frozenset() if label == "none" else frozenset(int(g) for g in label.split("-"))
+            getattr(self._models.get(groups).qmmm, self._attribute).set_state(part)
 
 
 class AdaptiveHamiltonian(CompositeHamiltonian):
@@ -59,23 +74,29 @@ class AdaptiveHamiltonian(CompositeHamiltonian):
     the dynamics uses (the MM reference); constraints between two ``core`` atoms are dropped when
     ``free_core`` (a QM core relaxes its X–H bonds as in a fixed QM/MM model). scheme: ``"pap"``
     (Hamiltonian, 2ⁿ evaluations for n buffer groups) or ``"interpolation"`` (2 evaluations, not
-    Hamiltonian). cache: partition models kept (default 2^max_buffer_groups + 4).
+    Hamiltonian). offsets: constant c_g (kJ/mol) subtracted from a partition's energy for each QM group g
+    (:func:`~bioqmmm.adaptive.models.group_offsets`; none for two MM models). cache: partition models kept
+    (default 2^max_buffer_groups + 4).
     """
 
     def __init__(self, partition: BufferedPartition, build: Builder, template: openmm.System, *,
                  core: Sequence[int], scheme: str = "pap", free_core: bool = True, platform: str = "CPU",
-                 threads: int | None = None, cache: int | None = None) -> None:
+                 threads: int | None = None, cache: int | None = None, offsets: np.ndarray | None = None) -> None:
         if scheme not in SCHEMES:
             raise InputError(f"unknown adaptive scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
         self.partition = partition
         self.scheme = scheme
         self.core = np.array(sorted(int(i) for i in core), dtype=int)
+        self.offsets = np.zeros(len(partition.groups)) if offsets is None else np.asarray(offsets, dtype=float)
+        if self.offsets.shape != (len(partition.groups),):
+            raise InputError(f"give one offset per group ({len(partition.groups)}), not {self.offsets.shape}")
         self.models = PartitionModels(build, cache or 2**partition.max_buffer_groups + 4, platform, threads)
         check_same_particles(template, [("the model without buffer groups", self.models.get(frozenset()).system)],
                              "the template System")
         self.system = self.host_system(template, "AdaptiveQMMM",
                                        frozenset(self.core.tolist()) if free_core else frozenset())
-        self.engine = self.kernel = _NoState(self.models)
+        self.engine = _PartitionStates(self, "engine")
+        self.kernel = _PartitionStates(self, "kernel")
         self.exchanges: list[Exchange] = []
         self.evaluations = 0
         self.capped_steps = 0
@@ -99,7 +120,8 @@ class AdaptiveHamiltonian(CompositeHamiltonian):
         n = len(positions)
 
         def evaluate(groups: frozenset[int]) -> tuple[float, np.ndarray]:
-            return self.models.get(groups).evaluate(positions, box, step)
+            energy, forces = self.models.get(groups).evaluate(positions, box, step)
+            return energy - float(self.offsets[sorted(groups)].sum()), forces
 
         if self.scheme == "pap":
             energy, forces, calls = pap(weights, evaluate, n)

@@ -8,6 +8,12 @@ Two builders:
 * :func:`qmmm_builder`: the QM region is the core region plus the groups' atoms (whole molecules, so
   no new link atoms), its charge the core's plus each group's net MM charge, its multiplicity the
   core's; each partition is a full QMMMSystem over the reference System.
+  A group's QM energy includes its whole electronic energy (−13,300 kJ/mol for a water at GFN2-xTB)
+  where its MM energy has only its intramolecular terms; moving a group between levels must not cost
+  that difference, or the transition forces would be huge. Each group therefore carries a constant
+  offset c_g = E_QM(g alone, gas phase) − E_MM,internal(g), taken once per kind of molecule at the start
+  structure (:func:`group_offsets`) and subtracted whenever g is QM, so E(P ∪ g) − E(P) is the change of
+  g's interactions and deformation only. Constants leave every partition's forces unchanged.
 * :func:`mm_builder`: two MM models of the same particles; the core and the partition's groups take the
   high model's nonbonded parameters (charge, σ, ε), all else the low model's. No QM: the test bed of the
   adaptive schemes (e.g. TIP3P inside, a recharged water outside).
@@ -19,11 +25,12 @@ import copy
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import openmm
-from openmm import app
+from openmm import app, unit
 
 from bioqmmm.errors import InputError
-from bioqmmm.qmmm.surgery import mm_charges
+from bioqmmm.qmmm.surgery import mm_charges, qm_internal_forces
 from bioqmmm.region.region import QMRegion
 from bioqmmm.region.selection import describe_atom, element_symbols
 from bioqmmm.simulation.composite import ModelContext
@@ -53,6 +60,10 @@ class PartitionModels:
                 self._models.popitem(last=False)
         self._models.move_to_end(groups)
         return model
+
+    def items(self) -> list[tuple[frozenset[int], ModelContext]]:
+        """(partition, evaluation Context) of the models kept, least recently used first."""
+        return list(self._models.items())
 
     def forget(self) -> None:
         """Drop every remembered result (after a checkpoint restore)."""
@@ -104,6 +115,43 @@ def qmmm_builder(topology: app.Topology, system: openmm.System, core: QMRegion,
         return make(region)
 
     return build
+
+
+#: Gas-phase QM energy (kJ/mol) of a molecule: (element symbols, positions nm, charge e) → energy.
+GasEnergy = Callable[[list[str], np.ndarray, int], float]
+
+
+def group_offsets(topology: app.Topology, system: openmm.System, groups: Sequence[Sequence[int]],
+                  positions: np.ndarray, gas_energy: GasEnergy) -> np.ndarray:
+    """c_g = E_QM(g alone) − E_MM,internal(g) (kJ/mol) of every group, one QM calculation per kind of molecule
+    (residue names and elements), at the positions (nm) of its first group."""
+    charges = group_charges(system, groups)
+    residues = {atom.index: atom.residue.name for atom in topology.atoms()}
+    offsets, known = np.zeros(len(groups)), {}
+    for k, group in enumerate(groups):
+        atoms = [int(i) for i in group]
+        symbols = list(element_symbols(topology, atoms))
+        kind = (tuple(residues[i] for i in atoms), tuple(symbols), charges[k])
+        if kind not in known:
+            known[kind] = gas_energy(symbols, positions[atoms], charges[k]) - _internal_mm_energy(system, atoms,
+                                                                                                  positions)
+        offsets[k] = known[kind]
+    return offsets
+
+
+def _internal_mm_energy(system: openmm.System, atoms: list[int], positions: np.ndarray) -> float:
+    """The force field's terms among ``atoms`` only (kJ/mol): what becomes QM when they do."""
+    internal = openmm.System()
+    for i in range(system.getNumParticles()):
+        internal.addParticle(system.getParticleMass(i))
+    internal.setDefaultPeriodicBoxVectors(*system.getDefaultPeriodicBoxVectors())
+    for force in qm_internal_forces(system, atoms):
+        internal.addForce(force)
+    if internal.getNumForces() == 0:
+        return 0.0
+    context = openmm.Context(internal, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(positions)
+    return context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
 
 
 def mm_builder(low: openmm.System, high: openmm.System, core: Sequence[int],

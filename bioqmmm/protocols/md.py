@@ -25,7 +25,7 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from bioqmmm.errors import BioQMMMError, CalculationError, InputError, ReplicaAbortedError
+from bioqmmm.errors import InputError
 from bioqmmm.protocols.context import RunContext
 from bioqmmm.protocols.registry import Protocol
 from bioqmmm.protocols.settings import Declared, FieldError, setting
@@ -34,7 +34,8 @@ from bioqmmm.simulation.checkpoint import read_checkpoint, read_meta, read_secti
 from bioqmmm.simulation.environment import relax_environment, reproducible_properties
 from bioqmmm.simulation.identity import fingerprint, require_same_run
 from bioqmmm.simulation.mts import mts_integrator
-from bioqmmm.simulation.reporters import QMMMReporter, close_reporter, read_rows
+from bioqmmm.simulation.reporters import QMMMReporter, read_rows
+from bioqmmm.simulation.stepping import step_with_checkpoints
 
 #: MM relaxation of a fresh start structure (QM atoms fixed): RMS force tolerance (kJ/mol/nm) and
 #: iteration cap (removes solvation clashes; a full minimisation is the optimize protocol's job).
@@ -91,20 +92,28 @@ def _integrator(settings: MDSettings, qmmm, positions: np.ndarray, box: np.ndarr
                 springs: np.ndarray | None) -> openmm.Integrator:
     """The protocol's integrator; multiple time steps reuse stored reference ``springs`` or fit them
     at ``positions``."""
+    if settings.qm_every == 1:
+        return single_step_integrator(settings)
     dt = settings.timestep_fs * 1e-3  # ps
     langevin = settings.integrator == "langevin"
-    if settings.qm_every > 1:
-        integrator = mts_integrator(qmmm, settings.qm_every * dt, settings.qm_every,
-                                    temperature=settings.temperature_k if langevin else None,
-                                    friction=settings.friction_per_ps, fit_positions=positions, box_vectors=box,
-                                    springs=springs)
-    elif langevin:
-        integrator = openmm.LangevinMiddleIntegrator(
-            settings.temperature_k * unit.kelvin, settings.friction_per_ps / unit.picosecond, dt * unit.picosecond
-        )
-    else:
-        integrator = openmm.VerletIntegrator(dt * unit.picosecond)
+    integrator = mts_integrator(qmmm, settings.qm_every * dt, settings.qm_every,
+                                temperature=settings.temperature_k if langevin else None,
+                                friction=settings.friction_per_ps, fit_positions=positions, box_vectors=box,
+                                springs=springs)
     if langevin and settings.seed is not None:
+        integrator.setRandomNumberSeed(settings.seed)
+    return integrator
+
+
+def single_step_integrator(settings) -> openmm.Integrator:
+    """LangevinMiddle (``settings.integrator == "langevin"``, at ``temperature_k`` with ``friction_per_ps`` and
+    ``seed``) or Verlet, with time step ``settings.timestep_fs``."""
+    dt = settings.timestep_fs * 1e-3 * unit.picosecond
+    if settings.integrator != "langevin":
+        return openmm.VerletIntegrator(dt)
+    integrator = openmm.LangevinMiddleIntegrator(settings.temperature_k * unit.kelvin,
+                                                 settings.friction_per_ps / unit.picosecond, dt)
+    if settings.seed is not None:
         integrator.setRandomNumberSeed(settings.seed)
     return integrator
 
@@ -128,8 +137,6 @@ def run_md(
     file): a checkpoint in ``outdir`` with another identity is refused rather than resumed.
     ``poll`` is called after every step and may raise to stop the run (the replica runner's abort).
     """
-    from tqdm import tqdm
-
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     files = {
@@ -175,34 +182,14 @@ def run_md(
             app.PDBFile.writeFile(qmmm.topology, state.getPositions(), handle)
         write_checkpoint(files["checkpoint"], context, qmmm, {"identity": identity, "step": 0})
 
-    trajectory = _trajectory_reporter(files["trajectory"], settings, resume, start_step, qmmm.topology)
+    trajectory = trajectory_reporter(files["trajectory"], settings, resume, start_step, qmmm.topology)
     energies = QMMMReporter(files["energies"], settings.report_interval, qmmm, append=resume, resume_step=start_step)
     simulation.reporters += [trajectory, energies] + ([PollReporter(poll)] if poll is not None else [])
     evaluations = qmmm.kernel.evaluations
     wall = time.perf_counter()
-    step = start_step
-    try:
-        with tqdm(total=settings.steps, initial=min(step, settings.steps), unit="step", disable=not progress,
-                  desc="QM/MM MD") as bar:
-            while step < settings.steps:
-                chunk = min(settings.checkpoint_interval - step % settings.checkpoint_interval, settings.steps - step)
-                try:
-                    with qmmm.typed_errors():
-                        simulation.step(chunk)
-                except ReplicaAbortedError:
-                    raise
-                except BioQMMMError as exc:
-                    raise CalculationError(
-                        f"MD stopped near step {simulation.currentStep}: {exc}; the last good state is "
-                        f"{files['checkpoint']} (step {step}); rerun to resume from it"
-                    ) from exc
-                step = simulation.currentStep
-                write_checkpoint(files["checkpoint"], context, qmmm, {"identity": identity, "step": step})
-                bar.update(chunk)
-    finally:
-        for reporter in simulation.reporters:
-            close_reporter(reporter)
-        simulation.reporters.clear()
+    step = step_with_checkpoints(simulation, qmmm, steps=settings.steps,
+                                 checkpoint_interval=settings.checkpoint_interval, checkpoint=files["checkpoint"],
+                                 meta={"identity": identity}, progress=progress, label="QM/MM MD")
     final = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
     return MDOutcome(
         steps=step,
@@ -227,8 +214,9 @@ class PollReporter:
         self._poll()
 
 
-def _trajectory_reporter(path: Path, settings: MDSettings, resume: bool, start_step: int, topology):
-    """DCD/XTC reporter; on resume, frames written after the checkpoint are dropped first."""
+def trajectory_reporter(path: Path, settings, resume: bool, start_step: int, topology):
+    """DCD/XTC reporter every ``settings.trajectory_interval`` steps in ``settings.trajectory_format``; on
+    resume, frames written after the checkpoint are dropped first."""
     interval = settings.trajectory_interval
     if resume and path.exists():
         _truncate_trajectory(path, topology, start_step // interval)

@@ -1,7 +1,7 @@
 """QM/MM reporters: plain OpenMM reporters (``simulation.reporters.append(...)``).
 
-:class:`QMMMReporter` writes one CSV row per report: energy components, temperature, SCF
-cycles, ⟨S²⟩ and timings. Its energy request evaluates the QM force at the reported
+:class:`CSVReporter` writes one resumable CSV row per report; :class:`QMMMReporter` one with the
+energy components, temperature, SCF cycles, ⟨S²⟩ and timings. Its energy request evaluates the QM force at the reported
 structure; the QM force caches that result, so the integrator's next step reuses it and the
 report costs no extra QM calculation.
 """
@@ -43,32 +43,39 @@ def degrees_of_freedom(system: openmm.System) -> int:
     return dof
 
 
-class QMMMReporter:
-    """Append a CSV row every ``interval`` steps (columns :data:`COLUMNS`; kJ/mol, K, ps, s).
+class CSVReporter:
+    """Append a CSV row of ``columns`` every ``interval`` steps: the energies, temperature and wall time per
+    step common to every run, the rest from :meth:`fields` (subclasses).
 
     ``append=True`` keeps the rows already in the file (a resumed run), dropping any row past
     ``resume_step`` (written after the checkpoint the run resumes from).
     """
 
-    def __init__(self, path: str | Path, interval: int, qmmm, *, append: bool = False, resume_step: int = 0) -> None:
+    columns: tuple[str, ...] = ()
+
+    def __init__(self, path: str | Path, interval: int, system: openmm.System, *, append: bool = False,
+                 resume_step: int = 0) -> None:
         self.path = Path(path)
         self.interval = int(interval)
-        self.qmmm = qmmm
-        self._dof = degrees_of_freedom(qmmm.system)
-        kept = _rows_up_to(self.path, resume_step) if append and self.path.exists() else []
+        self._dof = degrees_of_freedom(system)
+        kept = rows_up_to(self.path, resume_step) if append and self.path.exists() else []
         tmp = self.path.with_name(self.path.name + ".tmp")  # rewind atomically: a kill keeps the old file
         with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer = csv.DictWriter(handle, fieldnames=self.columns)
             writer.writeheader()
             writer.writerows(kept)
         os.replace(tmp, self.path)
         self._handle = open(self.path, "a", newline="")
-        self._writer = csv.DictWriter(self._handle, fieldnames=COLUMNS)
+        self._writer = csv.DictWriter(self._handle, fieldnames=self.columns)
         self._clock: tuple[int, float] | None = None
 
     def describeNextReport(self, simulation):  # noqa: N802 (OpenMM reporter API)
         steps = self.interval - simulation.currentStep % self.interval
         return steps, False, False, False, True, False
+
+    def fields(self, step: int, potential: float, kinetic: float) -> dict:
+        """The row's columns beyond step, time, energies (kJ/mol), temperature and wall time per step."""
+        raise NotImplementedError
 
     def report(self, simulation, state: openmm.State) -> None:
         step = simulation.currentStep
@@ -76,32 +83,37 @@ class QMMMReporter:
         kinetic = state.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
         if not (math.isfinite(potential) and math.isfinite(kinetic)):
             raise CalculationError(f"non-finite energy at step {step} (potential {potential}, kinetic {kinetic})")
-        last = self.qmmm.last_qm
-        if last is None or self.qmmm.last_qm_step != step:
-            raise CalculationError(f"internal error: no QM result for the reported step {step}")
         now = time.perf_counter()
         per_step = (now - self._clock[1]) / max(step - self._clock[0], 1) if self._clock else float("nan")
         self._clock = (step, now)
-        info = last.qm.info
         temperature = 2 * kinetic / (self._dof * unit.MOLAR_GAS_CONSTANT_R.value_in_unit(
             unit.kilojoule_per_mole / unit.kelvin))
-        self._writer.writerow({
-            "step": step,
-            "time_ps": state.getTime().value_in_unit(unit.picosecond),
-            "potential_kjmol": potential,
-            "qm_kjmol": last.energy,
-            "mm_kjmol": potential - last.energy,
-            "kinetic_kjmol": kinetic,
-            "temperature_k": temperature,
-            "scf_cycles": info.scf_cycles,
-            "spin_square": "" if info.spin_square is None else info.spin_square,
-            "qm_wall_s": info.wall_time,
-            "wall_per_step_s": per_step,
-        })
+        row = {"step": step, "time_ps": state.getTime().value_in_unit(unit.picosecond), "potential_kjmol": potential,
+               "kinetic_kjmol": kinetic, "temperature_k": temperature, "wall_per_step_s": per_step}
+        self._writer.writerow({**row, **self.fields(step, potential, kinetic)})
         self._handle.flush()
 
     def close(self) -> None:
         self._handle.close()
+
+
+class QMMMReporter(CSVReporter):
+    """Energy components, temperature, SCF cycles, ⟨S²⟩ and timings of a QMMMSystem run (columns
+    :data:`COLUMNS`; kJ/mol, K, ps, s)."""
+
+    columns = COLUMNS
+
+    def __init__(self, path: str | Path, interval: int, qmmm, *, append: bool = False, resume_step: int = 0) -> None:
+        self.qmmm = qmmm
+        super().__init__(path, interval, qmmm.system, append=append, resume_step=resume_step)
+
+    def fields(self, step: int, potential: float, kinetic: float) -> dict:
+        last = self.qmmm.last_qm
+        if last is None or self.qmmm.last_qm_step != step:
+            raise CalculationError(f"internal error: no QM result for the reported step {step}")
+        info = last.qm.info
+        return {"qm_kjmol": last.energy, "mm_kjmol": potential - last.energy, "scf_cycles": info.scf_cycles,
+                "spin_square": "" if info.spin_square is None else info.spin_square, "qm_wall_s": info.wall_time}
 
 
 def read_rows(path: str | Path) -> list[dict[str, float]]:
@@ -110,7 +122,7 @@ def read_rows(path: str | Path) -> list[dict[str, float]]:
         return [{k: float(v) if v != "" else math.nan for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
-def _rows_up_to(path: Path, step: int) -> list[dict[str, str]]:
+def rows_up_to(path: Path, step: int) -> list[dict[str, str]]:
     """Complete rows with step <= ``step`` (a row cut short by a kill is dropped)."""
     kept = []
     with open(path, newline="") as handle:
@@ -134,3 +146,13 @@ def close_reporter(reporter) -> None:
         handle = getattr(reporter, name, None)
         if hasattr(handle, "close"):
             handle.close()
+
+
+def energy_drift(times_ps, totals_kjmol, dof: int) -> tuple[float, float]:
+    """Drift of the total energy as the slope of a straight-line fit, kJ/mol/ns per degree of freedom (signed),
+    and the RMS fluctuation about that line (kJ/mol)."""
+    import numpy as np
+
+    times, totals = np.asarray(times_ps, dtype=float), np.asarray(totals_kjmol, dtype=float)
+    fit = np.polyfit(times, totals, 1)
+    return float(fit[0] * 1000.0 / dof), float((totals - np.polyval(fit, times)).std())
