@@ -25,28 +25,11 @@ from pathlib import Path
 
 import openmm
 import pyscf
-import yaml
-from report import write_section
-
-from bioqmmm.run.runner import run_protocol
+from report import run_variant, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 KCAL = 4.184
 TARGET = 0.1 * KCAL  # kJ/mol
-
-
-def _run(source: Path, work: Path, name: str, changes: dict) -> tuple[dict, float]:
-    """Run ``source`` with ``changes`` to its protocol block into ``work/name``; (result, wall s)."""
-    config = yaml.safe_load(source.read_text())
-    config["protocol"].update(changes)
-    if "pdb" in config["system"]:
-        config["system"]["pdb"] = str((source.parent / config["system"]["pdb"]).resolve())
-    config["output"] = str(work / name)
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    start = time.perf_counter()
-    result = run_protocol(path, progress=True)
-    return result, time.perf_counter() - start
 
 
 def _row(label: str, result: dict, wall: float) -> str:
@@ -71,11 +54,11 @@ def main() -> None:
     levels = ROOT / "protocols" / "fep_levels.yaml"
     region = ROOT / "protocols" / "fep_region.yaml"
 
-    switching, t_switching = _run(levels, work, "levels_switching", {})
-    windows, t_windows = _run(levels, work, "levels_windows", {
+    switching, t_switching = run_variant(levels, work, "levels_switching", {})
+    windows, t_windows = run_variant(levels, work, "levels_windows", {
         "method": "windows", "lambdas": [0.0, 0.5, 1.0], "samples": args.window_samples, "sample_interval": 5,
         "equilibration_steps": 50})
-    shipped_region, t_region = _run(region, work, "region_windows", {})
+    shipped_region, t_region = run_variant(region, work, "region_windows", {})
     if args.figures is not None:
         args.figures.mkdir(parents=True, exist_ok=True)
         for run, names in (("levels_switching", ("works.png", "convergence.png")),

@@ -29,6 +29,8 @@ BENCHMARKS = {
     "pmf_reweighting": ["--windows", "6", "--samples", "150"],
     "xtb_step": ["--sizes", "2000", "20000", "100000", "--far-field"],
     "fep_cost": ["--window-samples", "30", "--figures", "docs/figures/fep"],
+    "adaptive_nve": ["--ps", "2", "--figures", "docs/figures/adaptive"],
+    "adaptive_two_models": ["--ps", "100", "--figures", "docs/figures/adaptive"],
 }
 
 HEADER = """\
@@ -46,6 +48,28 @@ def write_section(path: Path | None, lines: list[str]) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def run_variant(source: Path, work: Path, name: str, changes: dict | None = None,
+                protocol: dict | None = None) -> tuple[dict, float]:
+    """Run the protocol file ``source`` with ``changes`` to its protocol block (or the whole block replaced by
+    ``protocol``) into ``work/name``; (result record, wall seconds)."""
+    import time
+
+    import yaml
+
+    from bioqmmm.run.runner import run_protocol
+
+    config = yaml.safe_load(source.read_text())
+    config["protocol"] = dict(protocol) if protocol is not None else {**config["protocol"], **(changes or {})}
+    if "pdb" in config["system"]:
+        config["system"]["pdb"] = str((source.parent / config["system"]["pdb"]).resolve())
+    config["output"] = str(work / name)
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    start = time.perf_counter()
+    result = run_protocol(path, progress=True)
+    return result, time.perf_counter() - start
 
 
 def gpu_available() -> bool:

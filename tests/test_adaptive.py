@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import openmm
@@ -57,7 +58,7 @@ def mm_adaptive(cluster, n_inner=1, n_buffer=3, scheme="pap", high=None, max_buf
     probe = BufferedPartition(core, others, particle_masses(system), 0.1, 0.2)
     r_inner, r_outer = radii_around(probe.distances(positions)[0], n_inner, n_buffer)
     partition = BufferedPartition(core, others, particle_masses(system), r_inner, r_outer, max_buffer_groups)
-    build = mm_builder(system, high or recharged(system, topology), core, others)
+    build = mm_builder(system, high or recharged(system, topology), core, others, platform="Reference")
     return AdaptiveHamiltonian(partition, build, system, core=core, scheme=scheme, free_core=False,
                                platform="Reference")
 
@@ -306,3 +307,131 @@ def test_adaptive_md_refuses_groups_inside_the_qm_region_and_an_inverted_buffer(
     with pytest.raises(ProtocolError, match="r_outer_nm"):
         run_protocol(shipped_protocol(tmp_path, "adaptive_md.yaml", "inverted", r_outer_nm=0.2, steps=10),
                      progress=False)
+
+
+@pytest.mark.slow
+def test_two_water_models_adaptive_nve_conserves_energy_without_layering():
+    """Two MM water models (TIP3P inside, SPC/E charges outside) in a periodic 1.9 nm box, the buffer
+    0.36–0.38 nm around a central TIP3P water, 20 ps NVE at 2 fs with the permuted scheme: the drift is no
+    worse than the fixed partition's (core TIP3P, every other water SPC/E-charged) from the same start, and
+    the density of waters in shells around the centre and the O–O g(r) near it agree with the fixed
+    partition's within 4 block-average errors in every bin — no spurious layer at the buffer."""
+    from conftest import water_box
+
+    from bioqmmm.adaptive.validation import two_model_nve
+
+    topology, system, positions = water_box(1.9)
+    positions = np.array(positions.value_in_unit(unit.nanometer))
+    box = np.array([v.value_in_unit(unit.nanometer) for v in system.getDefaultPeriodicBoxVectors()])
+    groups = [[a.index for a in r.atoms()] for r in topology.residues()]
+    centre = int(np.argmin([np.linalg.norm(positions[g[0]] - box.diagonal() / 2) for g in groups]))
+    others = [g for k, g in enumerate(groups) if k != centre]
+    adaptive, fixed = two_model_nve(recharged(system, topology), system, positions, box, groups[centre], others,
+                                    [g[0] for g in others], r_inner=0.36, r_outer=0.38, picoseconds=20.0)
+    print(f"drift adaptive {adaptive.drift:+.4f} fixed {fixed.drift:+.4f} kJ/mol/ns/dof; fluctuation "
+          f"{adaptive.fluctuation:.3f} / {fixed.fluctuation:.3f} kJ/mol; {adaptive.exchanges} exchanges, "
+          f"{adaptive.evaluations_per_step:.2f} evaluations per step, {adaptive.capped_steps} steps over the cap")
+    assert adaptive.exchanges > 50 and adaptive.capped_steps < 0.01 * 10000
+    assert abs(adaptive.drift) <= max(2.0 * abs(fixed.drift), 0.05)
+    assert adaptive.fluctuation <= 2.0 * fixed.fluctuation
+    for ours, theirs in ((adaptive.density, fixed.density), (adaptive.rdf, fixed.rdf)):
+        z = np.abs(ours.mean - theirs.mean) / np.sqrt(ours.error**2 + theirs.error**2 + 1e-12)
+        assert z.max() < 4.0, (ours.edges, ours.mean, theirs.mean, z)
+
+
+@pytest.fixture(scope="module")
+def dipeptide_trigger():
+    """Alanine dipeptide in vacuum at GFN2-xTB/MM: the Ala side chain is QM (Cα–Cβ link atom); the candidate
+    is Cα with Hα (joining it cuts N–Cα, a polar single bond the region allows)."""
+    from bioqmmm.adaptive.trigger import RegionTrigger, TriggerRule
+    from bioqmmm.examples import alanine_dipeptide
+    from bioqmmm.qm.xtb_engine import XTBEngine
+    from bioqmmm.qmmm.system import QMMMSystem
+    from bioqmmm.region.protein import sidechain
+    from bioqmmm.region.region import QMRegion
+
+    topology, system, positions = alanine_dipeptide()
+    positions = np.array(positions.value_in_unit(unit.nanometer))
+    region = QMRegion.select(topology, sidechain(topology, "ALA2"), charge=0, multiplicity=1, allow_polar_cut=True)
+    qmmm = QMMMSystem(topology, system, region, engine=XTBEngine("gfn2"))
+    candidates = RegionTrigger.candidates(topology, system, region, ["resid 1 and name CA HA"])
+    trigger = RegionTrigger(topology, system, region, candidates, TriggerRule(), 300.0, XTBEngine("gfn2"),
+                            allow_polar_cut=True)
+    return topology, qmmm, positions, trigger
+
+
+def test_condensed_fukui_indices_sum_to_one_electron(dipeptide_trigger):
+    """f⁺ and f⁻ of the QM atoms (links on their hosts) each sum to one electron: the N ± 1 single points add or
+    remove exactly one; the largest of the two per atom lies in [0, 1] for this closed-shell fragment."""
+    _, qmmm, positions, trigger = dipeptide_trigger
+    fukui = trigger.fukui(qmmm, positions, None)
+    assert set(fukui) == set(qmmm.region.atoms)
+    values = np.array(list(fukui.values()))
+    assert np.all(values > -0.2) and np.all(values < 1.0) and values.sum() > 0.5
+
+
+def test_stretching_the_edge_bond_brings_its_neighbour_into_qm_before_it_breaks(dipeptide_trigger):
+    """The Cα–Cβ bond (the cut bond at the edge of the side-chain region) pulled apart in steps of 0.002 nm:
+    at the start structure, checked repeatedly, the region does not change (a boring region stays as it is);
+    stretched, Cα joins the QM region while the bond is still under 1.3 times its length — long before a C–C
+    bond breaks — and the grown region passes the boundary rules."""
+    topology, qmmm, positions, trigger = dipeptide_trigger
+    atoms = {a.name: a.index for a in topology.atoms() if a.residue.index == 1}
+    side = [atoms[name] for name in ("CB", "HB1", "HB2", "HB3")]
+    bond = positions[atoms["CB"]] - positions[atoms["CA"]]
+    r0 = float(np.linalg.norm(bond))
+    added = frozenset()
+    for _ in range(3):
+        added = trigger.decide(added, trigger.scores(qmmm, positions))
+    assert added == frozenset()
+    for delta in np.arange(0.002, 0.08, 0.002):
+        stretched = positions.copy()
+        stretched[side] += delta * bond / r0
+        scores = trigger.scores(qmmm, stretched)
+        added = trigger.decide(added, scores)
+        if added:
+            break
+    assert added == {"resid 1 and name CA HA"}
+    assert r0 + delta < 1.3 * r0, (r0, delta, scores)
+    assert scores[0].stress > 1.0 and scores[0].score > trigger.rule.threshold
+    grown = trigger.region(added)
+    assert set(grown.atoms) == set(qmmm.region.atoms) | {atoms["CA"], atoms["HA"]}
+
+
+def test_adaptive_md_trigger_grows_the_region_logs_it_and_resumes(tmp_path):
+    """adaptive_md with only a trigger on alanine dipeptide (vacuum, GFN2-xTB/MM): with the default threshold
+    the side-chain region stays as it is over 60 steps; with a threshold below every score, Cα joins at the
+    first check, the Hamiltonian and dynamics carry on (trigger.csv says grow), and a run stopped at step 40
+    and resumed ends with the same region and the same decisions."""
+    import yaml
+
+    from bioqmmm.run.runner import run_protocol
+
+    def protocol(name: str, **changes) -> Path:
+        config = {"system": {"example": "alanine_dipeptide"},
+                  "qm": {"sidechains": ["ALA2"], "charge": 0, "multiplicity": 1, "engine": "xtb", "method": "gfn2",
+                         "allow_polar_cut": True},
+                  "protocol": {"type": "adaptive_md", "steps": 60, "timestep_fs": 0.5, "seed": 3,
+                               "report_interval": 5, "checkpoint_interval": 20,
+                               "trigger": {"candidates": ["resid 1 and name CA HA"], "interval": 20}, **changes},
+                  "resources": {"threads": 1}, "output": str(tmp_path / name)}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    quiet = run_protocol(protocol("quiet"), progress=False)
+    assert quiet["region_changes"] == 0 and quiet["candidates_in_region"] == [] and quiet["trigger_checks"] == 3
+    low = {"trigger": {"candidates": ["resid 1 and name CA HA"], "interval": 20, "threshold": 1e-3,
+                       "hysteresis": 0.0}}
+    grown = run_protocol(protocol("grown", **low), progress=False)
+    assert grown["region_changes"] == 1 and grown["candidates_in_region"] == ["resid 1 and name CA HA"]
+    assert grown["qm_atoms_at_end"] == quiet["n_qm_atoms"] + 2
+    assert (tmp_path / "grown" / "trigger.png").stat().st_size > 0
+    rows = _rows(tmp_path / "grown" / "trigger.csv")
+    assert [(r["step"], r["action"]) for r in rows] == [("20", "grow"), ("40", ""), ("60", "")]
+
+    run_protocol(protocol("resumed", **{**low, "steps": 40}), progress=False)
+    resumed = run_protocol(protocol("resumed", **low), progress=False)
+    assert resumed["resumed_from_step"] == 40 and resumed["candidates_in_region"] == grown["candidates_in_region"]
+    assert [(r["step"], r["in_region"], r["action"]) for r in _rows(tmp_path / "resumed" / "trigger.csv")] == \
+        [(r["step"], r["in_region"], r["action"]) for r in rows]

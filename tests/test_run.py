@@ -63,7 +63,7 @@ def _write(tmp_path: Path, text: str, name: str = "protocol.yaml") -> Path:
         (("  charge: 0\n", ""), r"protocol.yaml:5: missing required key 'charge' in 'qm'"),
         (("    conv_tol: 1e-9", "    conv_tl: 1e-9"), r"yaml:11: unknown key 'conv_tl' in 'options' \(did you mean"),
         (("  type: md", "  type: dynamics"),
-         r"yaml:13: 'protocol': unknown protocol 'dynamics'; known: fep, md, neb, optimize, pmf"),
+         r"yaml:13: 'protocol': unknown protocol 'dynamics'; known: adaptive_md, fep, md, neb, optimize, pmf"),
         (("  method: hf", "  engine: orca\n  method: hf"),
          r"yaml:8: 'engine': unknown QM engine 'orca'; known: mixed, pyscf"),
         (("  method: hf", "  engine: mixed\n  method: hf"), r"yaml:\d+: unknown key 'conv_tol' in 'options'"),

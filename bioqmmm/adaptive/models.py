@@ -15,8 +15,10 @@ Two builders:
   structure (:func:`group_offsets`) and subtracted whenever g is QM, so E(P ∪ g) − E(P) is the change of
   g's interactions and deformation only. Constants leave every partition's forces unchanged.
 * :func:`mm_builder`: two MM models of the same particles; the core and the partition's groups take the
-  high model's nonbonded parameters (charge, σ, ε), all else the low model's. No QM: the test bed of the
-  adaptive schemes (e.g. TIP3P inside, a recharged water outside).
+  high model's nonbonded parameters (charge, σ, ε), all else the low model's (pairs of one high and one low
+  atom mix their parameters as the force field does; exceptions stay the low model's). All partitions share
+  one Context whose parameters are switched on demand. No QM: the test bed of the adaptive schemes (e.g.
+  TIP3P inside, a recharged water outside).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from bioqmmm.region.region import QMRegion
 from bioqmmm.region.selection import describe_atom, element_symbols
 from bioqmmm.simulation.composite import ModelContext
 
-#: Partition (QM groups) → the model: a QMMMSystem or an openmm.System.
+#: Partition (QM groups) → the model: a QMMMSystem, an openmm.System, or an object that evaluates itself
+#: (``evaluate(positions, box, step)``, ``forget()``, ``system``, ``qmmm``).
 Builder = Callable[[frozenset[int]], object]
 
 
@@ -53,7 +56,9 @@ class PartitionModels:
         """The evaluation Context of the partition with ``groups`` at the high level."""
         model = self._models.get(groups)
         if model is None:
-            model = ModelContext(self.build(groups), self.platform, self.threads)
+            model = self.build(groups)
+            if not hasattr(model, "evaluate"):  # a System or QMMMSystem: its own evaluation Context
+                model = ModelContext(model, self.platform, self.threads)
             self.built += 1
             self._models[groups] = model
             while len(self._models) > self.capacity:
@@ -154,25 +159,71 @@ def _internal_mm_energy(system: openmm.System, atoms: list[int], positions: np.n
     return context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
 
 
-def mm_builder(low: openmm.System, high: openmm.System, core: Sequence[int],
-               groups: Sequence[Sequence[int]]) -> Builder:
-    """Partition → a copy of ``low`` whose core and partition groups take ``high``'s nonbonded parameters."""
+def mm_builder(low: openmm.System, high: openmm.System, core: Sequence[int], groups: Sequence[Sequence[int]],
+               platform: str = "CPU", threads: int | None = None) -> Builder:
+    """Partition → ``low`` with the core's and the partition groups' nonbonded parameters taken from ``high``.
+
+    Every partition shares one Context of ``low``: switching partitions rewrites the parameters that differ
+    (``updateParametersInContext``), which costs far less than a Context per partition."""
     if low.getNumParticles() != high.getNumParticles():
         raise InputError(f"the two MM models differ in particle count ({low.getNumParticles()} and "
                          f"{high.getNumParticles()})")
-    _nonbonded(low, "low")
-    high_nb = _nonbonded(high, "high")  # read now: the force lives only as long as ``high``
-    high_parameters = [high_nb.getParticleParameters(i) for i in range(high.getNumParticles())]
-    core = [int(i) for i in core]
+    shared = _SharedMMContext(low, high, [int(i) for i in core], [[int(i) for i in g] for g in groups], platform,
+                              threads)
+    return lambda qm_groups: _MMPartition(shared, qm_groups)
 
-    def build(qm_groups: frozenset[int]) -> openmm.System:
-        system = copy.deepcopy(low)
-        target = _nonbonded(system, "low")
-        for i in core + [int(i) for g in sorted(qm_groups) for i in groups[g]]:
-            target.setParticleParameters(i, *high_parameters[i])
-        return system
 
-    return build
+class _SharedMMContext:
+    """One Context of the low MM model whose nonbonded parameters are set to those of a partition on demand."""
+
+    def __init__(self, low: openmm.System, high: openmm.System, core: list[int], groups: list[list[int]],
+                 platform: str, threads: int | None) -> None:
+        self.system = copy.deepcopy(low)
+        self.force = _nonbonded(self.system, "low")
+        high_force = _nonbonded(high, "high")  # read now: the force lives only as long as ``high``
+        self.low = [self.force.getParticleParameters(i) for i in range(low.getNumParticles())]
+        self.high = [high_force.getParticleParameters(i) for i in range(high.getNumParticles())]
+        self.core, self.groups = core, groups
+        for i in core:
+            self.force.setParticleParameters(i, *self.high[i])
+        self.context = ModelContext(self.system, platform, threads)
+        self.current: frozenset[int] = frozenset()
+
+    def select(self, qm_groups: frozenset[int]) -> None:
+        """Give the Context the parameters of the partition with ``qm_groups`` at the high level."""
+        if qm_groups == self.current:
+            return
+        for g in qm_groups ^ self.current:
+            table = self.high if g in qm_groups else self.low
+            for i in self.groups[g]:
+                self.force.setParticleParameters(i, *table[i])
+        self.force.updateParametersInContext(self.context.context)
+        self.context.forget()
+        self.current = qm_groups
+
+
+class _MMPartition:
+    """The view of one partition on a :class:`_SharedMMContext` (what :class:`PartitionModels` keeps)."""
+
+    qmmm = None
+
+    def __init__(self, shared: _SharedMMContext, qm_groups: frozenset[int]) -> None:
+        self.shared, self.groups = shared, frozenset(qm_groups)
+        self.system = shared.system
+        self._last: tuple[np.ndarray, np.ndarray | None, float, np.ndarray] | None = None
+
+    def evaluate(self, positions: np.ndarray, box: np.ndarray | None, step: int) -> tuple[float, np.ndarray]:
+        """Energy (kJ/mol) and forces (kJ/mol/nm) of this partition at ``positions`` (nm)."""
+        last = self._last
+        if last is not None and np.array_equal(last[0], positions) and (box is None or np.array_equal(last[1], box)):
+            return last[2], last[3]
+        self.shared.select(self.groups)
+        energy, forces = self.shared.context.evaluate(positions, box, step)
+        self._last = (positions.copy(), None if box is None else box.copy(), energy, forces)
+        return energy, forces
+
+    def forget(self) -> None:
+        self._last = None
 
 
 def _nonbonded(system: openmm.System, name: str) -> openmm.NonbondedForce:

@@ -56,7 +56,8 @@ class BufferedPartition:
     """Groups around an active centre, each QM (inside ``r_inner``), MM (beyond ``r_outer``) or weighted.
 
     centre: atom indices whose centre of mass is the active centre. groups: atom indices of each
-    group (whole molecules; no atom in two groups or in the centre). masses: of every particle (Da).
+    group (whole molecules; no atom in two groups or in the centre; none: a fixed region). masses: of every
+    particle (Da).
     r_inner, r_outer: nm. max_buffer_groups: the most groups weighted at once.
     """
 
@@ -70,8 +71,8 @@ class BufferedPartition:
         self.groups = tuple(np.array(sorted(int(i) for i in g), dtype=int) for g in groups)
         if len(self.centre) == 0:
             raise InputError("the active centre has no atoms")
-        if not self.groups or any(len(g) == 0 for g in self.groups):
-            raise InputError("give at least one group, each with atoms")
+        if any(len(g) == 0 for g in self.groups):
+            raise InputError("an adaptive group has no atoms")
         seen = np.concatenate([self.centre, *self.groups])
         if len(np.unique(seen)) != len(seen):
             raise InputError("an atom is in two groups, or in a group and in the active centre")
@@ -92,7 +93,7 @@ class BufferedPartition:
         """r_g (nm) of every group and the vectors R_g − R_c (nm, minimum image)."""
         centre = self._centre_of(self.centre, self._centre_fraction, positions, box)
         vectors = np.array([self._centre_of(g, f, positions, box) for g, f in
-                            zip(self.groups, self._fractions, strict=True)]) - centre
+                            zip(self.groups, self._fractions, strict=True)]).reshape(-1, 3) - centre
         if box is not None:
             vectors = minimum_image(vectors, box)
         return np.linalg.norm(vectors, axis=1), vectors

@@ -35,7 +35,7 @@ from bioqmmm.simulation.environment import relax_environment, reproducible_prope
 from bioqmmm.simulation.identity import fingerprint, require_same_run
 from bioqmmm.simulation.mts import mts_integrator
 from bioqmmm.simulation.reporters import QMMMReporter, read_rows
-from bioqmmm.simulation.stepping import step_with_checkpoints
+from bioqmmm.simulation.stepping import closing_reporters, progress_bar, step_with_checkpoints
 
 #: MM relaxation of a fresh start structure (QM atoms fixed): RMS force tolerance (kJ/mol/nm) and
 #: iteration cap (removes solvation clashes; a full minimisation is the optimize protocol's job).
@@ -187,9 +187,10 @@ def run_md(
     simulation.reporters += [trajectory, energies] + ([PollReporter(poll)] if poll is not None else [])
     evaluations = qmmm.kernel.evaluations
     wall = time.perf_counter()
-    step = step_with_checkpoints(simulation, qmmm, steps=settings.steps,
-                                 checkpoint_interval=settings.checkpoint_interval, checkpoint=files["checkpoint"],
-                                 meta={"identity": identity}, progress=progress, label="QM/MM MD")
+    with closing_reporters(simulation.reporters), progress_bar(settings.steps, start_step, "QM/MM MD", progress) as bar:
+        step = step_with_checkpoints(simulation, qmmm, steps=settings.steps,
+                                     checkpoint_interval=settings.checkpoint_interval, checkpoint=files["checkpoint"],
+                                     meta={"identity": identity}, bar=bar, label="QM/MM MD")
     final = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
     return MDOutcome(
         steps=step,

@@ -58,15 +58,7 @@ class CSVReporter:
         self.path = Path(path)
         self.interval = int(interval)
         self._dof = degrees_of_freedom(system)
-        kept = rows_up_to(self.path, resume_step) if append and self.path.exists() else []
-        tmp = self.path.with_name(self.path.name + ".tmp")  # rewind atomically: a kill keeps the old file
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.columns)
-            writer.writeheader()
-            writer.writerows(kept)
-        os.replace(tmp, self.path)
-        self._handle = open(self.path, "a", newline="")
-        self._writer = csv.DictWriter(self._handle, fieldnames=self.columns)
+        self._handle, self._writer = open_csv(self.path, self.columns, append=append, resume_step=resume_step)
         self._clock: tuple[int, float] | None = None
 
     def describeNextReport(self, simulation):  # noqa: N802 (OpenMM reporter API)
@@ -114,6 +106,20 @@ class QMMMReporter(CSVReporter):
         info = last.qm.info
         return {"qm_kjmol": last.energy, "mm_kjmol": potential - last.energy, "scf_cycles": info.scf_cycles,
                 "spin_square": "" if info.spin_square is None else info.spin_square, "qm_wall_s": info.wall_time}
+
+
+def open_csv(path: Path, columns: tuple[str, ...], *, append: bool, resume_step: int):
+    """(file handle, csv.DictWriter) appending rows of ``columns`` to ``path``: a fresh file with its header, or
+    (``append``) the rows up to ``resume_step`` kept, rewritten atomically so that a kill keeps the old file."""
+    kept = rows_up_to(path, resume_step) if append and path.exists() else []
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(kept)
+    os.replace(tmp, path)
+    handle = open(path, "a", newline="")
+    return handle, csv.DictWriter(handle, fieldnames=columns)
 
 
 def read_rows(path: str | Path) -> list[dict[str, float]]:
