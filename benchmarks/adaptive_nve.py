@@ -18,7 +18,6 @@ import argparse
 import os
 import platform
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 import openmm
 import xtb
 import yaml
-from report import run_variant, write_section
+from report import protocol_benchmark_arguments, run_variant, work_folder, write_section
 
 from bioqmmm.simulation.reporters import energy_drift, read_rows
 
@@ -41,12 +40,9 @@ def _fixed_drift(result_dir: Path, dof: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ps", type=float, default=2.0, help="simulated time of each run")
-    parser.add_argument("--work", type=Path, default=None, help="folder for the runs")
-    parser.add_argument("--write", type=Path, default=None, help="write the section to this markdown file")
-    parser.add_argument("--figures", type=Path, default=None, help="copy the permuted run's plots here")
+    protocol_benchmark_arguments(parser, "the permuted run's plots")
     args = parser.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="adaptive_nve_"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_folder(args.work, "adaptive_nve_")
     load = os.getloadavg()[0]
     source = ROOT / "protocols" / "adaptive_md.yaml"
     shipped = yaml.safe_load(source.read_text())["protocol"]

@@ -19,13 +19,12 @@ import argparse
 import os
 import platform
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import openmm
 import pyscf
-from report import run_variant, write_section
+from report import protocol_benchmark_arguments, run_variant, work_folder, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 KCAL = 4.184
@@ -44,12 +43,9 @@ def _row(label: str, result: dict, wall: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--window-samples", type=int, default=30, help="samples per λ window (5 steps apart)")
-    parser.add_argument("--work", type=Path, default=None, help="folder for the runs (kept; a rerun resumes)")
-    parser.add_argument("--write", type=Path, default=None, help="write the section to this markdown file")
-    parser.add_argument("--figures", type=Path, default=None, help="copy the shipped runs' plots here")
+    protocol_benchmark_arguments(parser, "the shipped runs' plots")
     args = parser.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="fep_cost_"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_folder(args.work, "fep_cost_")
     load = os.getloadavg()[0]
     levels = ROOT / "protocols" / "fep_levels.yaml"
     region = ROOT / "protocols" / "fep_region.yaml"

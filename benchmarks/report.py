@@ -50,6 +50,23 @@ def write_section(path: Path | None, lines: list[str]) -> None:
         path.write_text("\n".join(lines).rstrip() + "\n")
 
 
+def protocol_benchmark_arguments(parser: argparse.ArgumentParser, figures: str) -> None:
+    """``--work`` (folder for the runs), ``--write`` (the section's markdown file) and ``--figures`` (where
+    ``figures`` go) of a benchmark that runs protocol files."""
+    parser.add_argument("--work", type=Path, default=None, help="folder for the runs (kept; a rerun resumes)")
+    parser.add_argument("--write", type=Path, default=None, help="write the section to this markdown file")
+    parser.add_argument("--figures", type=Path, default=None, help=f"copy {figures} here")
+
+
+def work_folder(work: Path | None, prefix: str) -> Path:
+    """``work`` (created), or a new temporary folder named with ``prefix``."""
+    import tempfile
+
+    folder = work or Path(tempfile.mkdtemp(prefix=prefix))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def run_variant(source: Path, work: Path, name: str, changes: dict | None = None,
                 protocol: dict | None = None) -> tuple[dict, float]:
     """Run the protocol file ``source`` with ``changes`` to its protocol block (or the whole block replaced by
