@@ -200,8 +200,9 @@ def test_bad_adaptive_input_is_refused_before_any_evaluation(cluster):
         qmmm_builder(topology, system, None, split, lambda region: None)
 
 
-def xtb_adaptive(cluster, n_inner: int, n_buffer: int, scheme: str = "pap") -> AdaptiveHamiltonian:
-    """GFN2-xTB/MM adaptive model of the cluster: water 0 the QM core, the others adaptive groups."""
+def xtb_adaptive(cluster, n_inner: int, n_buffer: int, scheme: str = "pap", engine=None) -> AdaptiveHamiltonian:
+    """Adaptive QM/MM model of the cluster (GFN2-xTB/MM unless ``engine()`` makes another engine): water 0 the QM
+    core, the others adaptive groups."""
     from bioqmmm.qm.xtb_engine import XTBEngine
     from bioqmmm.qmmm.system import QMMMSystem
     from bioqmmm.region.region import QMRegion
@@ -211,9 +212,10 @@ def xtb_adaptive(cluster, n_inner: int, n_buffer: int, scheme: str = "pap") -> A
     probe = BufferedPartition(groups[0], groups[1:], particle_masses(system), 0.1, 0.2)
     r_inner, r_outer = radii_around(probe.distances(positions)[0], n_inner, n_buffer)
     partition = BufferedPartition(groups[0], groups[1:], particle_masses(system), r_inner, r_outer)
+    make = engine or (lambda: XTBEngine("gfn2", accuracy=1e-4))
     build = qmmm_builder(topology, system, core, groups[1:],
-                         lambda region: QMMMSystem(topology, system, region, engine=XTBEngine("gfn2", accuracy=1e-4)))
-    engine = XTBEngine("gfn2", accuracy=1e-4)
+                         lambda region: QMMMSystem(topology, system, region, engine=make()))
+    engine = make()
     empty = np.zeros((0, 3)), np.zeros(0)
     offsets = group_offsets(topology, system, groups[1:], positions,
                             lambda symbols, x, q: engine.compute(symbols, x, q, 1, *empty).energy)
@@ -241,10 +243,15 @@ def test_empty_buffer_is_the_fixed_qmmm_model_of_the_inner_region(cluster):
     assert np.abs(forces - reference_forces).max() < 1e-5
 
 
-def test_permuted_xtb_forces_are_the_gradient_with_groups_in_the_buffer(cluster):
-    """GFN2-xTB/MM, a QM water with two neighbours in the buffer (4 QM/MM evaluations per call): forces of the
-    permuted scheme are central differences of its energy, transition forces included."""
-    hamiltonian = xtb_adaptive(cluster, 1, 2)
+@pytest.mark.parametrize("engine", ["xtb", "pyscf"])
+def test_permuted_qmmm_forces_are_the_gradient_with_groups_in_the_buffer(cluster, engine):
+    """GFN2-xTB/MM and HF/STO-3G/MM (PySCF), a QM water with two neighbours in the buffer (4 QM/MM evaluations
+    per call): forces of the permuted scheme are central differences of its energy, transition forces
+    included."""
+    from bioqmmm.qm.pyscf_engine import PySCFEngine
+
+    make = (lambda: PySCFEngine("hf", "sto-3g", conv_tol=1e-11)) if engine == "pyscf" else None
+    hamiltonian = xtb_adaptive(cluster, 1, 2, engine=make)
     positions = cluster[2]
     _, forces = hamiltonian.evaluate(positions)
     weights = hamiltonian.last
@@ -435,3 +442,35 @@ def test_adaptive_md_trigger_grows_the_region_logs_it_and_resumes(tmp_path):
     assert resumed["resumed_from_step"] == 40 and resumed["candidates_in_region"] == grown["candidates_in_region"]
     assert [(r["step"], r["in_region"], r["action"]) for r in _rows(tmp_path / "resumed" / "trigger.csv")] == \
         [(r["step"], r["in_region"], r["action"]) for r in rows]
+
+
+def test_xtb_first_shell_nve_drift_is_of_the_fixed_partitions_order_and_interpolation_heats(tmp_path):
+    """Acceptance (QM): a GFN2-xTB/MM water with an adaptive first shell (protocols/adaptive_md.yaml), 1 ps of
+    NVE at 0.5 fs from the same start: the permuted scheme's drift (kJ/mol/ns/dof) is of the order of the fixed
+    partition's (within 5 times, or under 0.5) with groups exchanging; force interpolation, not Hamiltonian,
+    drifts at least ten times more."""
+    import yaml
+    from conftest import shipped_protocol
+
+    from bioqmmm.run.runner import run_protocol
+    from bioqmmm.simulation.reporters import energy_drift, read_rows
+
+    steps = {"steps": 2000, "checkpoint_interval": 2000}
+    pap = run_protocol(shipped_protocol(tmp_path, "adaptive_md.yaml", "pap", **steps), progress=False)
+    interpolation = run_protocol(shipped_protocol(tmp_path, "adaptive_md.yaml", "interpolation", **steps,
+                                                  scheme="interpolation"), progress=False)
+    config = yaml.safe_load(shipped_protocol(tmp_path, "adaptive_md.yaml", "fixed").read_text())
+    shipped = config["protocol"]
+    config["protocol"] = {"type": "md", **steps, "minimize_mm_first": False, **{
+        key: shipped[key] for key in ("timestep_fs", "integrator", "temperature_k", "seed", "report_interval")}}
+    (tmp_path / "fixed.yaml").write_text(yaml.safe_dump(config))
+    run_protocol(tmp_path / "fixed.yaml", progress=False)
+    rows = read_rows(tmp_path / "fixed" / "energies.csv")
+    fixed, _ = energy_drift([r["time_ps"] for r in rows], [r["potential_kjmol"] + r["kinetic_kjmol"] for r in rows],
+                            pap["degrees_of_freedom"])
+    drift = pap["energy_drift"]["value"]
+    print(f"drift fixed {fixed:+.3f}, pap {drift:+.3f}, interpolation {interpolation['energy_drift']['value']:+.3f}"
+          f" kJ/mol/ns/dof; {pap['exchanges']} exchanges, {pap['evaluations_per_step']['value']:.2f} evaluations/step")
+    assert pap["exchanges"] > 0 and pap["steps_over_buffer_cap"] == 0
+    assert abs(drift) <= max(5.0 * abs(fixed), 0.5)
+    assert abs(interpolation["energy_drift"]["value"]) > 10.0 * max(abs(drift), abs(fixed))
