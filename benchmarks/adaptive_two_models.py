@@ -36,6 +36,7 @@ R_INNER, R_OUTER = 0.36, 0.38
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ps", type=float, default=100.0, help="simulated time of each run")
+    parser.add_argument("--max-buffer-groups", type=int, default=5, help="cap of the permuted scheme")
     parser.add_argument("--write", type=Path, default=None, help="write the section to this markdown file")
     parser.add_argument("--figures", type=Path, default=None, help="write the profile figure here")
     args = parser.parse_args()
@@ -53,7 +54,8 @@ def main() -> None:
     others = [g for k, g in enumerate(groups) if k != centre]
     start = time.perf_counter()
     adaptive, fixed = two_model_nve(low, system, positions, box, groups[centre], others, [g[0] for g in others],
-                                    r_inner=R_INNER, r_outer=R_OUTER, picoseconds=args.ps)
+                                    r_inner=R_INNER, r_outer=R_OUTER, picoseconds=args.ps,
+                                    max_buffer_groups=args.max_buffer_groups)
     wall = time.perf_counter() - start
 
     def z_max(ours, theirs) -> float:
@@ -85,7 +87,8 @@ def main() -> None:
         f"start), Python {platform.python_version()}, OpenMM {openmm.__version__}; {wall / 60:.1f} min for both runs.",
         "",
         f"Periodic 1.9 nm TIP3P box ({len(groups)} waters, PME), the central water the core; TIP3P within {R_INNER} nm "
-        f"of it, SPC/E charges beyond {R_OUTER} nm, permuted adaptive partitioning in between (at most 5 groups); "
+        f"of it, SPC/E charges beyond {R_OUTER} nm, permuted adaptive partitioning in between (at most "
+        f"{args.max_buffer_groups} groups); "
         f"{args.ps:g} ps of Verlet at 2 fs from the same start and velocities as the fixed partition (core TIP3P, "
         "every other water SPC/E-charged).",
         "",
