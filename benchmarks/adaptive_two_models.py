@@ -36,7 +36,7 @@ R_INNER, R_OUTER = 0.36, 0.38
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ps", type=float, default=100.0, help="simulated time of each run")
-    parser.add_argument("--max-buffer-groups", type=int, default=5, help="cap of the permuted scheme")
+    parser.add_argument("--max-buffer-groups", type=int, default=7, help="cap of the permuted scheme")
     parser.add_argument("--write", type=Path, default=None, help="write the section to this markdown file")
     parser.add_argument("--figures", type=Path, default=None, help="write the profile figure here")
     args = parser.parse_args()

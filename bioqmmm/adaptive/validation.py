@@ -72,7 +72,7 @@ def _structure(frames: list[np.ndarray], box: np.ndarray, partition: BufferedPar
 
 def two_model_nve(low: openmm.System, high: openmm.System, positions: np.ndarray, box: np.ndarray,
                   core: Sequence[int], groups: Sequence[Sequence[int]], oxygens: Sequence[int], *, r_inner: float,
-                  r_outer: float, max_buffer_groups: int = 5, picoseconds: float = 20.0, timestep_fs: float = 2.0,
+                  r_outer: float, max_buffer_groups: int = 7, picoseconds: float = 20.0, timestep_fs: float = 2.0,
                   sample_steps: int = 25, temperature_k: float = 300.0, seed: int = 1, blocks: int = 10,
                   edges: np.ndarray | None = None, threads: int | None = 1) -> tuple[NVERun, NVERun]:
     """(adaptive, fixed) Verlet runs of ``picoseconds`` from ``positions`` (nm) in the periodic ``box`` (nm).
