@@ -21,7 +21,7 @@ from bioqmmm.adaptive.models import Builder, PartitionModels
 from bioqmmm.adaptive.partition import BufferedPartition, GroupWeights
 from bioqmmm.adaptive.schemes import SCHEMES, interpolation, pap
 from bioqmmm.errors import InputError
-from bioqmmm.simulation.composite import CompositeHamiltonian, check_same_particles
+from bioqmmm.simulation.composite import CompositeHamiltonian, Evaluated, check_same_particles, remember, remembered
 
 MM, BUFFER, QM = "mm", "buffer", "qm"
 
@@ -103,7 +103,7 @@ class AdaptiveHamiltonian(CompositeHamiltonian):
         self.last: GroupWeights | None = None
         self.last_step: int | None = None
         self._states = np.full(len(partition.groups), MM, dtype=object)
-        self._evaluated: tuple[np.ndarray, np.ndarray | None, float, np.ndarray] | None = None
+        self._evaluated: Evaluated | None = None
 
     @property
     def hamiltonian(self) -> bool:
@@ -113,9 +113,8 @@ class AdaptiveHamiltonian(CompositeHamiltonian):
     def evaluate(self, positions: np.ndarray, box: np.ndarray | None = None, step: int = 0) -> tuple[float, np.ndarray]:
         """Energy (kJ/mol) and forces (kJ/mol/nm) at ``positions`` (nm); the same structure twice is free."""
         positions = np.asarray(positions, dtype=float)
-        done = self._evaluated
-        if done is not None and np.array_equal(done[0], positions) and (box is None or np.array_equal(done[1], box)):
-            return done[2], done[3].copy()
+        if remembered(self._evaluated, positions, box):
+            return self._evaluated[2], self._evaluated[3].copy()
         weights = self.partition.weights(positions, box)
         n = len(positions)
 
@@ -131,7 +130,7 @@ class AdaptiveHamiltonian(CompositeHamiltonian):
         self.capped_steps += bool(weights.dropped)
         self._log(weights, positions, box, step)
         self.last, self.last_step = weights, step
-        self._evaluated = (positions.copy(), None if box is None else box.copy(), energy, forces.copy())
+        self._evaluated = remember(positions, box, energy, forces.copy())
         return energy, forces
 
     def _log(self, weights: GroupWeights, positions: np.ndarray, box: np.ndarray | None, step: int) -> None:

@@ -35,7 +35,7 @@ from bioqmmm.errors import InputError
 from bioqmmm.qmmm.surgery import mm_charges, qm_internal_forces
 from bioqmmm.region.region import QMRegion
 from bioqmmm.region.selection import describe_atom, element_symbols
-from bioqmmm.simulation.composite import ModelContext
+from bioqmmm.simulation.composite import Evaluated, ModelContext, remember, remembered
 
 #: Partition (QM groups) → the model: a QMMMSystem, an openmm.System, or an object that evaluates itself
 #: (``evaluate(positions, box, step)``, ``forget()``, ``system``, ``qmmm``).
@@ -210,16 +210,15 @@ class _MMPartition:
     def __init__(self, shared: _SharedMMContext, qm_groups: frozenset[int]) -> None:
         self.shared, self.groups = shared, frozenset(qm_groups)
         self.system = shared.system
-        self._last: tuple[np.ndarray, np.ndarray | None, float, np.ndarray] | None = None
+        self._last: Evaluated | None = None
 
     def evaluate(self, positions: np.ndarray, box: np.ndarray | None, step: int) -> tuple[float, np.ndarray]:
         """Energy (kJ/mol) and forces (kJ/mol/nm) of this partition at ``positions`` (nm)."""
-        last = self._last
-        if last is not None and np.array_equal(last[0], positions) and (box is None or np.array_equal(last[1], box)):
-            return last[2], last[3]
+        if remembered(self._last, positions, box):
+            return self._last[2], self._last[3]
         self.shared.select(self.groups)
         energy, forces = self.shared.context.evaluate(positions, box, step)
-        self._last = (positions.copy(), None if box is None else box.copy(), energy, forces)
+        self._last = remember(positions, box, energy, forces)
         return energy, forces
 
     def forget(self) -> None:

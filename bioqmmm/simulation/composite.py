@@ -20,6 +20,20 @@ from openmm import unit
 from bioqmmm.errors import InputError
 from bioqmmm.simulation.environment import reproducible_properties
 
+#: A remembered evaluation: (positions nm, box nm or None, energy kJ/mol, forces kJ/mol/nm).
+Evaluated = tuple[np.ndarray, np.ndarray | None, float, np.ndarray]
+
+
+def remembered(last: Evaluated | None, positions: np.ndarray, box: np.ndarray | None) -> bool:
+    """Whether ``last`` was evaluated at exactly ``positions`` and ``box``."""
+    return (last is not None and np.array_equal(last[0], positions)
+            and (box is None or np.array_equal(last[1], box)))
+
+
+def remember(positions: np.ndarray, box: np.ndarray | None, energy: float, forces: np.ndarray) -> Evaluated:
+    """An evaluation to keep (copies of the arrays)."""
+    return positions.copy(), None if box is None else box.copy(), float(energy), forces
+
 
 class ModelContext:
     """A model (an ``openmm.System`` or a QMMMSystem) in its own evaluation Context; remembers the result at
@@ -31,14 +45,12 @@ class ModelContext:
         self.context = openmm.Context(self.system, openmm.VerletIntegrator(0.001),
                                       openmm.Platform.getPlatformByName(platform),
                                       reproducible_properties(platform, threads or 1))
-        self._last: tuple[np.ndarray, np.ndarray | None, float, np.ndarray] | None = None
+        self._last: Evaluated | None = None
 
     def evaluate(self, positions: np.ndarray, box: np.ndarray | None, step: int) -> tuple[float, np.ndarray]:
         """Energy (kJ/mol) and forces (kJ/mol/nm) at ``positions`` (nm) in ``box`` (nm, or None)."""
-        last = self._last
-        if (last is not None and np.array_equal(last[0], positions)
-                and (box is None or np.array_equal(last[1], box))):
-            return last[2], last[3]
+        if remembered(self._last, positions, box):
+            return self._last[2], self._last[3]
         if box is not None:
             self.context.setPeriodicBoxVectors(*box)
         self.context.setPositions(positions)
@@ -47,7 +59,7 @@ class ModelContext:
             state = self.context.getState(getEnergy=True, getForces=True)
         energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
         forces = np.asarray(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
-        self._last = (positions.copy(), None if box is None else box.copy(), float(energy), forces)
+        self._last = remember(positions, box, energy, forces)
         return float(energy), forces
 
     def typed_errors(self):
