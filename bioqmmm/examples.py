@@ -20,11 +20,13 @@ def forcefield() -> app.ForceField:
 
 
 def _create(modeller: app.Modeller, periodic: bool, nonbonded_cutoff: float,
-            field: app.ForceField | None = None) -> openmm.System:
+            field: app.ForceField | None = None, rigid: bool = True) -> openmm.System:
+    """The System: X–H bonds constrained and water rigid, or (``rigid`` False) every bond flexible."""
     method = app.PME if periodic else app.NoCutoff
     kwargs = {"nonbondedCutoff": nonbonded_cutoff * unit.nanometer} if periodic else {}
     return (field or forcefield()).createSystem(
-        modeller.topology, nonbondedMethod=method, constraints=app.HBonds, rigidWater=True, **kwargs
+        modeller.topology, nonbondedMethod=method, constraints=app.HBonds if rigid else None, rigidWater=rigid,
+        **kwargs
     )
 
 
@@ -33,19 +35,20 @@ def _shipped(name: str) -> app.PDBFile:
         return app.PDBFile(str(path))
 
 
-def _solvated(pdb: app.PDBFile, field: app.ForceField, box_size: float | None, nonbonded_cutoff: float):
+def _solvated(pdb: app.PDBFile, field: app.ForceField, box_size: float | None, nonbonded_cutoff: float,
+              rigid: bool = True):
     modeller = app.Modeller(pdb.topology, pdb.positions)
     if box_size is not None:
         modeller.addSolvent(field, model="tip3p", boxSize=openmm.Vec3(box_size, box_size, box_size) * unit.nanometer)
-    return modeller.topology, _create(modeller, box_size is not None, nonbonded_cutoff, field), modeller.positions
+    return (modeller.topology, _create(modeller, box_size is not None, nonbonded_cutoff, field, rigid),
+            modeller.positions)
 
 
-def alanine_dipeptide(box_size: float | None = None, nonbonded_cutoff: float = 0.9):
-    """ACE-ALA-NME, in vacuum (``box_size=None``) or in a cubic TIP3P box of edge ``box_size`` nm.
-
-    Returns (topology, system, positions).
+def alanine_dipeptide(box_size: float | None = None, nonbonded_cutoff: float = 0.9, rigid: bool = True):
+    """ACE-ALA-NME, in vacuum (``box_size=None``) or in a cubic TIP3P box of edge ``box_size`` nm; ``rigid``:
+    X–H bonds constrained and water rigid (else all flexible). Returns (topology, system, positions).
     """
-    return _solvated(_shipped("alanine_dipeptide.pdb"), forcefield(), box_size, nonbonded_cutoff)
+    return _solvated(_shipped("alanine_dipeptide.pdb"), forcefield(), box_size, nonbonded_cutoff, rigid)
 
 
 #: OPLS-AA formamide charges, e (Jorgensen, Maxwell & Tirado-Rives, J. Am. Chem. Soc. 118, 11225 (1996)).
@@ -53,7 +56,7 @@ def alanine_dipeptide(box_size: float | None = None, nonbonded_cutoff: float = 0
 FORMAMIDE_OPLS_CHARGES = {"C": 0.5, "O": -0.5, "N": -0.76, "H": 0.0, "H1": 0.38, "H2": 0.38}
 
 
-def formamide(box_size: float | None = None, nonbonded_cutoff: float = 0.9):
+def formamide(box_size: float | None = None, nonbonded_cutoff: float = 0.9, rigid: bool = True):
     """Formamide (residue FMD, HF/3-21G minimum), alone or in a cubic TIP3P box of edge ``box_size`` nm.
 
     Meant to be wholly QM: its template carries no bonded terms
@@ -71,7 +74,7 @@ def formamide(box_size: float | None = None, nonbonded_cutoff: float = 0.9):
                           f'<Atom name="{name}" type="QMONLY-FMD-{name[0]}" charge="{charge}"')
     field = forcefield()
     field.loadFile(io.StringIO(xml))
-    topology, system, positions = _solvated(pdb, field, box_size, nonbonded_cutoff)
+    topology, system, positions = _solvated(pdb, field, box_size, nonbonded_cutoff, rigid)
     # addSolvent centres the solute in the box: move everything back so that the solute keeps the
     # coordinates of the file, as an endpoint structure written in that frame expects
     xyz = positions.value_in_unit(unit.nanometer)
@@ -79,8 +82,9 @@ def formamide(box_size: float | None = None, nonbonded_cutoff: float = 0.9):
     return topology, system, [p - shift for p in xyz] * unit.nanometer
 
 
-def water_box(box_size: float, nonbonded_cutoff: float = 0.7):
-    """A cubic box of TIP3P water of edge ``box_size`` nm. Returns (topology, system, positions)."""
+def water_box(box_size: float, nonbonded_cutoff: float = 0.7, rigid: bool = True):
+    """A cubic box of TIP3P water of edge ``box_size`` nm (``rigid``: rigid water, else flexible).
+    Returns (topology, system, positions)."""
     modeller = app.Modeller(app.Topology(), [])
     modeller.addSolvent(forcefield(), model="tip3p", boxSize=openmm.Vec3(box_size, box_size, box_size) * unit.nanometer)
-    return modeller.topology, _create(modeller, True, nonbonded_cutoff), modeller.positions
+    return modeller.topology, _create(modeller, True, nonbonded_cutoff, rigid=rigid), modeller.positions

@@ -11,7 +11,9 @@ scaled to a trust radius (largest move of one atom), halved when the quadratic m
 energy change by more than a factor of 4 and grown when it predicts it well. The followed mode is the one closest to the
 previous one (at the start, to ``direction``, e.g. the band's tangent at its climbing image). The
 Hessian starts from central differences of the forces and is updated with Bofill's mix of SR1 and
-PSB (Int. J. Quantum Chem. 52, 1327 (1994)); at the end it is recomputed for the frequencies.
+PSB (Int. J. Quantum Chem. 52, 1327 (1994)); at the end it is recomputed for the frequencies. In an
+environment the steps are microiterative: after each step of the saddle atoms the environment is relaxed
+(:mod:`bioqmmm.paths.solvated_ts`), and the Hessian is the environment-condensed one.
 When the moving atoms are the whole system, translations and rotations are projected out.
 Units: nm, kJ/mol, kJ/mol/nm; frequencies in cm⁻¹, imaginary ones negative.
 """
@@ -25,11 +27,9 @@ import numpy as np
 
 from bioqmmm.errors import BioQMMMError, CalculationError
 from bioqmmm.parallel.comm import SerialComm
+from bioqmmm.vibrations.analysis import normal_modes
+from bioqmmm.vibrations.hessian import finite_difference_hessian, rigid_body_modes
 
-#: Wavenumber (cm⁻¹) of ω = 1 rad/ps: 10¹² / (2π c), c in cm/s.
-CM_PER_RAD_PS = 1e12 / (2 * np.pi * 2.99792458e10)
-#: Central-difference displacement for Hessians, nm (0.005 Å).
-HESSIAN_STEP = 5e-4
 #: Bounds of the trust radius (largest move of one atom per step), nm.
 TRUST_MIN, TRUST_MAX = 1e-4, 0.02
 #: Stiffness given to projected-out translations and rotations so that no step follows them.
@@ -41,7 +41,9 @@ Evaluate = Callable[[np.ndarray], tuple[float, np.ndarray]]
 @dataclass
 class TSResult:
     """Refined saddle: ``positions`` (N, 3) nm, ``energy`` kJ/mol, the largest force on a moving atom
-    (kJ/mol/nm), harmonic ``frequencies`` (cm⁻¹, ascending, imaginary as negative) of the moving atoms."""
+    (kJ/mol/nm), harmonic ``frequencies`` (cm⁻¹, ascending, imaginary as negative) of the moving atoms;
+    ``gradient_calls``: energy-and-force evaluations up to convergence (the initial Hessian's included
+    when it was differenced here); ``hessian``: the final one (kJ/mol/nm²)."""
 
     positions: np.ndarray
     energy: float
@@ -49,51 +51,13 @@ class TSResult:
     iterations: int
     max_force: float
     frequencies: np.ndarray
+    gradient_calls: int = 0
+    hessian: np.ndarray | None = None
 
     @property
     def imaginary_frequencies(self) -> np.ndarray:
         """Imaginary frequencies as negative numbers, cm⁻¹ (one for a first-order saddle)."""
         return self.frequencies[self.frequencies < 0]
-
-
-def rigid_body_modes(positions: np.ndarray) -> np.ndarray:
-    """Orthonormal translation and rotation vectors (k, 3N) of ``positions`` (N, 3); k = 6, or 5 if linear."""
-    centred = positions - positions.mean(axis=0)
-    modes = [np.tile(np.eye(3)[a], len(positions)) for a in range(3)]
-    modes += [np.cross(np.eye(3)[a], centred).ravel() for a in range(3)]
-    q, r = np.linalg.qr(np.array(modes).T)
-    return q[:, np.abs(np.diag(r)) > 1e-8 * np.abs(r).max()].T
-
-
-def finite_difference_hessian(evaluate: Evaluate, positions: np.ndarray, atoms: np.ndarray,
-                              step: float = HESSIAN_STEP, comm=None) -> np.ndarray:
-    """Hessian (3n, 3n) of the ``atoms`` by central differences of the forces, symmetrised (kJ/mol/nm²).
-
-    With a communicator the columns are shared out among its ranks (every rank returns the whole
-    Hessian; a failure on any rank is raised on all of them)."""
-    comm = comm or SerialComm()
-    n = 3 * len(atoms)
-    columns: dict[int, np.ndarray] = {}
-    error = None
-    for column in range(comm.rank, n, comm.size):
-        atom, axis = atoms[column // 3], column % 3
-        forces = []
-        try:
-            for sign in (1, -1):
-                x = positions.copy()
-                x[atom, axis] += sign * step
-                forces.append(evaluate(x)[1][atoms].ravel())
-        except Exception as exc:  # every rank must learn of it, or the others wait forever
-            error = exc
-            break
-        columns[column] = -(forces[0] - forces[1]) / (2 * step)
-    hessian = np.empty((n, n))
-    for part, part_error in comm.allgather((columns, None if error is None else _describe(error))):
-        if part_error is not None:
-            raise error if error is not None else CalculationError(f"transition-state Hessian: {part_error}")
-        for column, values in part.items():
-            hessian[:, column] = values
-    return 0.5 * (hessian + hessian.T)
 
 
 def _describe(error: Exception) -> str:
@@ -112,22 +76,6 @@ def _on_root(comm, evaluate: Evaluate, x: np.ndarray) -> tuple[float, np.ndarray
     if message is not None:
         raise error if error is not None else CalculationError(f"transition-state search: {message}")
     return result
-
-
-def harmonic_frequencies(hessian: np.ndarray, masses: np.ndarray, rigid: np.ndarray | None = None) -> np.ndarray:
-    """Wavenumbers (cm⁻¹, ascending, imaginary as negative) of a Hessian (kJ/mol/nm²) for ``masses``
-    (amu); ``rigid`` (k, 3n) Cartesian translations/rotations to remove (their k modes are dropped)."""
-    inv_sqrt = np.repeat(1 / np.sqrt(masses), 3)
-    weighted = hessian * inv_sqrt[:, None] * inv_sqrt[None, :]
-    if rigid is not None and len(rigid):
-        modes, _ = np.linalg.qr((rigid * np.repeat(np.sqrt(masses), 3)[None, :]).T)
-        projector = np.eye(len(weighted)) - modes @ modes.T
-        weighted = projector @ weighted @ projector
-    eigenvalues = np.sort(np.linalg.eigvalsh(weighted))  # (rad/ps)², since kJ/mol = amu nm² / ps²
-    if rigid is not None and len(rigid):  # drop the k eigenvalues closest to zero
-        keep = np.sort(np.argsort(np.abs(eigenvalues))[len(rigid):])
-        eigenvalues = eigenvalues[keep]
-    return np.sign(eigenvalues) * np.sqrt(np.abs(eigenvalues)) * CM_PER_RAD_PS
 
 
 def _bofill(hessian: np.ndarray, s: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -174,6 +122,8 @@ def refine_transition_state(
     max_steps: int = 50,
     trust: float = 0.003,
     comm=None,
+    hessian: Callable[[np.ndarray], np.ndarray] | None = None,
+    relax: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> TSResult:
     """Saddle point of ``evaluate`` (positions → energy, forces) near ``positions``, moving ``atoms``.
 
@@ -181,12 +131,31 @@ def refine_transition_state(
     ``whole_system``: ``atoms`` are every atom of a free molecule (rigid-body motion projected out).
     ``masses`` (amu) of ``atoms`` for the frequencies. With a communicator ``comm`` the difference
     Hessians are shared out among its ranks, rank 0 takes the steps, and every rank returns the same result.
+
+    Microiterations: ``relax(x)`` returns ``x`` with the environment (atoms other than ``atoms``) relaxed
+    for the QM positions of ``x``; it is applied to the start and to every trial step, so the steps follow
+    the saddle of E(x_A, x_E*(x_A)), whose Hessian is the condensed one. ``hessian(x)``: the Hessian
+    (3n, 3n) of ``atoms`` at the start and for the final frequencies (default: central differences of
+    ``evaluate`` with the environment fixed; with ``relax``, pass the condensed Hessian).
     """
     comm = comm or SerialComm()
-    x = np.array(positions, dtype=float)
+    calls = 0
+
+    def counted(x: np.ndarray) -> tuple[float, np.ndarray]:
+        nonlocal calls
+        calls += 1
+        return evaluate(x)
+
+    def curvature(x: np.ndarray) -> np.ndarray:
+        return finite_difference_hessian(counted, x, atoms, comm=comm) if hessian is None else hessian(x)
+
+    def relaxed(x: np.ndarray) -> np.ndarray:
+        return x if relax is None else comm.bcast(relax(x) if comm.rank == 0 else None)
+
+    x = relaxed(np.array(positions, dtype=float))
     rigid = rigid_body_modes(x[atoms]) if whole_system else None
-    energy, forces = _on_root(comm, evaluate, x)
-    hessian = finite_difference_hessian(evaluate, x, atoms, comm=comm)
+    energy, forces = _on_root(comm, counted, x)
+    hessian_now = curvature(x)
     followed = None if direction is None else np.asarray(direction, dtype=float).ravel()
     converged, iteration = False, 0
     for iteration in range(max_steps + 1):
@@ -197,7 +166,7 @@ def refine_transition_state(
             break
         if iteration == max_steps:
             break
-        working = hessian if rigid is None else hessian + _RIGID_BODY_CURVATURE * rigid.T @ rigid
+        working = hessian_now if rigid is None else hessian_now + _RIGID_BODY_CURVATURE * rigid.T @ rigid
         values, vectors = np.linalg.eigh(working)
         follow = 0 if followed is None else int(np.argmax(np.abs(vectors.T @ followed)))
         followed = vectors[:, follow] / np.linalg.norm(vectors[:, follow])
@@ -207,7 +176,8 @@ def refine_transition_state(
         step *= min(1.0, trust / longest)
         trial = x.copy()
         trial[atoms] += step.reshape(-1, 3)
-        new_energy, new_forces = _on_root(comm, evaluate, trial)
+        trial = relaxed(trial)
+        new_energy, new_forces = _on_root(comm, counted, trial)
         # trust radius from how well the quadratic model predicted the energy change
         predicted = projected @ step + 0.5 * step @ working @ step
         ratio = (new_energy - energy) / predicted if abs(predicted) > 1e-12 else 1.0
@@ -215,15 +185,17 @@ def refine_transition_state(
             trust = max(TRUST_MIN, 0.5 * trust)
         elif 0.75 < ratio < 1.33 and longest >= trust:
             trust = min(TRUST_MAX, 1.5 * trust)
-        hessian = _bofill(hessian, step, -new_forces[atoms].ravel() - gradient)
+        hessian_now = _bofill(hessian_now, step, -new_forces[atoms].ravel() - gradient)
         x, energy, forces = trial, new_energy, new_forces
-    rigid = rigid_body_modes(x[atoms]) if whole_system else None
-    final = finite_difference_hessian(evaluate, x, atoms, comm=comm)
+    steps_calls = calls
+    final = curvature(x)
     return TSResult(
         positions=x,
         energy=float(energy),
         converged=converged,
         iterations=iteration,
         max_force=float(np.linalg.norm(forces[atoms], axis=1).max()),
-        frequencies=harmonic_frequencies(final, masses, rigid),
+        frequencies=normal_modes(final, masses, rigid_positions=x[atoms] if whole_system else None).frequencies,
+        gradient_calls=steps_calls,
+        hessian=final,
     )

@@ -70,6 +70,7 @@ class QMResult:
     moments: QM multipoles about the centre of the external potential, if one was given;
     center_gradient: then also dE/dc, the derivative with respect to the potential's centre c at fixed
     t0, t1, t2, kJ/mol/nm (-(m0 t1 + t2 m1) for an exact polynomial coupling).
+    dipole: Σ_A Z_A R_A − ∫ ρ r, about the coordinate origin (e nm); its derivatives give IR intensities.
     """
 
     energy: float
@@ -80,6 +81,7 @@ class QMResult:
     moments: QMMoments | None = None
     atomic_charges: np.ndarray | None = None  # Mulliken charges of the QM atoms (link atoms included), e
     center_gradient: np.ndarray | None = None
+    dipole: np.ndarray | None = None  # dipole of the QM region (nuclei + electrons) about the origin, e nm
 
 
 @runtime_checkable

@@ -60,7 +60,7 @@ class MixedEngine:
                         mm_forces=mix(a.mm_forces, b.mm_forces), info=info,
                         mm_potentials=mix(a.mm_potentials, b.mm_potentials), moments=moments,
                         atomic_charges=mix(a.atomic_charges, b.atomic_charges),
-                        center_gradient=mix(a.center_gradient, b.center_gradient))
+                        center_gradient=mix(a.center_gradient, b.center_gradient), dipole=mix(a.dipole, b.dipole))
 
     def get_state(self) -> dict[str, np.ndarray]:
         return {f"{tag}.{key}": value for tag, engine in zip("ab", self.engines, strict=True)

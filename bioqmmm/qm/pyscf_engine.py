@@ -201,6 +201,7 @@ class PySCFEngine:
             atomic_charges=_mulliken_charges(mol, dm_total, overlap),
             center_gradient=None if moments is None else -(moments.m0 * np.asarray(external.t1)
                                                            + np.asarray(external.t2) @ moments.m1),
+            dipole=_dipole(mol, dm_total),
         )
 
     def _molecule(self, symbols, coords_bohr, charge, multiplicity) -> gto.Mole:
@@ -387,6 +388,12 @@ def _mulliken_charges(mol: gto.Mole, dm: np.ndarray, overlap: np.ndarray) -> np.
     for atom, (_, _, p0, p1) in enumerate(mol.aoslice_by_atom()):
         charges[atom] -= population[p0:p1].sum()
     return charges
+
+
+def _dipole(mol: gto.Mole, dm: np.ndarray) -> np.ndarray:
+    """Dipole of nuclei and electrons about the origin, e nm: Σ Z_A R_A − Tr(D r)."""
+    electrons = np.einsum("apq,qp->a", mol.intor_symmetric("int1e_r"), dm)
+    return (mol.atom_charges() @ mol.atom_coords() - electrons) * BOHR_NM
 
 
 def _potentials(mol: gto.Mole, dm: np.ndarray, points_bohr: np.ndarray) -> np.ndarray:

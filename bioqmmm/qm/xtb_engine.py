@@ -264,6 +264,7 @@ class XTBEngine:
             moments=moments,
             atomic_charges=q_atoms,
             center_gradient=center_gradient,
+            dipole=np.array(results.get_dipole()) * BOHR_NM,
         )
 
     def _calculator(self, symbols, qm_bohr, charge, multiplicity):

@@ -32,7 +32,8 @@ def build_model(section: SystemSection, base: Path | None = None):
     if section.example is not None:
         examples = {"alanine_dipeptide": alanine_dipeptide, "formamide": formamide, "water_box": water_box}
         build = examples[section.example]
-        top, system, pos = build(section.box_size_nm, section.nonbonded_cutoff_nm)
+        rigid = section.constraints == "hbonds"
+        top, system, pos = build(section.box_size_nm, section.nonbonded_cutoff_nm, rigid=rigid)
     elif section.prepared is not None:
         folder = Path(section.prepared)
         prepared = load_prepared(folder if folder.is_absolute() or base is None else base / folder)
@@ -53,7 +54,7 @@ def build_model(section: SystemSection, base: Path | None = None):
                 nonbondedMethod=app.PME if periodic else app.NoCutoff,
                 nonbondedCutoff=section.nonbonded_cutoff_nm * unit.nanometer,
                 constraints=app.HBonds if section.constraints == "hbonds" else None,
-                rigidWater=True,
+                rigidWater=section.constraints == "hbonds",
             )
         except (ValueError, KeyError) as exc:  # OpenMM: missing template, unknown file
             raise InputError(f"cannot parametrise {path} with {', '.join(section.forcefield)}: {exc}") from exc

@@ -40,7 +40,9 @@ class SystemSection(Declared):
     forcefield: tuple[str, ...] = setting(("amber14-all.xml", "amber14/tip3p.xml"), doc="OpenMM XML files, for pdb")
     box_size_nm: float | None = setting(None, doc="examples: cubic water box edge", check="positive")
     nonbonded_cutoff_nm: float = setting(0.9, doc="PME real-space cutoff", check="positive")
-    constraints: Literal["hbonds", "none"] = setting("hbonds", doc="MM X–H bonds (never inside the QM region)")
+    constraints: Literal["hbonds", "none"] = setting(
+        "hbonds", doc="hbonds: MM X–H bonds and rigid water (never inside the QM region); none: every bond and "
+        "water flexible (Hessians, vibrations, ts)")
 
     def check(self) -> None:
         given = [key for key in ("example", "pdb", "prepared") if getattr(self, key) is not None]
