@@ -6,11 +6,15 @@ counts), written atomically; ``summary.txt`` is the same as an aligned table for
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from openmm import Vec3, app, unit
 
 
 def quantity(value: float | Sequence[float], unit: str) -> dict[str, Any]:
@@ -90,3 +94,15 @@ def plot_md(rows: list[dict[str, float]], path: str | Path, title: str) -> None:
     scf.set_ylabel("SCF cycles")
     scf.set_xlabel("time / ps")
     fig.savefig(path, dpi=120)
+
+
+def write_pdb_models(path: str | Path, topology: app.Topology, models, box=None) -> None:
+    """A PDB file with one MODEL per positions array (nm) in ``models``; ``box`` (3, 3) nm or None (CRYST1)."""
+    if box is not None:
+        topology = copy.copy(topology)
+        topology.setPeriodicBoxVectors([Vec3(*map(float, v)) for v in np.asarray(box)] * unit.nanometer)
+    with open(path, "w") as handle:
+        app.PDBFile.writeHeader(topology, handle)
+        for i, x in enumerate(models):
+            app.PDBFile.writeModel(topology, np.asarray(x) * unit.nanometer, handle, modelIndex=i + 1)
+        app.PDBFile.writeFooter(topology, handle)

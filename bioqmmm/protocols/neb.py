@@ -37,7 +37,7 @@ from bioqmmm.protocols.optimize import ActiveRegionKeys, OptimizeSettings, run_o
 from bioqmmm.protocols.registry import Protocol
 from bioqmmm.protocols.settings import Declared, FieldError, setting
 from bioqmmm.region.selection import resolve_qm_atoms
-from bioqmmm.results import new_figure, quantity, read_result, write_results
+from bioqmmm.results import new_figure, quantity, read_result, write_pdb_models, write_results
 from bioqmmm.simulation.environment import ConstraintProjector
 from bioqmmm.simulation.identity import array_digest, fingerprint
 
@@ -290,11 +290,7 @@ def write_band_files(out: Path, result: NEBResult, topology: app.Topology, box=N
         writer.writeheader()
         writer.writerows(result.history)
     vectors = None if box is None else unit.Quantity([Vec3(*map(float, v)) for v in box], unit.nanometer)
-    with open(out / "images.pdb", "w") as handle:
-        app.PDBFile.writeHeader(topology, handle)
-        for i, x in enumerate(result.positions):
-            app.PDBFile.writeModel(topology, x * unit.nanometer, handle, modelIndex=i + 1)
-        app.PDBFile.writeFooter(topology, handle)
+    write_pdb_models(out / "images.pdb", topology, result.positions)
     with open(out / "images.dcd", "wb") as handle:
         dcd = app.DCDFile(handle, topology, 1.0 * unit.picosecond)
         for x in result.positions:

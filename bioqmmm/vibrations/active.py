@@ -42,6 +42,11 @@ METHODS = ("condensed", "partial", "full")
 #: curvature of a stiff bond turning leaves errors of ~(h/r)² · 5·10⁵ ≈ 20 kJ/mol/nm², as large as the
 #: softest intermolecular curvatures; MM forces carry no SCF noise, so the step can be 50 times smaller.
 MM_PRODUCT_STEP = 1e-5
+#: A pair crossing the real-space cutoff during a displacement of 1e-5 nm puts its force jump (erfc(βr_c)
+#: q_i q_j / r_c², ~0.06 kJ/mol/nm at PME's default tolerance) over 2e-5 nm into the product: thousands of
+#: kJ/mol/nm². The products' model therefore tightens the Ewald tolerance (the jump ∝ erfc(βr_c)) and
+#: switches Lennard-Jones off over the last 0.1 nm before the cutoff.
+SMOOTH_EWALD_TOLERANCE, SWITCH_WIDTH = 1e-7, 0.1
 ENVIRONMENT_MODELS = ("mm", "qmmm")
 
 
@@ -67,8 +72,11 @@ def active_atoms(qmmm, positions: np.ndarray, extra_radius: float = 0.0) -> np.n
 
 
 def environment_atoms(qmmm, positions: np.ndarray, active: np.ndarray, radius: float) -> np.ndarray:
-    """Atoms within ``radius`` nm of a QM atom that are not ``active``."""
-    return np.setdiff1d(_within(qmmm, positions, radius), active)
+    """Atoms of every residue with an atom within ``radius`` nm of a QM atom, less the ``active`` ones
+    (whole residues: a water is not split between moving and frozen)."""
+    residue = np.array([atom.residue.index for atom in qmmm.topology.atoms()])
+    near = np.isin(residue, residue[_within(qmmm, positions, radius)])
+    return np.setdiff1d(np.flatnonzero(near), active)
 
 
 def _within(qmmm, positions: np.ndarray, radius: float) -> np.ndarray:
@@ -175,6 +183,13 @@ def _environment_forces(qmmm, charges: np.ndarray, environment: np.ndarray, box,
     """x ↦ forces (N, 3) of the MM model with the QM region as fixed ``charges`` (the microiterations' model)."""
     frozen = np.setdiff1d(np.arange(qmmm.system.getNumParticles()), environment)
     system = environment_system(qmmm, charges, frozen)
+    for force in system.getForces():
+        if isinstance(force, openmm.NonbondedForce) and force.getNonbondedMethod() in (openmm.NonbondedForce.PME,
+                                                                                      openmm.NonbondedForce.Ewald):
+            force.setEwaldErrorTolerance(min(force.getEwaldErrorTolerance(), SMOOTH_EWALD_TOLERANCE))
+            if not force.getUseSwitchingFunction():
+                force.setUseSwitchingFunction(True)
+                force.setSwitchingDistance(force.getCutoffDistance().value_in_unit(unit.nanometer) - SWITCH_WIDTH)
     properties = {"Precision": "double"} if platform in ("CUDA", "OpenCL") else {}
     context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform),
                              properties)

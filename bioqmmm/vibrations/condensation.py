@@ -10,15 +10,17 @@ X = H_EE⁻¹ H_EA is a linear solve by MINRES (Paige & Saunders 1975; symmetric
 that needs only products H_EE v, here differences of environment forces, so memory stays O(3n_E) beyond
 the small blocks of the preconditioner: H_EE is stiff inside molecules and soft between them (condition
 numbers ~10⁴–10⁵ for water), which inexact products cannot survive, so MINRES is preconditioned by the
-inverse of its block diagonal, one block per molecule (residue), all found together from 6·(atoms of the
-largest residue) force differences by displacing the same atom of every residue at once
-(Curtis–Powell–Reid probing; the cross terms left in a block only weaken the preconditioner).
+inverse of its block diagonal, one block per molecule (residue), found together by displacing the same
+atom of every residue of one colour at once (Curtis–Powell–Reid probing), residues of one colour being
+at least ``PROBE_SEPARATION`` apart: 6·(atoms of the largest residue)·(colours) force differences. The
+weak cross terms left in a block only weaken the preconditioner; bonded neighbours never share a colour.
 The partial Hessian (PHVA; Li & Jensen, Theor. Chem. Acc. 107, 211 (2002)) is H_AA alone (an
 infinitely heavy environment). Units: kJ/mol/nm².
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,6 +48,19 @@ class Condensation:
 
 #: Eigenvalues of a preconditioner block are floored at this fraction of the largest magnitude.
 BLOCK_FLOOR = 1e-4
+#: Residues closer than this (nm, nearest atoms) are probed separately.
+PROBE_SEPARATION = 0.6
+
+
+def probe_colours(positions: np.ndarray, groups: list[np.ndarray], separation: float = PROBE_SEPARATION) -> list[int]:
+    """Greedy colouring of ``groups`` (atom index arrays into ``positions``) so that groups of one colour are
+    at least ``separation`` nm apart (nearest atoms)."""
+    colours: list[int] = []
+    for i, group in enumerate(groups):
+        taken = {colours[j] for j in range(i)
+                 if np.min(np.linalg.norm(positions[group][:, None] - positions[groups[j]][None], axis=2)) < separation}
+        colours.append(next(c for c in range(len(groups)) if c not in taken))
+    return colours
 
 
 def block_preconditioner(forces_on: Callable[[np.ndarray], np.ndarray], positions: np.ndarray, atoms,
@@ -56,9 +71,12 @@ def block_preconditioner(forces_on: Callable[[np.ndarray], np.ndarray], position
     ``BLOCK_FLOOR`` of its largest) so that B⁻¹ is a valid MINRES preconditioner."""
     x0, atoms = np.array(positions, dtype=float), np.asarray(atoms, dtype=int)
     blocks = [np.zeros((3 * len(g), 3 * len(g))) for g in groups]
+    colours = probe_colours(x0, [atoms[g] for g in groups])
     calls = 0
-    for k in range(max(len(g) for g in groups)):
-        members = [(i, atoms[g]) for i, g in enumerate(groups) if len(g) > k]
+    for colour, k in itertools.product(sorted(set(colours)), range(max(len(g) for g in groups))):
+        members = [(i, atoms[g]) for i, g in enumerate(groups) if len(g) > k and colours[i] == colour]
+        if not members:
+            continue
         for axis in range(3):
             shifted = []
             for sign in (1, -1):

@@ -1,0 +1,152 @@
+"""``protocol: ts`` in a protocol file: a transition state inside its environment, its modes and its IRC.
+
+1. The guess: the system's structure, ``start`` (a structure file), or the ``midpoint`` of the QM atoms
+   of the system's structure (reactant) and ``product``.
+2. Microiterative eigenvector following with the environment-condensed Hessian
+   (:mod:`bioqmmm.paths.solvated_ts`): QM atoms follow the transition mode, the flexible environment
+   within ``environment_radius_nm`` is relaxed after each step, the rest is frozen.
+3. Normal modes of the condensed Hessian at the saddle (one imaginary), then the IRC in both directions
+   (:mod:`bioqmmm.paths.irc`); each end is compared (QM-atom RMSD after superposition) with the reactant
+   and, when given, the product.
+4. Files: ``ts.pdb``, ``ts_modes.molden``, ``frequencies.csv``, ``irc.pdb`` (one model per point),
+   ``irc.csv``, ``irc.png``, ``result.json``/``summary.txt``.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from openmm import app
+
+from bioqmmm.errors import InputError
+from bioqmmm.paths.solvated_ts import SolvatedTS, refine_in_environment
+from bioqmmm.protocols.context import RunContext
+from bioqmmm.protocols.neb import read_endpoint
+from bioqmmm.protocols.registry import Protocol
+from bioqmmm.protocols.settings import Declared, FieldError, setting
+from bioqmmm.protocols.vibrations import write_modes
+from bioqmmm.results import new_figure, quantity, write_pdb_models, write_results
+from bioqmmm.vibrations.active import ENVIRONMENT_MODELS
+
+
+@dataclass(frozen=True)
+class TSSettings(Declared):
+    """Transition state with a relaxing environment, its frequencies and IRC (module docstring)."""
+
+    guess: Literal["start", "midpoint"] = setting("start", doc="the system's structure (or `start`), or the "
+                                                  "midpoint of its QM atoms and the product's")
+    start: str | None = setting(None, doc="guess structure (PDB/mmCIF: all atoms, or some residues)")
+    product: str | None = setting(None, doc="product structure: for the midpoint guess and to name the IRC ends")
+    environment_radius_nm: float = setting(0.5, doc="atoms this close to the QM region relax; the rest is frozen",
+                                           check="non_negative")
+    environment_hessian: Literal[ENVIRONMENT_MODELS] = setting(
+        "mm", doc="environment products: mm (fixed QM charges, MM cost) or qmmm (exact)")
+    fmax_kjmol_nm: float = setting(10.0, doc="converged below this force on a QM atom", check="positive")
+    max_steps: int = setting(100, doc="eigenvector-following steps at most", check="positive_int")
+    trust_nm: float = setting(0.003, doc="initial trust radius (largest move of one atom)", check="positive")
+    mm_tolerance_kjmol_nm: float = setting(0.5, doc="RMS force at which an environment relaxation stops",
+                                           check="positive")
+    irc: bool = setting(True, doc="follow the IRC from the saddle in both directions")
+    irc_step: float = setting(0.01, doc="IRC step in mass-weighted coordinates", unit="amu^½ nm", check="positive")
+    irc_max_steps: int = setting(60, doc="IRC steps per direction at most", check="positive_int")
+    irc_fmax_kjmol_nm: float = setting(20.0, doc="an IRC branch ends below this force (a minimum)",
+                                       check="positive")
+
+    def check(self) -> None:
+        if self.guess == "midpoint" and self.product is None:
+            raise FieldError("product", "the midpoint guess needs a product structure")
+        if self.guess == "midpoint" and self.start is not None:
+            raise FieldError("start", "give either a start structure or the midpoint guess")
+
+
+def kabsch_rmsd(a: np.ndarray, b: np.ndarray) -> float:
+    """RMSD (nm) of point sets ``a`` and ``b`` (n, 3) after optimal superposition (Kabsch)."""
+    p, q = a - a.mean(axis=0), b - b.mean(axis=0)
+    u, _, vt = np.linalg.svd(p.T @ q)
+    d = np.sign(np.linalg.det(u @ vt))
+    rotation = u @ np.diag([1, 1, d]) @ vt
+    return float(np.sqrt(((p @ rotation - q) ** 2).sum(axis=1).mean()))
+
+
+def run(context: RunContext, settings: TSSettings) -> dict:
+    """The ``ts`` protocol (serial)."""
+    qmmm, base, out = context.qmmm, context.base, context.output
+    topology, reactant = qmmm.topology, np.asarray(context.positions, dtype=float)
+    product = None if settings.product is None else read_endpoint(base / settings.product, topology, reactant)
+    qm = np.asarray(qmmm.qm_atoms, dtype=int)
+    start = reactant if settings.start is None else read_endpoint(base / settings.start, topology, reactant)
+    if settings.guess == "midpoint":
+        if np.allclose(reactant[qm], product[qm], atol=1e-6):
+            raise InputError(f"{settings.product}: its QM atoms are where the reactant's are: no midpoint to take")
+        start = reactant.copy()
+        start[qm] = 0.5 * (reactant[qm] + product[qm])
+    result = refine_in_environment(
+        qmmm, start, environment_radius=settings.environment_radius_nm,
+        environment_model=settings.environment_hessian, fmax=settings.fmax_kjmol_nm, max_steps=settings.max_steps,
+        trust=settings.trust_nm, mm_tolerance=settings.mm_tolerance_kjmol_nm, irc=settings.irc,
+        irc_step=settings.irc_step, irc_max_steps=settings.irc_max_steps, irc_fmax=settings.irc_fmax_kjmol_nm,
+        box=context.box, platform=context.platform,
+    )
+    figures = {**context.record, **_figures(result, qm, {"reactant": reactant, "product": product})}
+    files = _write(out, topology, context.box, result)
+    return write_results(out, "ts", {**figures, "files": sorted(files + ["result.json", "summary.txt"])})
+
+
+def _figures(result: SolvatedTS, qm: np.ndarray, references: dict[str, np.ndarray | None]) -> dict[str, Any]:
+    ts, modes = result.ts, result.analysis.modes
+    figures: dict[str, Any] = {
+        "converged": ts.converged,
+        "steps": ts.iterations,
+        "gradient_calls": ts.gradient_calls,
+        "max_force_qm": quantity(ts.max_force, "kJ/mol/nm"),
+        "max_force_environment": quantity(result.max_force_environment, "kJ/mol/nm"),
+        "environment_atoms": len(result.environment),
+        "ts_energy": quantity(ts.energy, "kJ/mol"),
+        "imaginary_frequencies": quantity(modes.imaginary.round(1).tolist(), "cm^-1 (negative = imaginary)"),
+        "lowest_real_frequencies": quantity(modes.frequencies[modes.frequencies > 0][:4].round(1).tolist(), "cm^-1"),
+        "hessian": {"method": "condensed", "qmmm_evaluations": result.analysis.hessian.qmmm_evaluations,
+                    "environment_products": result.analysis.hessian.environment_products},
+    }
+    if result.irc is not None:
+        irc = {"gradient_calls": result.irc.gradient_calls}
+        for name, branch in (("forward", result.irc.forward), ("backward", result.irc.backward)):
+            end = branch.positions[-1][qm]
+            rmsd = {label: kabsch_rmsd(end, x[qm]) for label, x in references.items() if x is not None}
+            irc[name] = {
+                "steps": len(branch.energies),
+                "reached_minimum": branch.reached_minimum,
+                "max_force": quantity(branch.max_force, "kJ/mol/nm"),
+                "energy_below_ts": quantity(result.irc.ts_energy - branch.energies[-1], "kJ/mol"),
+                "rmsd_to": {label: quantity(value, "nm") for label, value in rmsd.items()},
+                "ends_at": min(rmsd, key=rmsd.get),
+            }
+        figures["irc"] = irc
+    return figures
+
+
+def _write(out: Path, topology: app.Topology, box, result: SolvatedTS) -> list[str]:
+    files = write_modes(out, "ts", topology, result.ts.positions, result.analysis)
+    write_pdb_models(out / "ts.pdb", topology, [result.ts.positions], box)
+    files.append("ts.pdb")
+    if result.irc is None:
+        return files
+    arc, energies, positions = result.irc.path()
+    write_pdb_models(out / "irc.pdb", topology, positions, box)
+    with open(out / "irc.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["arc_amu_half_nm", "energy_kjmol_relative_to_ts"])
+        writer.writerows([[f"{s:.5f}", f"{e - result.irc.ts_energy:.4f}"] for s, e in zip(arc, energies, strict=True)])
+    fig, axis = new_figure()
+    axis.plot(arc, energies - result.irc.ts_energy, marker="o", markersize=3)
+    axis.set_xlabel("IRC arc length / amu$^{1/2}$ nm (backward < 0 < forward)")
+    axis.set_ylabel("E − E(TS) / kJ mol$^{-1}$")
+    fig.savefig(out / "irc.png", dpi=120)
+    return files + ["irc.pdb", "irc.csv", "irc.png"]
+
+
+PROTOCOL = Protocol("ts", "transition state in an environment: microiterative P-RFO, condensed-Hessian modes, IRC",
+                    TSSettings, run, length_keys=("max_steps", "irc_max_steps"))
