@@ -210,9 +210,10 @@ def test_mm_to_xtb_correction_flags_a_two_window_schedule_and_the_automatic_sche
     """The protocol end to end (MM → GFN2-xTB/MM for one water in TIP3P): λ = 0, 1 alone is reported NOT
     TRUSTED in result.json and summary.txt with the overlap that failed; with a window budget the schedule
     adds windows where the overlap was low, records them, and a rerun reuses every finished window."""
-    protocol = {"low": "mm", "lambdas": [0.0, 1.0], "samples": 40}
+    protocol = {"low": "mm", "lambdas": [0.0, 1.0], "samples": 20, "sample_interval": 5, "equilibration_steps": 50}
     config = yaml.safe_load(_region_file(tmp_path, "bad", protocol).read_text())
-    config["qm"]["atoms"] = "resid 0 102 55 158"  # four waters: too far from TIP3P for two windows
+    config["system"]["box_size_nm"] = 1.5
+    config["qm"]["atoms"] = "resid 0 31 32 33"  # four neighbouring waters: too far from TIP3P for two windows
     del config["protocol"]["low_region"]
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -140,11 +140,12 @@ def test_condensed_hessian_is_the_inverse_of_the_inverse_block_with_rigid_modes_
 
 @pytest.mark.slow
 def test_condensation_from_mm_force_difference_products_matches_the_explicit_schur_complement(water_in_waters):
-    """The route that scales (preconditioned MINRES on differences of environment forces, MM model in the
-    field of fixed QM charges) against the Schur complement with H_EE formed column by column from the same
-    forces; the MM environment is first relaxed in that field, as the vibrations protocol does."""
+    """The route that scales (preconditioned MINRES on five-point differences of single-precision environment
+    forces, MM model in the field of fixed QM charges) against the Schur complement with H_EE formed column
+    by column from double-precision central differences at a 1e-5 nm step; the MM environment is first
+    relaxed in that field, as the vibrations protocol does."""
     from bioqmmm.simulation.environment import qm_charges_on_atoms, relax_environment
-    from bioqmmm.vibrations.active import MM_PRODUCT_STEP, _environment_forces
+    from bioqmmm.vibrations.active import _environment_forces
 
     qmmm, x = water_in_waters
     environment = np.arange(3, len(x))
@@ -153,7 +154,7 @@ def test_condensation_from_mm_force_difference_products_matches_the_explicit_sch
     result = active_hessian(qmmm, x, [0, 1, 2], environment, method="condensed", environment_model="mm")
     qmmm.energy_and_forces(x)
     forces = _environment_forces(qmmm, qm_charges_on_atoms(qmmm), environment, None, "Reference")
-    product = hessian_vector_product(forces, x, environment, MM_PRODUCT_STEP)
+    product = hessian_vector_product(forces, x, environment, 1e-5)
     h_ee = np.array([product(column) for column in np.eye(3 * len(environment))]).T
     block = displacement_columns(qmmm.energy_and_forces, x, [0, 1, 2], np.arange(len(x))).block
     explicit = block[:9] - block[9:].T @ np.linalg.solve(0.5 * (h_ee + h_ee.T), block[9:])
@@ -302,3 +303,48 @@ def test_molden_file_lists_every_mode(tmp_path):
     assert text.count("vibration") == 6 and "[FR-COORD]" in text and "[FR-NORM-COORD]" in text
     listed = [float(v) for v in text.split("[FREQ]\n")[1].split("[FR-COORD]")[0].split()]
     assert np.allclose(listed, modes.frequencies, atol=1e-3)
+
+
+def test_vibrations_protocol_runs_the_three_routes_in_a_periodic_box_and_resumes(tmp_path, monkeypatch):
+    """The protocol end to end on a QM water in flexible TIP3P (PME): minimised, then partial, condensed and
+    full Hessians. Condensing subtracts H_AE H_EE⁻¹ H_EA ⪰ 0 from H_AA, so (Weyl) every condensed frequency
+    lies at or below the partial one of the same rank; the full Hessian has a mode per moving coordinate.
+    A rerun reads every Hessian back (QM calls: the optimiser's look at its stored point and one reference)."""
+    import json
+
+    import yaml
+
+    from bioqmmm.run.runner import run_protocol
+
+    config = {
+        "system": {"example": "water_box", "box_size_nm": 1.2, "nonbonded_cutoff_nm": 0.5, "constraints": "none"},
+        "qm": {"atoms": "resid 0", "charge": 0, "multiplicity": 1, "method": "hf", "basis": "sto-3g",
+               "options": {"conv_tol": 1e-11}},
+        "protocol": {"type": "vibrations", "hessians": ["partial", "condensed", "full"], "environment_radius_nm": 0.3,
+                     "fmax_kjmol_nm": 5.0},
+        "output": str(tmp_path / "out"),
+    }
+    path = tmp_path / "vibrations.yaml"
+    path.write_text(yaml.safe_dump(config))
+    record = run_protocol(path, progress=False)
+    partial = np.loadtxt(tmp_path / "out" / "frequencies_partial.csv", delimiter=",", skiprows=1)[:, 1]
+    condensed = np.loadtxt(tmp_path / "out" / "frequencies_condensed.csv", delimiter=",", skiprows=1)[:, 1]
+    full = np.loadtxt(tmp_path / "out" / "frequencies_full.csv", delimiter=",", skiprows=1)[:, 1]
+    assert len(partial) == len(condensed) == 9
+    assert len(full) == 9 + 3 * record["environment_atoms"] and record["environment_atoms"] >= 9
+    assert np.all(condensed <= partial + 0.5), (condensed, partial)
+    assert condensed[:6].sum() < partial[:6].sum() - 50  # the cage modes soften when the cage follows
+    assert record["full"]["qmmm_evaluations"] > record["condensed"]["qmmm_evaluations"] == 19
+    assert (tmp_path / "out" / "spectrum.png").stat().st_size > 0
+
+    calls = []
+    compute = PySCFEngine.compute
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return compute(self, *args, **kwargs)
+
+    monkeypatch.setattr(PySCFEngine, "compute", counted)
+    again = run_protocol(path, progress=False)
+    assert len(calls) <= 3
+    assert json.dumps(again["full"]["highest_frequencies"]) == json.dumps(record["full"]["highest_frequencies"])

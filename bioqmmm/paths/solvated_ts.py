@@ -33,23 +33,22 @@ from bioqmmm.vibrations.active import (
 class SolvatedTS:
     """``ts``: the refined saddle (frequencies from the condensed Hessian); ``analysis``: its normal modes;
     ``environment``: the relaxed atoms; ``max_force_environment``: the largest QM/MM force on them at the
-    saddle (they are relaxed on the fixed-charge model), kJ/mol/nm; ``irc``: both branches, or None."""
+    saddle (they are relaxed on the fixed-charge model), kJ/mol/nm."""
 
     ts: TSResult
     analysis: VibrationalAnalysis
     atoms: np.ndarray
     environment: np.ndarray
     max_force_environment: float
-    irc: IRCResult | None = None
 
 
 class Microiterations:
-    """Energy, forces and environment relaxation of ``qmmm`` for saddle atoms ``atoms`` and environment
-    ``environment``; remembers the QM charges of the last evaluation for the next relaxation."""
+    """Energy, forces and relaxation of the flexible ``environment`` of ``qmmm`` (every other non-QM atom
+    frozen); remembers the QM charges of the last evaluation for the next relaxation."""
 
-    def __init__(self, qmmm, atoms: np.ndarray, environment: np.ndarray, *, box=None, platform: str = "CPU",
+    def __init__(self, qmmm, environment: np.ndarray, *, box=None, platform: str = "CPU",
                  mm_tolerance: float = 0.5) -> None:
-        self.qmmm, self.atoms, self.environment = qmmm, atoms, environment
+        self.qmmm, self.environment = qmmm, environment
         self.box, self.platform, self.mm_tolerance = box, platform, mm_tolerance
         self.frozen = np.setdiff1d(np.arange(qmmm.system.getNumParticles()), environment)
         self.charges: np.ndarray | None = None
@@ -73,38 +72,43 @@ class Microiterations:
 def refine_in_environment(qmmm, positions: np.ndarray, *, environment_radius: float = 0.5,
                           environment_model: str = "mm", direction: np.ndarray | None = None, fmax: float = 10.0,
                           max_steps: int = 100, trust: float = 0.003, mm_tolerance: float = 0.5,
-                          irc: bool = True, irc_step: float = 0.01, irc_max_steps: int = 60, irc_fmax: float = 20.0,
                           masses: dict[int, float] | None = None, box=None, platform: str = "CPU",
-                          comm=None) -> SolvatedTS:
+                          comm=None, report=None) -> SolvatedTS:
     """Saddle of the QM region of ``qmmm`` near ``positions`` (nm) with a relaxing environment (module
-    docstring); ``direction`` (n_QM, 3) picks the mode to follow (default: the lowest). ``irc``: then both
-    IRC branches, steps of ``irc_step`` amu^½ nm."""
+    docstring); ``direction`` (n_QM, 3) picks the mode to follow (default: the lowest). ``report``: progress
+    callback of :func:`~bioqmmm.paths.tsopt.refine_transition_state`. Follow with :func:`irc_in_environment`."""
     atoms = np.asarray(qmmm.qm_atoms, dtype=int)
     environment = environment_atoms(qmmm, positions, atoms, environment_radius)
     check_unconstrained(qmmm.system, np.union1d(atoms, environment))
-    micro = Microiterations(qmmm, atoms, environment, box=box, platform=platform, mm_tolerance=mm_tolerance)
+    micro = Microiterations(qmmm, environment, box=box, platform=platform, mm_tolerance=mm_tolerance)
     atom_masses = monoisotopic_masses(qmmm.topology, atoms, masses)
-
-    def condensed(x: np.ndarray):
-        return active_hessian(qmmm, x, atoms, environment, method="condensed", environment_model=environment_model,
-                              box=box, comm=comm)
-
     final: dict = {}
 
     def hessian(x: np.ndarray) -> np.ndarray:
-        final["hessian"] = condensed(x)
+        final["hessian"] = active_hessian(qmmm, x, atoms, environment, method="condensed",
+                                          environment_model=environment_model, box=box, comm=comm)
         return final["hessian"].hessian
 
+    free = box is None and len(atoms) == qmmm.system.getNumParticles()  # a free molecule: no rigid-body steps
     ts = refine_transition_state(micro.evaluate, positions, atoms, atom_masses, direction=direction, fmax=fmax,
-                                 max_steps=max_steps, trust=trust, comm=comm, hessian=hessian, relax=micro.relax)
+                                 whole_system=free, max_steps=max_steps, trust=trust, comm=comm, hessian=hessian,
+                                 relax=micro.relax, report=report)
     analysis = analyse(qmmm, ts.positions, final["hessian"], masses=masses)
     _, forces = micro.evaluate(ts.positions)
     env_force = float(np.linalg.norm(forces[environment], axis=1).max()) if len(environment) else 0.0
-    path = None
-    if irc:
-        mode = analysis.modes.modes[0] if analysis.modes.frequencies[0] < 0 else None
-        if mode is not None:
-            path = intrinsic_reaction_coordinate(micro.evaluate, ts.positions, atoms, atom_masses, mode,
-                                                 step=irc_step, max_steps=irc_max_steps, fmax=irc_fmax,
-                                                 relax=micro.relax)
-    return SolvatedTS(ts, analysis, atoms, environment, env_force, path)
+    return SolvatedTS(ts, analysis, atoms, environment, env_force)
+
+
+def irc_in_environment(qmmm, saddle: SolvatedTS, *, step: float = 0.01, max_steps: int = 60, fmax: float = 20.0,
+                       mm_tolerance: float = 0.5, masses: dict[int, float] | None = None, box=None,
+                       platform: str = "CPU", report=None) -> IRCResult | None:
+    """Both IRC branches (steps of ``step`` amu^½ nm) from ``saddle`` along its imaginary mode, the environment
+    relaxed after each step; None when the saddle has no imaginary mode. ``report``: progress callback of
+    :func:`~bioqmmm.paths.irc.intrinsic_reaction_coordinate`."""
+    modes = saddle.analysis.modes
+    if modes.frequencies[0] >= 0:
+        return None
+    micro = Microiterations(qmmm, saddle.environment, box=box, platform=platform, mm_tolerance=mm_tolerance)
+    return intrinsic_reaction_coordinate(micro.evaluate, saddle.ts.positions, saddle.atoms,
+                                         monoisotopic_masses(qmmm.topology, saddle.atoms, masses), modes.modes[0],
+                                         step=step, max_steps=max_steps, fmax=fmax, relax=micro.relax, report=report)

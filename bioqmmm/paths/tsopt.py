@@ -124,6 +124,7 @@ def refine_transition_state(
     comm=None,
     hessian: Callable[[np.ndarray], np.ndarray] | None = None,
     relax: Callable[[np.ndarray], np.ndarray] | None = None,
+    report: Callable[[int, float, float], None] | None = None,
 ) -> TSResult:
     """Saddle point of ``evaluate`` (positions → energy, forces) near ``positions``, moving ``atoms``.
 
@@ -137,6 +138,7 @@ def refine_transition_state(
     the saddle of E(x_A, x_E*(x_A)), whose Hessian is the condensed one. ``hessian(x)``: the Hessian
     (3n, 3n) of ``atoms`` at the start and for the final frequencies (default: central differences of
     ``evaluate`` with the environment fixed; with ``relax``, pass the condensed Hessian).
+    ``report(iteration, energy, largest force)`` is called on rank 0 before each step.
     """
     comm = comm or SerialComm()
     calls = 0
@@ -161,6 +163,8 @@ def refine_transition_state(
     for iteration in range(max_steps + 1):
         gradient = -forces[atoms].ravel()
         largest = float(np.linalg.norm(forces[atoms], axis=1).max())
+        if report is not None and comm.rank == 0:
+            report(iteration, float(energy), largest)
         if largest < fmax:
             converged = True
             break

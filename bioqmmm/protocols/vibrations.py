@@ -9,6 +9,8 @@
    (``isotopes`` override masses), IR intensities and quasi-RRHO thermochemistry.
 3. Files per method: ``frequencies_<method>.csv``, ``modes_<method>.molden`` (Molden/Jmol/Avogadro);
    ``spectrum.png`` (the methods' IR spectra, Lorentzian-broadened), ``optimized.pdb``, ``result.json``.
+
+A rerun resumes: the minimisation from its checkpoint, each Hessian from ``hessian_<method>.pkl``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from bioqmmm.protocols.registry import Protocol
 from bioqmmm.protocols.settings import Declared, FieldError, setting
 from bioqmmm.region.selection import resolve_qm_atoms
 from bioqmmm.results import new_figure, quantity, write_pdb_models, write_results
+from bioqmmm.simulation.checkpoint import staged
 from bioqmmm.simulation.environment import qm_charges_on_atoms, relax_environment
 from bioqmmm.vibrations.active import (
     ENVIRONMENT_MODELS,
@@ -122,8 +125,9 @@ def run(context: RunContext, settings: VibrationsSettings) -> dict:
     files = ["optimized.pdb"]
     analyses: dict[str, VibrationalAnalysis] = {}
     for method in settings.hessians:
-        hessian = active_hessian(qmmm, positions, atoms, environment, method=method,
-                                 environment_model=settings.environment_hessian, box=box)
+        hessian = staged(out / f"hessian_{method}.pkl", context.identity, lambda method=method: active_hessian(
+            qmmm, positions, atoms, environment, method=method, environment_model=settings.environment_hessian,
+            box=box))
         analyses[method] = analyse(qmmm, positions, hessian, masses=masses, temperature=settings.temperature_k,
                                    quasi_harmonic_cutoff=settings.quasi_harmonic_cutoff)
         figures[method] = method_figures(analyses[method])
@@ -166,7 +170,7 @@ def write_modes(out: Path, name: str, topology: app.Topology, positions: np.ndar
 
 
 def _plot_spectra(path: Path, analyses: dict[str, VibrationalAnalysis]) -> None:
-    fig, axis = new_figure()
+    fig, (axis,) = new_figure()
     top = max(float(a.modes.frequencies.max()) for a in analyses.values()) + 200
     grid = np.linspace(0, top, 4000)
     for method, analysis in analyses.items():

@@ -37,6 +37,10 @@ MIN_OVERLAP = 0.03
 NO_OVERLAP = 1e-6
 #: MBAR self-consistency tolerance (relative), tight enough for 1e-8 k_BT agreement with BAR.
 MBAR_TOLERANCE = 1e-12
+#: Iteration cap of the adaptive MBAR solver. Newton steps converge connected states in tens of
+#: iterations; states without overlap never meet pymbar's SC/Newton agreement test, and the cap stops
+#: the search there (pymbar then returns its smallest-gradient solution, which the overlap checks flag).
+MBAR_MAX_ITERATIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -208,7 +212,7 @@ def reweight(
 def solve_mbar(u_kn: np.ndarray, n_k: np.ndarray, initial_f_k: np.ndarray | None = None):
     """MBAR solved by pymbar's adaptive Newton/self-consistent iteration to :data:`MBAR_TOLERANCE`, from
     ``initial_f_k`` (reduced free energies) when given."""
-    solver = ({"method": "adaptive", "options": {"min_sc_iter": 0, "maxiter": 100000}},)
+    solver = ({"method": "adaptive", "options": {"min_sc_iter": 0, "maxiter": MBAR_MAX_ITERATIONS}},)
     return quiet_pymbar().MBAR(u_kn, n_k, relative_tolerance=MBAR_TOLERANCE, solver_protocol=solver,
                                initial_f_k=initial_f_k)
 

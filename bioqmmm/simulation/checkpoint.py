@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import openmm
 
 from bioqmmm.errors import InputError
+from bioqmmm.simulation.identity import require_same_run
 
 FORMAT_VERSION = 1
 
@@ -47,6 +50,28 @@ def save_arrays(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     _fsync_directory(path.parent)
+
+
+Result = TypeVar("Result")
+
+
+def staged(path: str | Path, identity: str, compute: Callable[[], Result]) -> Result:
+    """The result of one stage of a run: read from ``path`` when this run (``identity``) stored it there,
+    else ``compute()``, stored atomically (pickled with the identity; a file of another run is refused)."""
+    path = Path(path)
+    if path.exists():
+        with open(path, "rb") as handle:
+            stored_identity, result = pickle.load(handle)
+        require_same_run(stored_identity, identity, path.parent, what=f"stage file {path.name}")
+        return result
+    result = compute()
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        pickle.dump((identity, result), handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return result
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

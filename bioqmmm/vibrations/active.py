@@ -31,22 +31,25 @@ from openmm import unit
 from pyscf.data.elements import COMMON_ISOTOPE_MASSES
 
 from bioqmmm.errors import InputError
-from bioqmmm.simulation.environment import environment_system, qm_charges_on_atoms
+from bioqmmm.simulation.environment import environment_system, mm_context, qm_charges_on_atoms
 from bioqmmm.vibrations.analysis import NormalModes, normal_modes
 from bioqmmm.vibrations.condensation import block_preconditioner, condense
 from bioqmmm.vibrations.hessian import HESSIAN_STEP, displacement_columns, hessian_vector_product, symmetrised
 from bioqmmm.vibrations.thermo import QRRHO_CUTOFF, Thermochemistry, vibrational_thermochemistry
 
 METHODS = ("condensed", "partial", "full")
-#: Displacement (nm) of the MM environment products, in double precision: at the QM step (5e-4 nm) the
-#: curvature of a stiff bond turning leaves errors of ~(h/r)² · 5·10⁵ ≈ 20 kJ/mol/nm², as large as the
-#: softest intermolecular curvatures; MM forces carry no SCF noise, so the step can be 50 times smaller.
-MM_PRODUCT_STEP = 1e-5
-#: A pair crossing the real-space cutoff during a displacement of 1e-5 nm puts its force jump (erfc(βr_c)
-#: q_i q_j / r_c², ~0.06 kJ/mol/nm at PME's default tolerance) over 2e-5 nm into the product: thousands of
-#: kJ/mol/nm². The products' model therefore tightens the Ewald tolerance (the jump ∝ erfc(βr_c)) and
-#: switches Lennard-Jones off over the last 0.1 nm before the cutoff.
-SMOOTH_EWALD_TOLERANCE, SWITCH_WIDTH = 1e-7, 0.1
+#: The MM environment products H_EE v: five-point differences (error O(h⁴)) of the MM forces with a
+#: largest displacement of 2e-3 nm. A two-point difference needs a step small enough that the curvature
+#: of a stiff bond turning ((h/r)² · 5·10⁵ kJ/mol/nm²) stays below the softest intermolecular curvatures,
+#: and at such a step the single-precision forces of OpenMM's CPU platform are noise; with the five-point
+#: stencil the products agree with double-precision two-point products at 1e-5 nm to ~1e-5 (relative)
+#: on the CPU platform, at a tenth of the cost.
+MM_PRODUCT_STEP, MM_PRODUCT_ORDER = 2e-3, 4
+#: A pair crossing the real-space cutoff during a displacement puts its force jump (erfc(βr_c) q_i q_j / r_c²,
+#: ~0.06 kJ/mol/nm at PME's default tolerance 5e-4) into the product. The products' model therefore
+#: tightens the Ewald tolerance (the jump ∝ erfc(βr_c)) and switches Lennard-Jones off over the last 0.1 nm
+#: before the cutoff.
+SMOOTH_EWALD_TOLERANCE, SWITCH_WIDTH = 1e-5, 0.1
 ENVIRONMENT_MODELS = ("mm", "qmmm")
 
 
@@ -74,9 +77,14 @@ def active_atoms(qmmm, positions: np.ndarray, extra_radius: float = 0.0) -> np.n
 def environment_atoms(qmmm, positions: np.ndarray, active: np.ndarray, radius: float) -> np.ndarray:
     """Atoms of every residue with an atom within ``radius`` nm of a QM atom, less the ``active`` ones
     (whole residues: a water is not split between moving and frozen)."""
-    residue = np.array([atom.residue.index for atom in qmmm.topology.atoms()])
+    residue = residue_indices(qmmm.topology)
     near = np.isin(residue, residue[_within(qmmm, positions, radius)])
     return np.setdiff1d(np.flatnonzero(near), active)
+
+
+def residue_indices(topology) -> np.ndarray:
+    """Residue index of every atom of ``topology``."""
+    return np.array([atom.residue.index for atom in topology.atoms()])
 
 
 def _within(qmmm, positions: np.ndarray, radius: float) -> np.ndarray:
@@ -118,13 +126,12 @@ class ActiveHessian:
 
 def active_hessian(qmmm, positions: np.ndarray, atoms, environment=(), *, method: str = "condensed",
                    environment_model: str = "mm", box: np.ndarray | None = None, step: float = HESSIAN_STEP,
-                   comm=None, environment_platform: str = "Reference") -> ActiveHessian:
+                   comm=None, environment_platform: str = "CPU") -> ActiveHessian:
     """Hessian of the active ``atoms`` of ``qmmm`` at ``positions`` (nm) with the flexible ``environment``
     condensed onto them, ignored (partial) or included (full); see the module docstring.
 
-    ``environment_platform``: OpenMM platform of the MM environment products; differences of forces need
-    them in double precision (the CPU platform's single-precision forces leave relative errors of 1e-2 in
-    soft intermolecular curvatures at a 5e-4 nm step): Reference, or CUDA/OpenCL set to double."""
+    ``environment_platform``: OpenMM platform of the MM environment products.
+    """
     if method not in METHODS:
         raise InputError(f"unknown Hessian method {method!r}: choose one of {', '.join(METHODS)}")
     if environment_model not in ENVIRONMENT_MODELS:
@@ -149,20 +156,20 @@ def active_hessian(qmmm, positions: np.ndarray, atoms, environment=(), *, method
 
     evaluate(x0)
     observe = dipole if qmmm.last_qm.qm.dipole is not None else None
-    charges = qm_charges_on_atoms(qmmm)
+    charges = qm_charges_on_atoms(qmmm) if method == "condensed" and environment_model == "mm" else None
     displaced = moving if method == "full" else atoms
     rows = moving if method == "condensed" else displaced
     columns = displacement_columns(evaluate, x0, displaced, rows, step=step, comm=comm, observe=observe)
     products = 0
     block = columns.block
-    if method == "condensed":
+    if method == "condensed" and len(environment):
         forces_on = _environment_forces(qmmm, charges, environment, box, environment_platform) \
             if environment_model == "mm" else (lambda x: evaluate(x)[1])
         n = 3 * len(atoms)
         groups = _residue_groups(qmmm.topology, environment)
-        small = MM_PRODUCT_STEP if environment_model == "mm" else step
+        small, order = (MM_PRODUCT_STEP, MM_PRODUCT_ORDER) if environment_model == "mm" else (step, 2)
         preconditioner, probes = block_preconditioner(forces_on, x0, environment, groups, small)
-        condensed = condense(block[:n], block[n:], hessian_vector_product(forces_on, x0, environment, small),
+        condensed = condense(block[:n], block[n:], hessian_vector_product(forces_on, x0, environment, small, order),
                              preconditioner=preconditioner)
         hessian, products = condensed.hessian, condensed.products + probes
     else:
@@ -174,7 +181,7 @@ def active_hessian(qmmm, positions: np.ndarray, atoms, environment=(), *, method
 
 def _residue_groups(topology, environment: np.ndarray) -> list[np.ndarray]:
     """Positions within ``environment`` (0..n_E−1) of the atoms of each residue, in environment order."""
-    residue = np.array([atom.residue.index for atom in topology.atoms()])[environment]
+    residue = residue_indices(topology)[environment]
     _, first = np.unique(residue, return_index=True)
     return [np.flatnonzero(residue == residue[i]) for i in np.sort(first)]
 
@@ -190,9 +197,7 @@ def _environment_forces(qmmm, charges: np.ndarray, environment: np.ndarray, box,
             if not force.getUseSwitchingFunction():
                 force.setUseSwitchingFunction(True)
                 force.setSwitchingDistance(force.getCutoffDistance().value_in_unit(unit.nanometer) - SWITCH_WIDTH)
-    properties = {"Precision": "double"} if platform in ("CUDA", "OpenCL") else {}
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform),
-                             properties)
+    context = mm_context(system, platform)
     if box is not None:
         context.setPeriodicBoxVectors(*box)
 
