@@ -31,6 +31,7 @@ BENCHMARKS = {
     "fep_cost": ["--window-samples", "30", "--figures", "docs/figures/fep"],
     "adaptive_nve": ["--ps", "2", "--figures", "docs/figures/adaptive"],
     "adaptive_two_models": ["--ps", "100", "--figures", "docs/figures/adaptive"],
+    "hessian_routes": ["--figures", "docs/figures/vibrations"],
 }
 
 HEADER = """\

@@ -5,15 +5,17 @@
 2. Microiterative eigenvector following with the environment-condensed Hessian
    (:mod:`bioqmmm.paths.solvated_ts`): QM atoms follow the transition mode, the flexible environment
    within ``environment_radius_nm`` is relaxed after each step, the rest is frozen.
-3. Normal modes of the condensed Hessian at the saddle (one imaginary), then the IRC in both directions
-   (:mod:`bioqmmm.paths.irc`). Steepest descent slows to a crawl near a minimum, so each IRC end is then
-   minimised (:mod:`bioqmmm.protocols.optimize`, microiterations, the same atoms free) and the minimum is
-   compared (QM-atom RMSD after superposition) with the reactant and, when given, the product.
+3. Normal modes of the condensed Hessian at the saddle (one imaginary); if the search converged, the
+   IRC in both directions (:mod:`bioqmmm.paths.irc`). Steepest descent slows to a crawl near a minimum,
+   so each IRC end is then minimised (:mod:`bioqmmm.protocols.optimize`, microiterations, the same
+   atoms free) and the minimum is compared (QM-atom RMSD after superposition) with the reactant and,
+   when given, the product.
 4. Files: ``ts.pdb``, ``modes_ts.molden``, ``frequencies_ts.csv``, ``irc.pdb`` (one model per point),
    ``irc.csv``, ``irc.png``, ``irc_forward_minimum/``, ``irc_backward_minimum/``, ``result.json``/``summary.txt``.
 
 A rerun resumes: the saddle and the IRC are kept in ``ts_stage.pkl``/``irc_stage.pkl`` (with the run's
-identity) and the end minimisations checkpoint as the ``optimize`` protocol does.
+identity; an unconverged search is continued from its last point, with ``max_steps`` more steps) and the end
+minimisations checkpoint as the ``optimize`` protocol does.
 """
 
 from __future__ import annotations
@@ -104,14 +106,26 @@ def run(context: RunContext, settings: TSSettings) -> dict:
             bar.total, bar.n = settings.irc_max_steps, point
             bar.set_postfix(energy=f"{energy:.2f}", fmax=f"{largest:.1f}")
 
-        saddle = staged(out / "ts_stage.pkl", context.identity, lambda: refine_in_environment(
-            qmmm, start, environment_radius=settings.environment_radius_nm,
-            environment_model=settings.environment_hessian, fmax=settings.fmax_kjmol_nm, max_steps=settings.max_steps,
-            trust=settings.trust_nm, mm_tolerance=settings.mm_tolerance_kjmol_nm, box=box, platform=context.platform,
-            report=report))
-        irc = None if not settings.irc else staged(out / "irc_stage.pkl", context.identity, lambda: irc_in_environment(
-            qmmm, saddle, step=settings.irc_step, max_steps=settings.irc_max_steps, fmax=settings.irc_fmax_kjmol_nm,
-            mm_tolerance=settings.mm_tolerance_kjmol_nm, box=box, platform=context.platform, report=irc_report))
+        def search(x: np.ndarray) -> SolvatedTS:
+            return refine_in_environment(
+                qmmm, x, environment_radius=settings.environment_radius_nm,
+                environment_model=settings.environment_hessian, fmax=settings.fmax_kjmol_nm,
+                max_steps=settings.max_steps, trust=settings.trust_nm, mm_tolerance=settings.mm_tolerance_kjmol_nm,
+                box=box, platform=context.platform, report=report)
+
+        stage = out / "ts_stage.pkl"
+        resumed = stage.exists()
+        saddle = staged(stage, context.identity, lambda: search(start))
+        if resumed and not saddle.ts.converged:  # a rerun continues an unconverged search where it stopped
+            stage.unlink()
+            last = saddle.ts.positions
+            saddle = staged(stage, context.identity, lambda: search(last))
+        irc = None
+        if settings.irc and saddle.ts.converged:
+            irc = staged(out / "irc_stage.pkl", context.identity, lambda: irc_in_environment(
+                qmmm, saddle, step=settings.irc_step, max_steps=settings.irc_max_steps,
+                fmax=settings.irc_fmax_kjmol_nm, mm_tolerance=settings.mm_tolerance_kjmol_nm, box=box,
+                platform=context.platform, report=irc_report))
     ends = {} if irc is None else {
         name: run_optimization(
             qmmm, branch.positions[-1],

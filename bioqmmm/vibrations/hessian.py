@@ -93,25 +93,27 @@ def finite_difference_hessian(evaluate: Evaluate, positions: np.ndarray, atoms, 
 
 
 def hessian_vector_product(forces_on: Callable[[np.ndarray], np.ndarray], positions: np.ndarray, atoms,
-                           step: float = HESSIAN_STEP, order: int = 2) -> Callable[[np.ndarray], np.ndarray]:
-    """v ↦ H v for the block of ``atoms`` (v of length 3n): difference of ``forces_on(x)`` (forces (N, 3)
-    kJ/mol/nm) along v/|v| with a largest atom displacement of ``step`` nm; ``order`` 2: central,
-    −[F(h) − F(−h)]/2h (2 force calls), 4: five-point, −[8F(h) − 8F(−h) − F(2h) + F(−2h)]/12h (4 calls)."""
+                           step: float = HESSIAN_STEP, order: int = 2, rows=None) -> Callable[[np.ndarray], np.ndarray]:
+    """v ↦ H v for the block of ``atoms`` (v of length 3n; the rows of ``rows`` atoms, default ``atoms``):
+    difference of ``forces_on(x)`` (forces (N, 3) kJ/mol/nm) along v/|v| with a largest atom displacement of
+    ``step`` nm; ``order`` 2: central, −[F(h) − F(−h)]/2h (2 force calls), 4: five-point,
+    −[8F(h) − 8F(−h) − F(2h) + F(−2h)]/12h (4 calls)."""
     atoms = np.asarray(atoms, dtype=int)
+    rows = atoms if rows is None else np.asarray(rows, dtype=int)
     stencil = {2: ((1, 0.5),), 4: ((1, 2 / 3), (2, -1 / 12))}[order]
 
     def product(v: np.ndarray) -> np.ndarray:
         v = np.asarray(v, dtype=float).ravel()
         size = np.linalg.norm(v.reshape(-1, 3), axis=1).max()
         if size == 0:
-            return np.zeros_like(v)
+            return np.zeros(3 * len(rows))
         direction = (v / size).reshape(-1, 3)
-        result = np.zeros_like(v)
+        result = np.zeros(3 * len(rows))
         for multiple, weight in stencil:
             plus, minus = np.array(positions, dtype=float), np.array(positions, dtype=float)
             plus[atoms] += multiple * step * direction
             minus[atoms] -= multiple * step * direction
-            result -= weight * (forces_on(plus)[atoms] - forces_on(minus)[atoms]).ravel()
+            result -= weight * (forces_on(plus)[rows] - forces_on(minus)[rows]).ravel()
         return result / step * size
 
     return product
