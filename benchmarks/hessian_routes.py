@@ -3,7 +3,7 @@
     python benchmarks/hessian_routes.py [--write docs/performance/hessian_routes.md]
                                         [--figures docs/figures/vibrations] [--work DIR]
 
-Runs protocols/vibrations.yaml (one QM water, HF/STO-3G, in flexible TIP3P; water within 0.4 nm flexible)
+Runs protocols/vibrations.yaml (one QM water, HF/STO-3G, in flexible TIP3P; the nearest water flexible)
 with ``hessians: [partial, condensed, full]``, then once more with the condensed route's environment
 products taken from full QM/MM forces (``environment_hessian: qmmm``, the exact Schur complement of the
 QM/MM Hessian). For each route: QM/MM force calls, environment products, wall seconds, and the seconds in
@@ -55,7 +55,8 @@ def bare_pyscf_gradient_seconds(work: Path, repeats: int = 3) -> tuple[float, in
     shift = x[mm] - x[qm[0]]
     shift -= box * np.round(shift / box)
     mm_xyz = (x[qm[0]] + shift) * 10  # Å
-    symbols = [pdb.topology._atoms[i].element.symbol for i in qm]
+    elements = [atom.element.symbol for atom in pdb.topology.atoms()]
+    symbols = [elements[i] for i in qm]
     mol = gto.M(atom=[(s, xyz * 10) for s, xyz in zip(symbols, x[qm], strict=True)], basis="sto-3g", unit="Angstrom",
                 verbose=0)
     seconds = []
@@ -113,7 +114,7 @@ def main() -> None:
         f"PySCF {pyscf.__version__}.",
         "",
         f"`protocols/vibrations.yaml`: one QM water (HF/STO-3G) in flexible TIP3P (PME), "
-        f"{routes['environment_atoms']} flexible environment atoms within 0.4 nm, minimised first. Floor: "
+        f"{routes['environment_atoms']} flexible environment atoms, minimised first. Floor: "
         f"6 n_A = {6 * n_qm} bare PySCF energy+gradient calls of the QM water in the MM point charges, "
         f"{floor:.3f} s each ({floor_hessian:.1f} s). An environment product is one H_EE v (four MM force calls "
         "for the MM model, two QM/MM calls for the exact one).",

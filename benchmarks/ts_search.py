@@ -12,6 +12,7 @@ water) on the same microiterative surface: every energy/force request relaxes th
 at the same largest QM force (10 kJ/mol/nm). Counted: QM/MM energy-and-force calls up to convergence (the
 start Hessian's included), steps; then the condensed-Hessian frequencies at each saddle. Also runs
 ``protocols/ts.yaml`` as shipped (search, IRC, minimised ends) and copies its IRC plot to ``--figures``.
+Needs Sella (``pip install sella``; it brings JAX), which bioqmmm itself does not depend on.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def ours(path: Path) -> dict:
                                    max_steps=300, trust=settings.trust_nm, mm_tolerance=settings.mm_tolerance_kjmol_nm,
                                    box=box)
     seconds = time.perf_counter() - began
-    return {"converged": saddle.ts.converged, "steps": saddle.ts.iterations, "calls": saddle.ts.gradient_calls,
+    calls = saddle.ts.gradient_calls + saddle.analysis.hessian.qmmm_evaluations  # + the start Hessian's
+    return {"converged": saddle.ts.converged, "steps": saddle.ts.iterations, "calls": calls,
             "seconds": seconds, "frequencies": saddle.analysis.modes.frequencies, "positions": saddle.ts.positions,
             "energy": saddle.ts.energy}
 
@@ -100,7 +102,8 @@ def sella(path: Path, internal: bool) -> dict:
             state.update(x=x, calls=state["calls"] + 1, energy=energy)
             self.results = {"energy": energy / EV_KJMOL, "forces": forces[qm] / (10.0 * EV_KJMOL)}
 
-    symbols = [qmmm.topology._atoms[i].element.symbol for i in qm]
+    elements = [atom.element.symbol for atom in qmmm.topology.atoms()]
+    symbols = [elements[i] for i in qm]
     atoms = Atoms(symbols, positions=state["x"][qm] * 10.0, calculator=Microiterative())
     began = time.perf_counter()
     optimiser = Sella(atoms, order=1, internal=internal, logfile=None)

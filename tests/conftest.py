@@ -118,11 +118,15 @@ def shared_pdb(name: str) -> Path:
 
 def _protein_in_vacuum(name: str, variants: dict[str, str] | None = None, templates: dict[str, str] | None = None):
     """Crystal waters removed, hydrogens added at pH 7, Amber14 (+ ions), no cutoff: (top, system, pos nm)."""
+    from bioqmmm.preparation.completion import reproducible
+
     pdb = app.PDBFile(str(shared_pdb(name)))
     modeller = app.Modeller(pdb.topology, pdb.positions)
     modeller.deleteWater()
     variants = variants or {}
-    modeller.addHydrogens(pH=7.0, variants=[variants.get(f"{r.name}{r.id}") for r in modeller.topology.residues()])
+    with reproducible(0) as platform:  # seeded placement, deterministic relaxation: the same hydrogens every run
+        modeller.addHydrogens(pH=7.0, variants=[variants.get(f"{r.name}{r.id}") for r in modeller.topology.residues()],
+                              platform=platform)
     templates = templates or {}
     residue_templates = {r: templates[r.name] for r in modeller.topology.residues() if r.name in templates}
     ff = app.ForceField("amber14-all.xml", "amber14/tip3p.xml")

@@ -308,26 +308,18 @@ def test_molden_file_lists_every_mode(tmp_path):
 
 
 def test_vibrations_protocol_runs_the_three_routes_in_a_periodic_box_and_resumes(tmp_path, monkeypatch):
-    """The protocol end to end on a QM water in flexible TIP3P (PME): minimised, then partial, condensed and
-    full Hessians. Condensing subtracts H_AE H_EE⁻¹ H_EA ⪰ 0 from H_AA, so (Weyl) every condensed frequency
-    lies at or below the partial one of the same rank; the full Hessian has a mode per moving coordinate.
-    A rerun reads every Hessian back (a few QM calls around the final relaxation; one Hessian alone takes 19)."""
+    """The shipped protocols/vibrations.yaml (a QM water in flexible TIP3P, PME), with the full Hessian added:
+    minimised, then partial, condensed and full Hessians. Condensing subtracts H_AE H_EE⁻¹ H_EA ⪰ 0 from H_AA,
+    so (Weyl) every condensed frequency lies at or below the partial one of the same rank; the full Hessian has
+    a mode per moving coordinate. A rerun reads every Hessian back from its stage file (computing one would
+    fail here)."""
     import json
 
-    import yaml
+    from conftest import shipped_protocol
 
     from bioqmmm.run.runner import run_protocol
 
-    config = {
-        "system": {"example": "water_box", "box_size_nm": 1.2, "nonbonded_cutoff_nm": 0.5, "constraints": "none"},
-        "qm": {"atoms": "resid 0", "charge": 0, "multiplicity": 1, "method": "hf", "basis": "sto-3g",
-               "options": {"conv_tol": 1e-11}},
-        "protocol": {"type": "vibrations", "hessians": ["partial", "condensed", "full"], "environment_radius_nm": 0.3,
-                     "fmax_kjmol_nm": 5.0},
-        "output": str(tmp_path / "out"),
-    }
-    path = tmp_path / "vibrations.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = shipped_protocol(tmp_path, "vibrations.yaml", "out", hessians=["partial", "condensed", "full"])
     record = run_protocol(path, progress=False)
     partial = np.loadtxt(tmp_path / "out" / "frequencies_partial.csv", delimiter=",", skiprows=1)[:, 1]
     condensed = np.loadtxt(tmp_path / "out" / "frequencies_condensed.csv", delimiter=",", skiprows=1)[:, 1]
@@ -339,14 +331,11 @@ def test_vibrations_protocol_runs_the_three_routes_in_a_periodic_box_and_resumes
     assert record["full"]["qmmm_evaluations"] > record["condensed"]["qmmm_evaluations"] == 19
     assert (tmp_path / "out" / "spectrum.png").stat().st_size > 0
 
-    calls = []
-    compute = PySCFEngine.compute
+    import bioqmmm.protocols.vibrations as vibrations_protocol
 
-    def counted(self, *args, **kwargs):
-        calls.append(1)
-        return compute(self, *args, **kwargs)
+    def refuse(*args, **kwargs):
+        raise AssertionError("a rerun computed a Hessian instead of reading its stage file")
 
-    monkeypatch.setattr(PySCFEngine, "compute", counted)
+    monkeypatch.setattr(vibrations_protocol, "active_hessian", refuse)
     again = run_protocol(path, progress=False)
-    assert len(calls) <= 4
     assert json.dumps(again["full"]["highest_frequencies"]) == json.dumps(record["full"]["highest_frequencies"])
