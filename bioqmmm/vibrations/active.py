@@ -162,7 +162,8 @@ def active_hessian(qmmm, positions: np.ndarray, atoms, environment=(), *, method
     observe = dipole if qmmm.last_qm.qm.dipole is not None else None
     charges = qm_charges_on_atoms(qmmm) if method == "condensed" and environment_model == "mm" else None
     displaced = moving if method == "full" else atoms
-    rows = moving if method == "condensed" else displaced
+    exact_coupling = method == "condensed" and environment_model == "qmmm"
+    rows = moving if exact_coupling else displaced  # H_EA from these QM/MM calls only for the exact model
     columns = displacement_columns(evaluate, x0, displaced, rows, step=step, comm=comm, observe=observe)
     products = 0
     block = columns.block
@@ -173,8 +174,9 @@ def active_hessian(qmmm, positions: np.ndarray, atoms, environment=(), *, method
         groups = _residue_groups(qmmm.topology, environment)
         small, order = (MM_PRODUCT_STEP, MM_PRODUCT_ORDER) if environment_model == "mm" else (step, 2)
         preconditioner, probes = block_preconditioner(forces_on, x0, environment, groups, small)
-        coupling = block[n:]
-        if environment_model == "mm":  # H_EA of the environment's own model: the Schur complement of one Hessian
+        if exact_coupling:
+            coupling = block[n:]
+        else:  # H_EA of the environment's own model: the Schur complement of one Hessian
             coupling_product = hessian_vector_product(forces_on, x0, atoms, small, order, rows=environment)
             coupling = np.array([coupling_product(unit_vector) for unit_vector in np.eye(n)]).T
             probes += n
