@@ -106,3 +106,20 @@ def test_ts_rerun_resumes_from_its_stages(gas_ts, monkeypatch):
         assert after["ends_at"] == before["ends_at"]
         assert after["minimised"]["energy_below_ts"]["value"] == pytest.approx(
             before["minimised"]["energy_below_ts"]["value"], abs=1e-6)
+
+
+@pytest.mark.parametrize("protocol, message", [
+    ({"type": "ts", "guess": "midpoint"}, "the midpoint guess needs a product structure"),
+    ({"type": "ts", "guess": "midpoint", "product": "p.pdb", "start": "s.pdb"}, "give either a start structure"),
+    ({"type": "ts", "irc_step": -0.01}, "irc_step"),
+])
+def test_bad_ts_settings_are_named_before_anything_runs(tmp_path, protocol, message):
+    """Settings that cannot work are refused when the file is read, naming the key."""
+    from bioqmmm.errors import InputError
+    from bioqmmm.run.protocol import load_protocol
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"system": {"example": "formamide"}, "qm": {"atoms": "all", "charge": 0,
+                                    "multiplicity": 1, "method": "hf", "basis": "sto-3g"}, "protocol": protocol}))
+    with pytest.raises(InputError, match=message):
+        load_protocol(path)
