@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from bioqmmm import __version__
 from bioqmmm.errors import BioQMMMError
 from bioqmmm.parallel.comm import launcher_rank
-from bioqmmm.quickstart import DEFAULT_STEPS, format_summary, run_quickstart
+from bioqmmm.quickstart import DEFAULT_METHOD, DEFAULT_STEPS, NEXT_STEPS, format_summary, run_quickstart
 
 
 def _positive_int(text: str) -> int:
@@ -56,19 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     quickstart = subparsers.add_parser(
         "quickstart",
-        help="short QM/MM MD of alanine dipeptide in water (a minute or so on 2 cores)",
+        help="short QM/MM MD of alanine dipeptide in water (about a minute on 2 cores)",
         description=(
-            "Build alanine dipeptide in a cubic TIP3P box, treat the dipeptide with QM (HF/STO-3G by "
-            "default) and the water with amber14/TIP3P, relax the solvent with a short MM minimisation "
-            "and run a few 0.5 fs steps of QM/MM Langevin MD at 300 K. Writes topology.pdb, "
+            "Build alanine dipeptide in a cubic TIP3P box, treat the dipeptide with QM (GFN2-xTB by "
+            "default, or a PySCF method and basis) and the water with amber14/TIP3P, relax and thermalise "
+            "the solvent at MM cost and run 0.5 fs steps of QM/MM Langevin MD at 300 K. Writes topology.pdb, "
             "trajectory.dcd, energies.csv and energies.png into OUTDIR."
         ),
     )
     add = quickstart.add_argument
     add("-o", "--outdir", default="quickstart_out", help="output directory (default: %(default)s)")
     add("--steps", type=_positive_int, default=DEFAULT_STEPS, help="number of 0.5 fs MD steps (default: %(default)s)")
-    add("--method", default="hf", help="QM method: hf, uhf or a DFT functional PySCF knows (default: %(default)s)")
-    add("--basis", default="sto-3g", help="QM basis set (default: %(default)s)")
+    add("--method", default=DEFAULT_METHOD,
+        help="QM method: gfn2-xtb or gfn1-xtb (xtb), or hf, uhf or a DFT functional PySCF knows "
+             "(default: %(default)s)")
+    add("--basis", default="sto-3g", help="basis set of a PySCF method (default: %(default)s)")
     add("--box", type=_positive_float, default=2.7, metavar="NM", help="edge of the cubic water box, nm "
         "(default: %(default)s)")
     add("--threads", type=_positive_int, default=None, help="CPU threads for PySCF and OpenMM (default: their own)")
@@ -109,9 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     add = prepare.add_argument
-    add("structure", help="input .pdb/.ent/.cif/.mmcif file")
+    add("structure", help="input .pdb/.ent/.cif/.mmcif file, or a PDB id (1AKI and 2DSX are shipped; "
+                          "others are downloaded from the RCSB)")
     add("-o", "--output", required=True, metavar="DIR", help="output folder")
     add("--ph", type=float, default=7.0, help="pH for protonation states (default: %(default)s)")
+    add("--protonation", choices=("propka", "rules"), default="propka",
+        help="states from PROPKA 3 pKa values, or from fixed model pKa values (default: %(default)s)")
+    add("--state", action="append", default=[], metavar="RES=STATE",
+        help="protonation state that wins over any prediction, e.g. A:GLU35=GLH or A:HIS57=HIP; repeatable")
     add("--solvent", choices=("explicit", "implicit", "vacuum"), default="explicit", help="(default: %(default)s)")
     add("--forcefield", choices=("amber14", "charmm36"), default="amber14", help="(default: %(default)s)")
     add("--padding", type=_positive_float, default=1.0, metavar="NM", help="water padding, nm (default: %(default)s)")
@@ -157,6 +164,8 @@ def _prepare(args: argparse.Namespace) -> int:
     prepared = prepare(
         args.structure,
         ph=args.ph,
+        protonation=args.protonation,
+        states=_pairs(args.state, str, "--state"),
         solvent=args.solvent,
         forcefield=args.forcefield,
         padding_nm=args.padding,
@@ -190,7 +199,7 @@ def _quickstart(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
     )
-    print(format_summary(summary))
+    print(f"{format_summary(summary)}\n\n{NEXT_STEPS}")
     return 0
 
 

@@ -1,16 +1,17 @@
 """``bioqmmm quickstart``: a short QM/MM MD of solvated alanine dipeptide, end to end.
 
 Builds ACE-ALA-NME in a cubic TIP3P box (amber14), treats the dipeptide with a cheap QM
-level (HF/STO-3G by default) in the field of the water charges, relaxes the solvent with
-a short MM minimisation of the reference system, and runs a few steps of Langevin MD with
-a stock ``openmm.app.Simulation``. Everything it writes goes into one output directory:
+level (GFN2-xTB by default, or any PySCF method and basis) in the field of the water charges,
+relaxes and thermalises the solvent at MM cost, and runs Langevin MD at 300 K with a stock
+``openmm.app.Simulation``: a thousand 0.5 fs steps at GFN2-xTB/MM. Everything it writes goes into
+one output directory:
 
 ``topology.pdb``
     The MD start structure (step 0), with the periodic box.
 ``trajectory.dcd``
-    One frame per MD step, steps 1..N (``openmm.app.DCDReporter``).
+    One frame every ``report_every(N)`` steps (molecules whole, the dipeptide centred).
 ``energies.csv``
-    One row per MD step, steps 1..N, the same structures as the DCD frames
+    One row every ``report_every(N)`` steps, the same structures as the DCD frames
     (:class:`bioqmmm.simulation.reporters.QMMMReporter` columns: energies, temperature, SCF cycles, timings).
 ``energies.png``
     Energies relative to step 1, temperature and SCF cycles against time.
@@ -34,7 +35,7 @@ import numpy as np
 from bioqmmm.errors import InputError
 from bioqmmm.examples import alanine_dipeptide
 from bioqmmm.protocols.md import MDSettings, run_md
-from bioqmmm.qm import PySCFEngine
+from bioqmmm.qm import PySCFEngine, XTBEngine
 from bioqmmm.qmmm.system import QMMMSystem
 from bioqmmm.results import plot_md
 from bioqmmm.simulation.reporters import read_rows
@@ -44,7 +45,12 @@ from bioqmmm.units import positions_nm
 QM_SELECTION = "not water"
 #: Nonbonded cutoff of the MM force field (nm); the box edge must exceed twice this.
 NONBONDED_CUTOFF = 0.9
-DEFAULT_STEPS = 5  # ~6 QM evaluations of ~5-11 s each: well under 2 minutes on 2 cores
+DEFAULT_STEPS = 1000  # 0.5 ps; a GFN2-xTB/MM step of this box takes a few hundredths of a second
+DEFAULT_METHOD = "gfn2-xtb"
+#: Methods run with :class:`bioqmmm.qm.XTBEngine` (anything else goes to :class:`bioqmmm.qm.PySCFEngine`).
+XTB_METHODS = {"gfn2-xtb": "gfn2", "gfn1-xtb": "gfn1"}
+#: Rows of energies.csv and trajectory frames per run (at most; one per step for short runs).
+REPORTS = 100
 TEMPERATURE = 300.0  # K
 FRICTION = 1.0  # 1/ps
 TIMESTEP = 0.0005  # ps (0.5 fs: X-H bonds inside the QM region are not constrained)
@@ -53,7 +59,7 @@ TIMESTEP = 0.0005  # ps (0.5 fs: X-H bonds inside the QM region are not constrai
 def run_quickstart(
     outdir: str | Path = "quickstart_out",
     steps: int = DEFAULT_STEPS,
-    method: str = "hf",
+    method: str = DEFAULT_METHOD,
     basis: str = "sto-3g",
     box_size: float = 2.7,
     threads: int | None = None,
@@ -70,7 +76,8 @@ def run_quickstart(
     steps:
         Number of MD steps (0.5 fs each); one QM evaluation per step plus one.
     method, basis:
-        QM level for :class:`bioqmmm.qm.PySCFEngine` (HF or any functional PySCF knows).
+        QM level: ``gfn2-xtb`` or ``gfn1-xtb`` (:class:`bioqmmm.qm.XTBEngine`; ``basis`` unused), else
+        :class:`bioqmmm.qm.PySCFEngine` with HF or any functional PySCF knows and ``basis``.
     box_size:
         Edge of the cubic water box, nm (2.7 nm gives about 1,800 atoms).
     threads:
@@ -98,10 +105,8 @@ def run_quickstart(
     """
     start = time.perf_counter()
     steps = _check_options(steps, box_size, threads)
-    engine_options: dict[str, Any] = {"conv_tol": 1e-8}
-    if threads is not None:
-        engine_options["threads"] = threads
-    engine = PySCFEngine(method, basis, **engine_options)  # raises InputError for an unknown method
+    engine = _engine(method, basis, threads)  # raises InputError for an unknown method
+    level = method if method.lower() in XTB_METHODS else f"{method}/{basis}"
     topology, reference, positions = alanine_dipeptide(box_size=box_size, nonbonded_cutoff=NONBONDED_CUTOFF)
     # validates charge, multiplicity and basis before anything is written or minimised
     qmmm = QMMMSystem(topology, reference, QM_SELECTION, charge=0, multiplicity=1, engine=engine, platform="CPU")
@@ -114,6 +119,8 @@ def run_quickstart(
         temperature_k=TEMPERATURE,
         friction_per_ps=FRICTION,
         seed=seed,
+        report_interval=report_every(steps),
+        trajectory_interval=report_every(steps),
         checkpoint_interval=steps,
     )
     box = positions_nm(reference.getDefaultPeriodicBoxVectors())
@@ -125,13 +132,14 @@ def run_quickstart(
         out,
         box=box,
         threads=threads,
-        identity=f"quickstart {method} {basis} {box_size}",
+        identity=f"quickstart {level} {box_size}",
         progress=progress,
     )
     files = {**outcome.files, "plot": out / "energies.png"}
     rows = read_rows(files["energies"])
-    plot_md(rows, files["plot"], f"{method.upper()}/{basis} QM/MM MD of solvated alanine dipeptide")
+    plot_md(rows, files["plot"], f"{level} QM/MM MD of solvated alanine dipeptide")
     cycles = np.array([row["scf_cycles"] for row in rows])
+    temperature = np.array([row["temperature_k"] for row in rows])
     last = rows[-1]
     return {
         "steps": steps,
@@ -139,6 +147,9 @@ def run_quickstart(
         "n_qm_atoms": len(qmmm.qm_atoms),
         "method": method,
         "basis": basis,
+        "level": level,
+        "mean_temperature_k": float(temperature.mean()),
+        "md_wall_per_step_s": outcome.wall_s / max(steps, 1),
         "box_size_nm": float(box_size),
         "mean_scf_cycles": float(cycles.mean()),
         "max_scf_cycles": int(cycles.max()),
@@ -154,15 +165,28 @@ def run_quickstart(
     }
 
 
+def report_every(steps: int) -> int:
+    """Steps between rows of energies.csv and trajectory frames: at most :data:`REPORTS` of each."""
+    return max(1, math.ceil(steps / REPORTS))
+
+
+def _engine(method: str, basis: str, threads: int | None):
+    if method.lower() in XTB_METHODS:
+        return XTBEngine(XTB_METHODS[method.lower()], **({"threads": threads} if threads else {}))
+    return PySCFEngine(method, basis, conv_tol=1e-8, **({"threads": threads} if threads else {}))
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """A short plain-text table of a :func:`run_quickstart` summary (energies kJ/mol, times s)."""
     rows = [
         ("system", f"{summary['n_atoms']} atoms, {summary['n_qm_atoms']} QM atoms, "
                    f"{summary['box_size_nm']:g} nm box"),
-        ("QM level", f"{summary['method']}/{summary['basis']}"),
-        ("MD steps", f"{summary['steps']} x {TIMESTEP * 1000:g} fs"),
-        ("SCF cycles/step", f"{summary['mean_scf_cycles']:.1f} mean, {summary['max_scf_cycles']} max"),
-        ("QM time/step", f"{summary['mean_qm_wall_s']:.2f} s"),
+        ("QM level", summary["level"]),
+        ("MD steps", f"{summary['steps']} x {TIMESTEP * 1000:g} fs, Langevin at {TEMPERATURE:g} K"),
+        ("mean temperature", f"{summary['mean_temperature_k']:.0f} K"),
+        *([("SCF cycles/step", f"{summary['mean_scf_cycles']:.1f} mean, {summary['max_scf_cycles']} max")]
+          if summary["max_scf_cycles"] else []),  # xtb reports none
+        ("time/step", f"{summary['md_wall_per_step_s']:.3f} s (QM {summary['mean_qm_wall_s']:.3f} s)"),
         ("final E_QM", f"{summary['final_qm_energy_kjmol']:.3f} kJ/mol"),
         ("final E_MM", f"{summary['final_mm_energy_kjmol']:.3f} kJ/mol"),
         ("wall time", f"{summary['total_wall_s']:.1f} s (setup {summary['setup_wall_s']:.1f} s, "
@@ -172,6 +196,15 @@ def format_summary(summary: dict[str, Any]) -> str:
     rows += [(f"  {name}", path.name) for name, path in summary["files"].items()]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+#: Printed after the summary by ``bioqmmm quickstart``.
+NEXT_STEPS = """Next:
+  bioqmmm quickstart --method b3lyp --basis 6-31g* --steps 20   # the same box at DFT/MM (PySCF)
+  bioqmmm run protocols/md.yaml          # a protocol file: QM/MM MD with checkpoints (rerun resumes)
+  bioqmmm run protocols/pmf.yaml         # a free-energy profile reweighted to QM/MM
+  bioqmmm prepare 1AKI -o lysozyme/      # your own protein: fix, protonate, solvate a PDB entry
+  bioqmmm protocols                      # every protocol and engine; README.md and docs/ for the rest"""
 
 
 # --------------------------------------------------------------------------- helpers

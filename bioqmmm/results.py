@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from openmm import Vec3, app, unit
 
+from bioqmmm.simulation.imaging import MoleculeImager
+
 
 def quantity(value: float | Sequence[float], unit: str) -> dict[str, Any]:
     """A number (or a list of numbers) with its unit, as stored in ``result.json``."""
@@ -96,9 +98,15 @@ def plot_md(rows: list[dict[str, float]], path: str | Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def write_pdb_models(path: str | Path, topology: app.Topology, models, box=None) -> None:
-    """A PDB file with one MODEL per positions array (nm) in ``models``; ``box`` (3, 3) nm or None (CRYST1)."""
+def write_pdb_models(path: str | Path, topology: app.Topology, models, box=None, centre_atoms=()) -> None:
+    """A PDB file with one MODEL per positions array (nm) in ``models``; ``box`` (3, 3) nm or None (CRYST1).
+
+    In a box, each model is imaged (:class:`~bioqmmm.simulation.imaging.MoleculeImager`): molecules whole,
+    ``centre_atoms`` (the QM region) at the centre.
+    """
     if box is not None:
+        imager = MoleculeImager(topology, centre_atoms)
+        models = [imager(x, box) for x in models]
         topology = copy.copy(topology)
         topology.setPeriodicBoxVectors([Vec3(*map(float, v)) for v in np.asarray(box)] * unit.nanometer)
     with open(path, "w") as handle:

@@ -14,6 +14,7 @@ import pytest
 from openmm import app, unit
 
 from bioqmmm.examples import forcefield, water_box
+from bioqmmm.preparation.sources import resolve_structure
 
 #: Tolerance of the finite-difference checks (../shared/TESTING.md): 1e-6 Eh/Bohr in kJ/mol/nm.
 FD_ABS_TOL = 1e-6 * 49614.75
@@ -116,11 +117,12 @@ def shared_pdb(name: str) -> Path:
     return path
 
 
-def _protein_in_vacuum(name: str, variants: dict[str, str] | None = None, templates: dict[str, str] | None = None):
-    """Crystal waters removed, hydrogens added at pH 7, Amber14 (+ ions), no cutoff: (top, system, pos nm)."""
+def _protein_in_vacuum(entry: str, variants: dict[str, str] | None = None, templates: dict[str, str] | None = None):
+    """A shipped PDB ``entry`` (bioqmmm/data), crystal waters removed, hydrogens added at pH 7, Amber14 (+ ions),
+    no cutoff: (top, system, pos nm)."""
     from bioqmmm.preparation.completion import reproducible
 
-    pdb = app.PDBFile(str(shared_pdb(name)))
+    pdb = app.PDBFile(str(resolve_structure(entry)))
     modeller = app.Modeller(pdb.topology, pdb.positions)
     modeller.deleteWater()
     variants = variants or {}
@@ -137,14 +139,14 @@ def _protein_in_vacuum(name: str, variants: dict[str, str] | None = None, templa
 @pytest.fixture(scope="session")
 def lysozyme():
     """Hen egg-white lysozyme (1AKI) in vacuum, 1960 atoms: (topology, system, positions nm)."""
-    return _protein_in_vacuum("1AKI_ash.pdb")
+    return _protein_in_vacuum("1AKI")
 
 
 @pytest.fixture(scope="session")
 def rubredoxin():
     """Rubredoxin (2DSX) with Fe(III) and its four Cys deprotonated (Amber CYM): (topology, system, positions)."""
     iron_cysteines = {f"CYS{i}": "CYX" for i in (6, 9, 39, 42)}  # no HG; the FE-free SG then matches CYM
-    return _protein_in_vacuum("2DSX_ash.pdb", variants=iron_cysteines, templates={"FE": "FE"})
+    return _protein_in_vacuum("2DSX", variants=iron_cysteines, templates={"FE": "FE"})
 
 
 def mpirun(*args: str, ranks: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:

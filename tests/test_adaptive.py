@@ -444,6 +444,7 @@ def test_adaptive_md_trigger_grows_the_region_logs_it_and_resumes(tmp_path):
         [(r["step"], r["in_region"], r["action"]) for r in rows]
 
 
+@pytest.mark.slow
 def test_xtb_first_shell_nve_drift_is_of_the_fixed_partitions_order_and_interpolation_heats(tmp_path):
     """Acceptance (QM): a GFN2-xTB/MM water with an adaptive first shell (protocols/adaptive_md.yaml), 1 ps of
     NVE at 0.5 fs from the same start: the permuted scheme's drift (kJ/mol/ns/dof) is of the order of the fixed

@@ -253,6 +253,7 @@ def test_metal_site_selects_iron_and_its_four_cysteine_side_chains(rubredoxin):
     assert picked == expected
 
 
+@pytest.mark.slow
 def test_rubredoxin_iron_site_runs_unrestricted_dft_with_consistent_forces(rubredoxin):
     """Fe(SCH2)4 of rubredoxin: charge -1, sextet (high-spin Fe(III)), four Cα–Cβ link atoms, UKS."""
     top, system, pos = rubredoxin

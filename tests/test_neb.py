@@ -184,6 +184,7 @@ def _pyscf_energy(symbols, x_nm) -> float:
     return scf.RHF(mol).run(conv_tol=1e-10).e_tot
 
 
+@pytest.mark.slow
 def test_gas_phase_barrier_matches_an_independent_ts_search(gas_formamide):
     """NEB barrier within 1 kJ/mol of geomeTRIC's transition-state optimisation with PySCF directly."""
     from pyscf import gto, scf
@@ -287,6 +288,7 @@ output: out
 """
 
 
+@pytest.mark.slow
 def test_solvated_neb_under_mpirun_runs_end_to_end_and_resumes(tmp_path):
     """The same reaction in TIP3P water (QM/MM), mpirun -n 2: endpoints one per rank, images shared,
     files written; a rerun with more iterations continues from the last one."""
@@ -337,6 +339,7 @@ def test_product_driven_from_the_reactant_is_the_shipped_product(gas_formamide, 
         drive(qmmm, reactant, [(1, 9)], [0.1], 5e4, settings, tmp_path / "bad")
 
 
+@pytest.mark.shared_data
 def test_chorismate_protocol_names_real_atoms():
     """The shipped real example validates, and its product distances select one CHO atom each in the
     chorismate mutase snapshot (the reaction coordinate atoms of the classic studies)."""
@@ -347,6 +350,7 @@ def test_chorismate_protocol_names_real_atoms():
         assert [len(topology.select(selection)) for selection in distance.atoms] == [1, 1]
 
 
+@pytest.mark.slow
 def test_relaxed_environment_moves_only_the_environment_of_interior_images():
     top, system, positions = formamide(box_size=2.0)
     box = np.array(top.getPeriodicBoxVectors().value_in_unit(unit.nanometer))

@@ -85,6 +85,7 @@ def test_md_stops_at_the_next_step_when_polled_and_keeps_its_checkpoint(tmp_path
     assert len(calls) == 3 and read_meta(tmp_path / "out" / "checkpoint.npz")["step"] == 2
 
 
+@pytest.mark.slow
 def test_replica_settings_are_checked_and_stale_results_are_not_reused(tmp_path):
     from bioqmmm.cli import main
     from bioqmmm.errors import InputError
@@ -146,6 +147,7 @@ replicas:
 """
 
 
+@pytest.mark.slow
 def test_protocol_replicas_under_mpirun_equal_the_serial_run(tmp_path):
     from bioqmmm.cli import main
 

@@ -26,6 +26,7 @@ from bioqmmm.errors import CalculationError, InputError, ReplicaAbortedError, Re
 from bioqmmm.examples import alanine_dipeptide
 from bioqmmm.protocols.pmf import _checked_range, _window_identity, reaction_coordinate, window_plans
 from bioqmmm.protocols.pmf_settings import LevelSection
+from bioqmmm.run import docs_numbers
 from bioqmmm.run.build import build_qmmm
 from bioqmmm.run.protocol import load_protocol
 from bioqmmm.run.runner import run_protocol
@@ -387,12 +388,8 @@ def _reduced(tmp_path: Path, output: str, samples: int = 30, target: bool = True
     return path
 
 
-def test_shipped_alanine_dipeptide_protocol(tmp_path):
-    """Acceptance: protocols/pmf.yaml (φ of alanine dipeptide, MM umbrella windows reweighted to QM/MM) runs
-    as shipped, with the overlap matrix, per-window ESS and the barrier with its uncertainty in the result."""
-    shutil.copy(PROTOCOLS / "pmf.yaml", tmp_path / "pmf.yaml")
-    result = run_protocol(tmp_path / "pmf.yaml", progress=False)
-    out = tmp_path / "pmf_out"
+def _check_shipped_pmf(result: dict, out) -> None:
+    """protocols/pmf.yaml's record: the overlap matrix, per-window ESS and the barrier with its uncertainty."""
     assert result["windows"] == {"cheap": 36, "metadynamics": 0, "target": 0} and result["qm_level"] == "hf/sto-3g"
     overlap = np.loadtxt(out / "overlap.csv", delimiter=",", skiprows=1, usecols=range(1, 37))
     assert overlap.shape == (36, 36) and np.allclose(overlap.sum(axis=1), 1.0, atol=1e-6)
@@ -408,20 +405,25 @@ def test_shipped_alanine_dipeptide_protocol(tmp_path):
 
 
 @pytest.mark.slow
-def test_metadynamics_and_umbrella_windows_agree(tmp_path):
-    """protocols/pmf_metadynamics.yaml (one frozen-bias metadynamics state) gives protocols/pmf.yaml's barrier
-    and reaction free energy (umbrella windows) within 4σ combined (~2.5 min)."""
+def test_shipped_pmf_protocols_agree_with_each_other_and_with_the_docs(tmp_path):
+    """Acceptance: protocols/pmf.yaml (φ of alanine dipeptide, MM umbrella windows reweighted to QM/MM) runs as
+    shipped; protocols/pmf_metadynamics.yaml (one frozen-bias metadynamics state) gives its barrier and
+    reaction free energy within 4σ combined; both agree with the numbers docs/ quotes (docs/numbers.json)."""
     results = {}
     for name in ("pmf.yaml", "pmf_metadynamics.yaml"):
         shutil.copy(PROTOCOLS / name, tmp_path / name)
         results[name] = run_protocol(tmp_path / name, progress=False)
+    _check_shipped_pmf(results["pmf.yaml"], tmp_path / "pmf_out")
     metad = results["pmf_metadynamics.yaml"]
     assert metad["windows"] == {"cheap": 0, "metadynamics": 1, "target": 0} and metad["samples_retained"] > 50
     for key in ("free_energy_barrier", "reaction_free_energy"):
         a, b = results["pmf.yaml"][key], metad[key]
         assert abs(a["value"] - b["value"]) < 4 * math.hypot(a["uncertainty"], b["uncertainty"]), key
+    assert docs_numbers.compare("pmf", results["pmf.yaml"]) == []
+    assert docs_numbers.compare("pmf_metadynamics", metad) == []
 
 
+@pytest.mark.slow
 def test_pmf_windows_under_mpirun_equal_the_serial_run(tmp_path):
     """Acceptance: the same windows (cheap MM ones, a metadynamics state and a QM/MM-sampled window) under
     mpirun -n 2 give the serial run's profile and windows to the last digit; a rerun with more samples

@@ -432,3 +432,129 @@ def test_dodecahedron_box_survives_a_rerun(tmp_path, peptide_lines):
     assert np.allclose(again.box[:2], first.box[:2], atol=1e-3)  # c may differ by a lattice vector (a + b)
     difference = np.linalg.solve(first.box.T, again.box[2] - first.box[2])
     assert np.allclose(difference, np.round(difference), atol=1e-3)
+
+
+def test_pdb_ids_resolve_to_shipped_entries_or_downloads_with_a_clear_offline_error(tmp_path, monkeypatch):
+    import urllib.error
+
+    from bioqmmm.preparation import sources
+
+    shipped = sources.resolve_structure("1aki")
+    assert shipped == sources.DATA / "1AKI.pdb" and shipped.exists()
+    assert sources.resolve_structure(str(shipped)) == shipped  # a file wins over the id rules
+    assert sources.resolve_structure("no_such.pdb") == sources.Path("no_such.pdb")  # the reader names it
+
+    def offline(url, timeout):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(sources.urllib.request, "urlopen", offline)
+    with pytest.raises(PreparationError, match=r"PDB id 9XYZ: cannot download https://files.rcsb.org/download/9XYZ"
+                                               r"\.cif \(Name or service not known\); without a network"):
+        prepare("9xyz", solvent="vacuum")
+    assert not (tmp_path / "9XYZ.cif").exists()
+
+    def missing(url, timeout):
+        raise urllib.error.HTTPError(url, 404, "Not Found", None, None)
+
+    monkeypatch.setattr(sources.urllib.request, "urlopen", missing)
+    with pytest.raises(PreparationError, match="9XYZ: .* answered 404 .* is the id right"):
+        sources.resolve_structure("9XYZ", tmp_path)
+
+    class Response(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(sources.urllib.request, "urlopen", lambda url, timeout: Response(b"data_9XYZ\n"))
+    downloaded = sources.resolve_structure("9XYZ", tmp_path)
+    assert downloaded == tmp_path / "9XYZ.cif" and downloaded.read_text() == "data_9XYZ\n"
+    monkeypatch.setattr(sources.urllib.request, "urlopen", offline)
+    assert sources.resolve_structure("9XYZ", tmp_path) == downloaded  # kept: no second download
+
+
+def test_cli_prepares_a_shipped_entry_by_its_pdb_id(tmp_path, capsys):
+    assert main(["prepare", "1AKI", "-o", str(tmp_path / "lysozyme"), "--solvent", "vacuum"]) == 0
+    prepared = load_prepared(tmp_path / "lysozyme")
+    assert sum(1 for r in prepared.topology.residues() if r.name != "HOH") == 129
+    assert "written to" in capsys.readouterr().out
+
+
+def _states(prepared) -> dict[str, str]:
+    return {site["label"]: site["state"] for site in prepared.report.titration["sites"] if site["state"]}
+
+
+def _net_charge(prepared) -> float:
+    force = next(f for f in prepared.system.getForces() if isinstance(f, openmm.NonbondedForce))
+    return sum(force.getParticleParameters(i)[0].value_in_unit(unit.elementary_charge)
+               for i in range(force.getNumParticles()))
+
+
+@pytest.fixture(scope="module")
+def lysozyme_states():
+    """Hen egg-white lysozyme (shipped 1AKI) prepared in vacuum with PROPKA states at pH 5.5 and 7."""
+    return {ph: prepare("1AKI", solvent="vacuum", ph=ph) for ph in (5.5, 7.0)}
+
+
+def test_propka_gives_lysozymes_catalytic_pair_its_textbook_states(lysozyme_states):
+    """Glu35 (the general acid) protonated and Asp52 charged at pH 5.5, both charged at pH 7 (experimental
+    pKa 6.1 and 3.4: Kuramitsu et al., J. Biochem. 82, 585 (1977))."""
+    acidic, neutral = lysozyme_states[5.5], lysozyme_states[7.0]
+    sites = {s["label"]: s for s in acidic.report.titration["sites"]}
+    assert acidic.report.titration["method"].startswith("propka 3")
+    assert 5.5 < sites["A:GLU35"]["pka"] < 7.5 and sites["A:ASP52"]["pka"] < 5.5
+    assert sites["A:GLU35"]["model_pka"] == pytest.approx(4.5)
+    assert _states(acidic)["A:GLU35"] == "GLH" and _states(acidic)["A:ASP52"] == "ASP"
+    assert _states(neutral)["A:GLU35"] == "GLU" and _states(neutral)["A:ASP52"] == "ASP"
+    assert _net_charge(neutral) == pytest.approx(_net_charge(acidic) - 2, abs=1e-6)  # Glu35 and His15
+    close = next(e for e in acidic.report.decisions if e.kind == "pka-close-call")
+    assert {"A:GLU35", "A:ASP52"} <= set(close.residues)
+    text = str(acidic.report)
+    assert "Titratable groups (propka 3" in text and "A:GLU35" in text
+    rules = prepare("1AKI", solvent="vacuum", ph=5.5, protonation="rules")
+    assert _variants(rules)["A:GLU35"] == "GLU" and not rules.report.titration["sites"]  # OpenMM's Glu pKa 4.4
+
+
+def test_states_near_the_qm_region_that_differ_from_the_rules_are_flagged():
+    prepared = prepare("1AKI", solvent="vacuum", ph=5.5, qm_residues=["A:GLU35"])
+    flagged = next(e for e in prepared.report.decisions if e.kind == "pka-vs-rules-near-qm")
+    assert "A:GLU35" in flagged.residues and "A:ASP52" not in flagged.residues
+
+
+def test_state_overrides_change_the_charge_and_bad_ones_are_refused_before_anything_is_written(
+        lysozyme_states, tmp_path, capsys):
+    overridden = prepare("1AKI", solvent="vacuum", ph=7.0, states={"A:GLU35": "GLH", "A:HIS15": "hip"})
+    assert _states(overridden)["A:GLU35"] == "GLH" and _states(overridden)["A:HIS15"] == "HIP"
+    assert _net_charge(overridden) == pytest.approx(_net_charge(lysozyme_states[7.0]) + 2, abs=1e-6)
+    override = next(e for e in overridden.report.decisions if e.kind == "state-override")
+    assert "A:GLU35=GLH" in override.detail
+    with pytest.raises(InputError, match="--state A:GLU36=GLH: no residue A:GLU36"):
+        prepare("1AKI", solvent="vacuum", states={"A:GLU36": "GLH"})
+    with pytest.raises(InputError, match="'HIP' does not fit GLU; states: one of GLU, GLH"):
+        prepare("1AKI", solvent="vacuum", states={"A:GLU35": "HIP"})
+    assert main(["prepare", "1AKI", "-o", str(tmp_path / "bad"), "--state", "A:GLU35=LYN"]) == 1
+    assert "does not fit GLU" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_rerun_keeps_the_predicted_and_overridden_states(tmp_path):
+    first = prepare("1AKI", solvent="vacuum", ph=5.5, states={"A:ASP52": "ASH"})
+    first.save(tmp_path / "first")
+    again = prepare(tmp_path / "first" / "structure.pdb", solvent="vacuum", ph=5.5)
+    assert again.report.changes == []
+    assert {k: v for k, v in _states(again).items() if k in ("A:GLU35", "A:ASP52", "A:HIS15")} == {
+        "A:GLU35": "GLH", "A:ASP52": "ASH", "A:HIS15": "HIP"}
+
+
+def _variants(prepared) -> dict[str, str]:
+    """{residue label: variant} from the report's protonation decisions ("CYX (4)", "HIE: ND1 binds ...")."""
+    return {residue: entry.detail.split()[0].rstrip(":") for entry in prepared.report.decisions
+            if entry.kind == "protonation" for residue in entry.residues}
+
+
+def test_metal_bound_cysteines_keep_their_states_under_propka():
+    """Rubredoxin (shipped 2DSX): the four iron-bound Cys get the metal rule's thiolate (CYX, no HG), with or
+    without predictions."""
+    predicted, rules = (_variants(prepare("2DSX", solvent="vacuum", protonation=p)) for p in ("propka", "rules"))
+    iron = [f"A:CYS{i}" for i in (6, 9, 39, 42)]
+    assert [predicted[c] for c in iron] == [rules[c] for c in iron] == ["CYX"] * 4

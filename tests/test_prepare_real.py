@@ -1,4 +1,4 @@
-"""Preparation of real entries (../shared/data/pdb and openmmtools' T4 lysozyme L99A complex).
+"""Preparation of real entries (shipped 1AKI and 2DSX, ../shared/data/pdb, openmmtools' T4 lysozyme L99A complex).
 
 Each result must build an OpenMM System that minimises without NaN, its report must name the fixes
 the entry needs, and preparing the written structure again must change nothing.
@@ -16,6 +16,7 @@ from conftest import shared_pdb
 from openmm import app, unit
 
 from bioqmmm import prepare
+from bioqmmm.preparation.sources import SHIPPED
 
 #: RXP470.1 at pH 7 (phosphinate, two carboxylates deprotonated: -3), from the HETNAM of 4GQL:
 #: N-[(2S)-3-[(S)-(4-bromophenyl)(hydroxy)phosphoryl]-2-{[3-(3'-chlorobiphenyl-4-yl)-1,2-oxazol-5-yl]methyl}
@@ -32,8 +33,8 @@ CASES = {
     "cm_md_ccpbiosim.pdb": {},
     "2PVB.pdb": {},
     "1DQJ_ABBind_prepared.pdb": {},
-    "1AKI_ash.pdb": {"solvent": "explicit", "padding_nm": 0.8},
-    "2DSX_ash.pdb": {},
+    "1AKI": {"solvent": "explicit", "padding_nm": 0.8},  # shipped in bioqmmm/data (the others: ../shared only)
+    "2DSX": {},
 }
 
 
@@ -53,7 +54,7 @@ def prepared_cases(tmp_path_factory):
     cache = tmp_path_factory.mktemp("ligands")
 
     def run(name: str):
-        path = T4_COMPLEX if name == "T4" else shared_pdb(name)
+        path = T4_COMPLEX if name == "T4" else name if name in SHIPPED else shared_pdb(name)
         options = {"solvent": "vacuum", "cache_dir": cache, **CASES.get(name, {})}
         prepared = prepare(path, **options)
         out = tmp_path_factory.mktemp(name.split(".")[0])
@@ -63,7 +64,8 @@ def prepared_cases(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("name", [*CASES, "T4"])
+@pytest.mark.parametrize("name", [name if name in SHIPPED else pytest.param(name, marks=pytest.mark.shared_data)
+                                  for name in [*CASES, "T4"]])
 def test_real_entry_prepares_minimises_and_reruns_unchanged(prepared_cases, name):
     prepared, out, options = prepared_cases(name)
     before, after = _minimise(prepared)
@@ -81,6 +83,7 @@ def _decisions(prepared, kind):
     return [e for e in prepared.report.decisions if e.kind == kind]
 
 
+@pytest.mark.shared_data
 def test_4gql_metals_ligand_altlocs_and_riding_hydrogens(prepared_cases):
     prepared, _, _ = prepared_cases("4GQL.pdb")
     ions = sorted(a.element.symbol for a in prepared.topology.atoms() if len(list(a.residue.atoms())) == 1)
@@ -95,6 +98,7 @@ def test_4gql_metals_ligand_altlocs_and_riding_hydrogens(prepared_cases):
     assert hydrogens > 1000 and added < 50  # complete riding hydrogens are kept, the few incomplete rebuilt
 
 
+@pytest.mark.shared_data
 def test_cm_chains_named_and_amber_histidines_kept(prepared_cases):
     prepared, _, _ = prepared_cases("cm_md_ccpbiosim.pdb")
     assert "blank chain ids set to A, B, C, D" in _changes(prepared, "chain-ids")[0].detail
@@ -105,6 +109,7 @@ def test_cm_chains_named_and_amber_histidines_kept(prepared_cases):
     assert amber and amber <= chosen
 
 
+@pytest.mark.shared_data
 def test_1vfb_deposited_hydrogens_and_disulfides(prepared_cases):
     prepared, _, _ = prepared_cases("1VFB.cif")
     assert len(_changes(prepared, "hydrogens-stripped")[0].residues) > 300  # the old partial polar-H set
@@ -115,6 +120,7 @@ def test_1vfb_deposited_hydrogens_and_disulfides(prepared_cases):
     assert (30, 115, "C") in bonds  # lysozyme Cys30-Cys115
 
 
+@pytest.mark.shared_data
 def test_2pvb_acetyl_cap_ions_and_additives(prepared_cases):
     prepared, _, _ = prepared_cases("2PVB.pdb")
     first = next(prepared.topology.residues())
@@ -125,6 +131,7 @@ def test_2pvb_acetyl_cap_ions_and_additives(prepared_cases):
     assert sum(a.element == app.element.calcium for a in prepared.topology.atoms()) == 2
 
 
+@pytest.mark.shared_data
 def test_1dqj_ter_records_inside_chain_h_are_ignored(prepared_cases):
     prepared, _, _ = prepared_cases("1DQJ_ABBind_prepared.pdb")
     merged = _changes(prepared, "chain-merged")

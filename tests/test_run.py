@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import mdtraj
 import numpy as np
 import pytest
 
@@ -17,6 +18,7 @@ from bioqmmm.cli import main
 from bioqmmm.errors import CalculationError
 from bioqmmm.protocols.md import run_md
 from bioqmmm.qm import SCFStrategy
+from bioqmmm.run import docs_numbers
 from bioqmmm.run.build import build_qmmm
 from bioqmmm.run.protocol import load_protocol
 from bioqmmm.run.schema import ProtocolError
@@ -91,7 +93,8 @@ def _md(tmp_path: Path, steps: int, out: str, qm_every: int = 1):
                         identity="continuation-test", progress=False)
 
 
-@pytest.mark.parametrize("qm_every", [1, 3], ids=["single-step", "multiple-time-step"])
+@pytest.mark.parametrize("qm_every", [1, pytest.param(3, marks=pytest.mark.slow)],
+                         ids=["single-step", "multiple-time-step"])
 def test_twenty_steps_equal_ten_plus_checkpoint_plus_ten(tmp_path, qm_every):
     _, straight = _md(tmp_path, 20, "straight", qm_every)
     _, first = _md(tmp_path, 10, "split", qm_every)
@@ -172,8 +175,20 @@ def test_shipped_md_protocol_runs_from_the_command_line(tmp_path, capsys):
     for name in ("summary.txt", "energies.png", "energies.csv", "trajectory.dcd", "topology.pdb"):
         assert (out / name).stat().st_size > 0
     assert "mean scf cycles per step" in capsys.readouterr().out
+    target = load_protocol(PROTOCOLS / "md.yaml").protocol.temperature_k  # thermalised start (warm-up)
+    assert abs(result["mean_temperature"]["value"] - target) < 0.1 * target
+    assert docs_numbers.compare("md", result) == []  # the temperature docs/running.md quotes
+    traj = mdtraj.load(str(out / "trajectory.dcd"), top=str(out / "topology.pdb"))
+    start = mdtraj.load(str(out / "topology.pdb"))
+    bonds = np.array([(a.index, b.index) for a, b in start.topology.bonds])
+    qm = start.topology.select("resname ALA and not name N H C O CA HA")
+    for frames in (start, traj):  # molecules whole, the QM side chain at the box centre, in every frame
+        assert np.linalg.norm(frames.xyz[:, bonds[:, 0]] - frames.xyz[:, bonds[:, 1]], axis=2).max() < 0.2
+        centre = frames.unitcell_vectors.sum(axis=1) / 2
+        assert np.abs(frames.xyz[:, qm].mean(axis=1) - centre).max() < 1e-3
 
 
+@pytest.mark.slow
 def test_shipped_xtb_md_protocol_runs_from_the_command_line(tmp_path):
     """protocols/md_xtb.yaml: GFN2-xTB/MM MD of solvated alanine dipeptide, the whole solute in QM."""
     out = tmp_path / "md_xtb"
@@ -185,6 +200,7 @@ def test_shipped_xtb_md_protocol_runs_from_the_command_line(tmp_path):
     assert np.all(np.isfinite(qm_energies)) and np.ptp(qm_energies) < 200  # kJ/mol: a stable run
 
 
+@pytest.mark.slow
 def test_microiterations_reach_the_force_criterion_below_the_frozen_environment_energy(tmp_path):
     shipped = (PROTOCOLS / "optimize.yaml").read_text()
     fmax = load_protocol(PROTOCOLS / "optimize.yaml").protocol.fmax_kjmol_nm

@@ -21,6 +21,7 @@ from pdbfixer import PDBFixer
 from bioqmmm.errors import PreparationError
 from bioqmmm.preparation.cleanup import DraftChain
 from bioqmmm.preparation.ligands import ligand_graph
+from bioqmmm.preparation.pka import Protonation, assign, report_states
 from bioqmmm.preparation.report import Report
 from bioqmmm.preparation.residues import ION_ELEMENTS
 
@@ -154,9 +155,11 @@ def reproducible(seed: int):
             platform.setPropertyDefaultValue(key, value)
 
 
-def add_hydrogens(fixer: PDBFixer, variants: dict[ResidueId, str], build: dict, ph: float, report: Report,
-                  seed: int = 0) -> app.Modeller:
-    """Modeller with all hydrogens at ``ph``; given variants (input names, complete H sets, metals) are kept.
+def add_hydrogens(fixer: PDBFixer, variants: dict[ResidueId, str], build: dict, protonation: Protonation,
+                  report: Report, seed: int = 0) -> app.Modeller:
+    """Modeller with all hydrogens at ``protonation.ph``; given variants (input names, complete H sets, metals)
+    are kept, the other titratable residues get the states :func:`bioqmmm.preparation.pka.assign` chooses
+    (PROPKA or the rules; the user's overrides win over everything).
 
     ``variants`` are keyed by position before the residues in ``build`` were inserted."""
     topology, positions = fixer.topology, np.array(fixer.positions.value_in_unit(unit.nanometer))
@@ -173,12 +176,13 @@ def add_hydrogens(fixer: PDBFixer, variants: dict[ResidueId, str], build: dict, 
     for a, b in (bond for bond in topology.bonds() if bond[0].name == "SG" and bond[1].name == "SG"):
         pair = [label(a.residue), label(b.residue)]
         report.decide("disulfide", f"disulfide {pair[0]}-{pair[1]}", pair)
+    sites, modeller_ph = assign(topology, positions, chosen, protonation, label)
     before = topology.getNumAtoms()
     hydrogens_before = {r.index: sum(a.element == app.element.hydrogen for a in r.atoms()) for r in topology.residues()}
     modeller = app.Modeller(topology, positions * unit.nanometer)
     with reproducible(seed) as platform:
         try:
-            used = modeller.addHydrogens(pH=ph, variants=chosen, platform=platform)
+            used = modeller.addHydrogens(pH=modeller_ph, variants=chosen, platform=platform)
         except ValueError as exc:  # Modeller: a residue with the wrong set of atoms
             raise PreparationError(f"hydrogens cannot be added: {exc}") from exc
     added: list[str] = []
@@ -192,6 +196,8 @@ def add_hydrogens(fixer: PDBFixer, variants: dict[ResidueId, str], build: dict, 
     for variant, residues in sorted(states.items()):
         report.decide("protonation", f"{variant} ({len(residues)})", residues)
     if modeller.topology.getNumAtoms() != before:
-        report.change("hydrogens-added", f"added {modeller.topology.getNumAtoms() - before} hydrogens at pH {ph:g}",
-                      added)
+        report.change("hydrogens-added", f"added {modeller.topology.getNumAtoms() - before} hydrogens at pH "
+                      f"{protonation.ph:g}", added)
+    report_states(report, modeller.topology, np.array(modeller.positions.value_in_unit(unit.nanometer)), used,
+                  sites, protonation, label)
     return modeller

@@ -20,11 +20,13 @@ from bioqmmm.preparation.cleanup import CleanupOptions, clean
 from bioqmmm.preparation.completion import add_hydrogens, complete, label, reproducible, to_topology
 from bioqmmm.preparation.forcefields import base_files, parameterize
 from bioqmmm.preparation.ligand_hydrogens import protonate_from_smiles, smiles_charges
+from bioqmmm.preparation.pka import Protonation
 from bioqmmm.preparation.prepared import Prepared
 from bioqmmm.preparation.reading import read_source
 from bioqmmm.preparation.report import Report
 from bioqmmm.preparation.residues import CAPS
 from bioqmmm.preparation.solvent import BOX_SHAPES, SolventOptions, solvate
+from bioqmmm.preparation.sources import resolve_structure
 
 SOLVENTS = ("explicit", "implicit", "vacuum")
 NONBONDED_CUTOFF_NM = 1.0
@@ -51,11 +53,14 @@ OPTIONS = {
     "forcefield_files": (),
     "cache_dir": None,
     "seed": 0,
+    "protonation": "propka",
+    "states": None,
 }
 
 
 def prepare(path: str | Path, **options) -> Prepared:
-    """Prepare the structure in ``path`` (.pdb/.ent/.cif/.mmcif).
+    """Prepare the structure in ``path`` (.pdb/.ent/.cif/.mmcif), or a PDB id: shipped (``1AKI``, ``2DSX``)
+    or downloaded (:func:`~bioqmmm.preparation.sources.resolve_structure`).
 
     Options (all keywords; defaults in :data:`OPTIONS`):
 
@@ -72,10 +77,12 @@ def prepare(path: str | Path, **options) -> Prepared:
     from the hydrogens present); ``forcefield_files`` (user OpenMM XML, which wins over generated
     parameters; ``forcefields/*.xml`` beside the input is read too); ``cache_dir`` (GAFF2
     templates); ``seed`` (placement of built atoms, hydrogens and ions: the same input and seed give
-    the same output).
+    the same output); ``protonation`` ("propka": states from PROPKA 3 pKa values at ``ph``, or "rules":
+    OpenMM's fixed model pKa values; :mod:`bioqmmm.preparation.pka`); ``states`` ({"A:GLU35": "GLH"}:
+    states that win over any prediction).
     """
     opts = _check_options(options)
-    path = Path(path)
+    path = resolve_structure(path)
     files = base_files(opts["forcefield"], opts["solvent"])
     user_files = [Path(p) for p in opts["forcefield_files"]] + sorted((path.parent / "forcefields").glob("*.xml"))
     for user in user_files:
@@ -93,7 +100,10 @@ def prepare(path: str | Path, **options) -> Prepared:
     _ligand_hydrogens(chains, dict(opts["ligand_smiles"] or {}), lines, report)
     topology, positions, variants, build = to_topology(chains, box)
     fixer = complete(topology, positions, build, report, seed=opts["seed"])
-    modeller = add_hydrogens(fixer, variants, build, opts["ph"], report, seed=opts["seed"])
+    qm_selected = list(opts["qm_residues"])
+    is_qm = (lambda residue: any(_selects(s, residue) for s in qm_selected)) if qm_selected else None
+    protonation = Protonation(opts["protonation"], float(opts["ph"]), dict(opts["states"] or {}), is_qm)
+    modeller = add_hydrogens(fixer, variants, build, protonation, report, seed=opts["seed"])
     positions = np.array(modeller.positions.value_in_unit(unit.nanometer))
     caps = [label(r) for r in modeller.topology.residues() if r.name in CAPS]
     if caps and opts["forcefield"] != "amber14":
@@ -185,7 +195,7 @@ def _check_options(options: dict) -> dict:
         raise InputError(f"unknown preparation option(s) {', '.join(hints)}; known: {', '.join(OPTIONS)}")
     opts = {**OPTIONS, **options}
     choices = {"solvent": SOLVENTS, "box_shape": BOX_SHAPES, "long_gaps": ("error", "cap"),
-               "chain_breaks": ("cap", "termini")}
+               "chain_breaks": ("cap", "termini"), "protonation": ("propka", "rules")}
     for key, allowed in choices.items():
         if opts[key] not in allowed:
             raise InputError(f"option {key}={opts[key]!r} is not one of {', '.join(allowed)}")

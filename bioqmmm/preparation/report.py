@@ -32,6 +32,9 @@ class Report:
 
     changes: list[Entry] = field(default_factory=list)
     decisions: list[Entry] = field(default_factory=list)
+    #: Protonation: {"method", "ph", "sites": [{label, group, pka, model_pka, state, note}]}
+    #: (:mod:`bioqmmm.preparation.pka`); empty before hydrogens are added.
+    titration: dict = field(default_factory=dict)
 
     def change(self, kind: str, detail: str, residues: tuple[str, ...] | list[str] = ()) -> None:
         self.changes.append(Entry(kind, tuple(residues), detail))
@@ -44,18 +47,27 @@ class Report:
         return {entry.kind for entry in self.changes}
 
     def to_dict(self) -> dict:
-        return {"changes": [asdict(e) for e in self.changes], "decisions": [asdict(e) for e in self.decisions]}
+        return {"changes": [asdict(e) for e in self.changes], "decisions": [asdict(e) for e in self.decisions],
+                "titration": self.titration}
 
     @classmethod
     def from_dict(cls, data: dict) -> Report:
         def entries(items: list[dict]) -> list[Entry]:
             return [Entry(e["kind"], tuple(e["residues"]), e["detail"]) for e in items]
 
-        return cls(entries(data["changes"]), entries(data["decisions"]))
+        return cls(entries(data["changes"]), entries(data["decisions"]), data.get("titration", {}))
 
     def __str__(self) -> str:
         lines = [f"Changes ({len(self.changes)}):"]
         lines += [f"  - {e.text()}" for e in self.changes] or ["  (none)"]
         lines.append(f"Decisions ({len(self.decisions)}):")
         lines += [f"  - {e.text()}" for e in self.decisions] or ["  (none)"]
+        if self.titration.get("sites"):
+            lines.append(f"Titratable groups ({self.titration['method']}, pH {self.titration['ph']:g}):")
+            lines.append(f"  {'residue':<12} {'group':<5} {'pKa':>6} {'model':>6}  state")
+            for site in self.titration["sites"]:
+                state = site["state"] or "-"
+                note = f"  ({site['note']})" if site["note"] else ""
+                lines.append(f"  {site['label']:<12} {site['group']:<5} {site['pka']:>6.2f} {site['model_pka']:>6.2f}"
+                             f"  {state}{note}")
         return "\n".join(lines)

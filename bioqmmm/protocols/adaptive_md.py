@@ -37,7 +37,7 @@ from bioqmmm.protocols.registry import Protocol
 from bioqmmm.protocols.settings import Declared, FieldError, setting
 from bioqmmm.region.region import QMRegion
 from bioqmmm.region.selection import describe_atom, resolve_qm_atoms
-from bioqmmm.results import new_figure, quantity, write_results
+from bioqmmm.results import new_figure, quantity, write_pdb_models, write_results
 from bioqmmm.simulation.checkpoint import read_checkpoint, read_meta, write_checkpoint
 from bioqmmm.simulation.composite import particle_masses
 from bioqmmm.simulation.environment import reproducible_properties
@@ -247,7 +247,8 @@ def run(context: RunContext, settings: AdaptiveMDSettings) -> dict:
                                 setup.labels, append=resume, resume_step=start_step)
     log = TriggerLog(files["trigger"], append=resume, resume_step=start_step) if setup.trigger is not None else None
     state.simulation.reporters += [
-        trajectory_reporter(files["trajectory"], settings, resume, start_step, context.qmmm.topology), reporter,
+        trajectory_reporter(files["trajectory"], settings, resume, start_step, context.qmmm.topology,
+                            context.qmmm.qm_atoms), reporter,
         *([PollReporter(context.poll)] if context.poll is not None else [])]
     wall = time.perf_counter()
     interval = settings.trigger.interval if setup.trigger is not None else settings.steps
@@ -296,9 +297,10 @@ def _start(context: openmm.Context, hamiltonian: AdaptiveHamiltonian, run_contex
     context.setPositions(run_context.positions)
     with hamiltonian.typed_errors():
         context.setVelocitiesToTemperature(settings.temperature_k * unit.kelvin, settings.seed or 0)
-    state = context.getState(getPositions=True, enforcePeriodicBox=True)
-    with open(files["topology"], "w") as handle:
-        app.PDBFile.writeFile(run_context.qmmm.topology, state.getPositions(), handle)
+    state = context.getState(getPositions=True)
+    write_pdb_models(files["topology"], run_context.qmmm.topology,
+                     [state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)], run_context.box,
+                     centre_atoms=run_context.qmmm.qm_atoms)
     write_checkpoint(files["checkpoint"], context, hamiltonian, {"identity": run_context.identity, "step": 0,
                                                                  "trigger_added": [], "trigger_below": {}})
 

@@ -29,10 +29,17 @@ from bioqmmm.errors import InputError
 from bioqmmm.protocols.context import RunContext
 from bioqmmm.protocols.registry import Protocol
 from bioqmmm.protocols.settings import Declared, FieldError, setting
-from bioqmmm.results import plot_md, quantity, write_results
+from bioqmmm.results import plot_md, quantity, write_pdb_models, write_results
 from bioqmmm.simulation.checkpoint import read_checkpoint, read_meta, read_section, write_checkpoint
-from bioqmmm.simulation.environment import relax_environment, reproducible_properties
+from bioqmmm.simulation.environment import (
+    fixed_atoms,
+    qm_charges_on_atoms,
+    relax_environment,
+    reproducible_properties,
+    thermalise_environment,
+)
 from bioqmmm.simulation.identity import fingerprint, require_same_run
+from bioqmmm.simulation.imaging import ImagedReporter, MoleculeImager
 from bioqmmm.simulation.mts import mts_integrator
 from bioqmmm.simulation.reporters import QMMMReporter, read_rows
 from bioqmmm.simulation.stepping import closing_reporters, progress_bar, step_with_checkpoints
@@ -41,6 +48,10 @@ from bioqmmm.simulation.stepping import closing_reporters, progress_bar, step_wi
 #: iteration cap (removes solvation clashes; a full minimisation is the optimize protocol's job).
 START_RELAX_TOLERANCE = 10.0
 START_RELAX_MAX_ITERATIONS = 500
+#: Warm-up of the environment before the QM/MM run (fixed QM atoms): time step (fs; the run's if longer)
+#: and Langevin friction (1/ps; strong, so that 0.5 ps brings a minimised structure to temperature).
+WARMUP_TIMESTEP_FS = 1.0
+WARMUP_FRICTION_PER_PS = 10.0
 
 
 @dataclass(frozen=True)
@@ -62,11 +73,14 @@ class MDSettings(Declared):
                                          check="positive")
     seed: int | None = setting(None, doc="velocities and Langevin noise (none: random)")
     minimize_mm_first: bool = setting(True, doc="relax the environment (QM atoms fixed) before MD")
+    warmup_ps: float = setting(0.5, doc="Langevin MD of the environment at temperature_k (QM atoms fixed, their "
+                               "charges from one QM/MM evaluation; 1 fs steps, friction 10/ps) before the QM/MM "
+                               "run, so that it starts thermalised; 0: none", check="non_negative")
     report_interval: int = setting(1, doc="steps between rows of energies.csv", check="positive_int")
     trajectory_interval: int = setting(1, doc="steps between trajectory frames", check="positive_int")
     trajectory_format: Literal["dcd", "xtc"] = setting("dcd", doc="trajectory file format")
     checkpoint_interval: int = setting(10, doc="steps between checkpoints", check="positive_int")
-    new_keys = ("qm_every",)  # single-step runs keep the identity they had before multiple time steps
+    new_keys = ("qm_every", "warmup_ps")  # added later: runs at their defaults keep their identities
 
     def check(self) -> None:
         if self.seed is not None and self.seed < 1:
@@ -86,6 +100,7 @@ class MDOutcome:
     wall_s: float
     qm_evaluations: int
     files: dict[str, Path]
+    warmup_temperature: float | None = None
 
 
 def _integrator(settings: MDSettings, qmmm, positions: np.ndarray, box: np.ndarray | None,
@@ -157,10 +172,21 @@ def run_md(
         if settings.seed is not None:
             barostat.setRandomNumberSeed(settings.seed)
         qmmm.system.addForce(barostat)
+    mm_platform = "CPU" if platform == "Reference" else platform
     if not resume and settings.minimize_mm_first:
         positions, _ = relax_environment(
             qmmm, positions, tolerance=START_RELAX_TOLERANCE, max_iterations=START_RELAX_MAX_ITERATIONS,
-            box=box, platform="CPU" if platform == "Reference" else platform,
+            box=box, platform=mm_platform,
+        )
+    warm_velocities, warmup_temperature = None, None
+    if not resume and settings.warmup_ps > 0:
+        with qmmm.typed_errors():
+            qmmm.energy_and_forces(positions, box)
+        positions, warm_velocities, warmup_temperature = thermalise_environment(
+            qmmm, positions, temperature=settings.temperature_k, duration_ps=settings.warmup_ps,
+            timestep_fs=max(WARMUP_TIMESTEP_FS, settings.timestep_fs), friction_per_ps=WARMUP_FRICTION_PER_PS,
+            seed=settings.seed, qm_charges=qm_charges_on_atoms(qmmm), box=box,
+            platform=mm_platform,
         )
     springs = read_section(files["checkpoint"], "mts.").get("springs") if resume else None
     integrator = _integrator(settings, qmmm, positions, box, springs)  # before the Context: MTS adds forces
@@ -177,12 +203,18 @@ def run_md(
         context.setPositions(positions)
         with qmmm.typed_errors():
             context.setVelocitiesToTemperature(settings.temperature_k * unit.kelvin, settings.seed or 0)
-        state = context.getState(getPositions=True, enforcePeriodicBox=True)
-        with open(files["topology"], "w") as handle:
-            app.PDBFile.writeFile(qmmm.topology, state.getPositions(), handle)
+        if warm_velocities is not None:  # the thermalised environment's, Maxwell–Boltzmann on the fixed atoms
+            drawn = context.getState(getVelocities=True).getVelocities(asNumpy=True).value_in_unit(
+                unit.nanometer / unit.picosecond)
+            fixed = sorted(fixed_atoms(qmmm.system, set(qmmm.qm_atoms)))
+            warm_velocities[fixed] = drawn[fixed]
+            context.setVelocities(warm_velocities)
+            context.applyVelocityConstraints(1e-8)
+        start = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        write_pdb_models(files["topology"], qmmm.topology, [start], box, centre_atoms=qmmm.qm_atoms)
         write_checkpoint(files["checkpoint"], context, qmmm, {"identity": identity, "step": 0})
 
-    trajectory = trajectory_reporter(files["trajectory"], settings, resume, start_step, qmmm.topology)
+    trajectory = trajectory_reporter(files["trajectory"], settings, resume, start_step, qmmm.topology, qmmm.qm_atoms)
     energies = QMMMReporter(files["energies"], settings.report_interval, qmmm, append=resume, resume_step=start_step)
     simulation.reporters += [trajectory, energies] + ([PollReporter(poll)] if poll is not None else [])
     evaluations = qmmm.kernel.evaluations
@@ -199,6 +231,7 @@ def run_md(
         wall_s=time.perf_counter() - wall,
         qm_evaluations=qmmm.kernel.evaluations - evaluations,
         files=files,
+        warmup_temperature=warmup_temperature,
     )
 
 
@@ -215,16 +248,17 @@ class PollReporter:
         self._poll()
 
 
-def trajectory_reporter(path: Path, settings, resume: bool, start_step: int, topology):
-    """DCD/XTC reporter every ``settings.trajectory_interval`` steps in ``settings.trajectory_format``; on
-    resume, frames written after the checkpoint are dropped first."""
+def trajectory_reporter(path: Path, settings, resume: bool, start_step: int, topology, centre_atoms=()):
+    """DCD/XTC reporter every ``settings.trajectory_interval`` steps in ``settings.trajectory_format``, frames
+    imaged (molecules whole, ``centre_atoms`` centred: :mod:`bioqmmm.simulation.imaging`); on resume, frames
+    written after the checkpoint are dropped first."""
     interval = settings.trajectory_interval
     if resume and path.exists():
         _truncate_trajectory(path, topology, start_step // interval)
     append = resume and path.exists()
-    if settings.trajectory_format == "xtc":
-        return app.XTCReporter(str(path), interval, append=append, enforcePeriodicBox=True)
-    return app.DCDReporter(str(path), interval, append=append, enforcePeriodicBox=True)
+    reporter = (app.XTCReporter if settings.trajectory_format == "xtc" else app.DCDReporter)(
+        str(path), interval, append=append, enforcePeriodicBox=False)
+    return ImagedReporter(reporter, MoleculeImager(topology, centre_atoms))
 
 
 def _truncate_trajectory(path: Path, topology, n_frames: int) -> None:
@@ -263,6 +297,9 @@ def run(context: RunContext, settings: MDSettings) -> dict:
         "final_potential_energy": quantity(rows[-1]["potential_kjmol"], "kJ/mol"),
         "final_qm_energy": quantity(rows[-1]["qm_kjmol"], "kJ/mol"),
         "mean_temperature": quantity(temperature.mean(), "K"),
+        **({"warmup": f"{settings.warmup_ps:g} ps of environment MD at {settings.temperature_k:g} K (QM atoms "
+                      f"fixed), ending at {outcome.warmup_temperature:.0f} K"}
+           if outcome.warmup_temperature is not None else {}),
         "mean_scf_cycles_per_step": quantity(scf.mean(), "cycles"),
         "qm_evaluations_this_run": outcome.qm_evaluations,
         "wall_time_per_step": quantity(np.nanmean(wall) if np.isfinite(wall).any() else float("nan"), "s"),

@@ -40,6 +40,7 @@ from bioqmmm.region.selection import resolve_qm_atoms
 from bioqmmm.results import new_figure, quantity, read_result, write_pdb_models, write_results
 from bioqmmm.simulation.environment import ConstraintProjector
 from bioqmmm.simulation.identity import array_digest, fingerprint
+from bioqmmm.simulation.imaging import MoleculeImager
 
 ENDPOINTS = ("reactant", "product")
 
@@ -163,7 +164,7 @@ def run(context: RunContext, settings: NEBSettings) -> dict:
     figures = {**context.record, **result.figures(), **({} if ts is None else _ts_figures(ts, result))}
     if comm.rank != 0:
         return {"protocol": "neb", **figures}
-    files = write_band_files(out, result, topology, box, ts)
+    files = write_band_files(out, result, topology, box, ts, centre_atoms=qmmm.qm_atoms)
     return write_results(out, "neb", {**figures, "files": sorted(files + ["result.json", "summary.txt"])})
 
 
@@ -277,8 +278,9 @@ def _ts_figures(ts: TSResult, result: NEBResult) -> dict[str, Any]:
 
 
 def write_band_files(out: Path, result: NEBResult, topology: app.Topology, box=None,
-                     ts: TSResult | None = None) -> list[str]:
-    """Profile table and plot, all images (multi-model PDB and DCD), the TS structure and the history."""
+                     ts: TSResult | None = None, centre_atoms=()) -> list[str]:
+    """Profile table and plot, all images (multi-model PDB and DCD), the TS structure and the history; in a
+    box, structures are imaged around ``centre_atoms`` (:mod:`bioqmmm.simulation.imaging`)."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "profile.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -290,17 +292,16 @@ def write_band_files(out: Path, result: NEBResult, topology: app.Topology, box=N
         writer.writeheader()
         writer.writerows(result.history)
     vectors = None if box is None else unit.Quantity([Vec3(*map(float, v)) for v in box], unit.nanometer)
-    write_pdb_models(out / "images.pdb", topology, result.positions)
+    write_pdb_models(out / "images.pdb", topology, result.positions, box, centre_atoms)
+    imager = MoleculeImager(topology, centre_atoms)
     with open(out / "images.dcd", "wb") as handle:
         dcd = app.DCDFile(handle, topology, 1.0 * unit.picosecond)
         for x in result.positions:
-            dcd.writeModel(x * unit.nanometer, periodicBoxVectors=vectors)
+            dcd.writeModel(imager(x, box) * unit.nanometer, periodicBoxVectors=vectors)
     files = ["profile.csv", "profile.png", "neb_history.csv", "images.pdb", "images.dcd", "ts.pdb"]
-    with open(out / "ts.pdb", "w") as handle:
-        app.PDBFile.writeFile(topology, (result.ts_positions if ts is None else ts.positions) * unit.nanometer, handle)
+    write_pdb_models(out / "ts.pdb", topology, [result.ts_positions if ts is None else ts.positions], box, centre_atoms)
     if ts is not None:
-        with open(out / "ts_climbing_image.pdb", "w") as handle:
-            app.PDBFile.writeFile(topology, result.ts_positions * unit.nanometer, handle)
+        write_pdb_models(out / "ts_climbing_image.pdb", topology, [result.ts_positions], box, centre_atoms)
         files.append("ts_climbing_image.pdb")
     _plot(out / "profile.png", result, ts)
     return files

@@ -30,13 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from openmm import app, unit
 
 from bioqmmm.errors import BioQMMMError, CalculationError, InputError
 from bioqmmm.protocols.context import RunContext
 from bioqmmm.protocols.registry import Protocol
 from bioqmmm.protocols.settings import Declared, setting
-from bioqmmm.results import new_figure, quantity, write_results
+from bioqmmm.results import new_figure, quantity, write_pdb_models, write_results
 from bioqmmm.simulation.checkpoint import save_arrays
 from bioqmmm.simulation.environment import (
     ConstraintProjector,
@@ -280,9 +279,7 @@ def _write_files(out: Path, qmmm, outcome: OptimizationOutcome, box, wall: float
         writer = csv.DictWriter(handle, fieldnames=list(outcome.history[0]), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(outcome.history)
-    topology = qmmm.topology
-    with open(out / "optimized.pdb", "w") as handle:
-        app.PDBFile.writeFile(topology, outcome.positions * unit.nanometer, handle)
+    write_pdb_models(out / "optimized.pdb", qmmm.topology, [outcome.positions], box, centre_atoms=qmmm.qm_atoms)
     iterations = [row["iteration"] for row in outcome.history]
     fig, (energy, force) = new_figure(2, 2.6)
     energy.plot(iterations, [row["energy"] - outcome.initial_energy for row in outcome.history], marker="o")

@@ -24,7 +24,7 @@ from typing import Any, Literal, Union
 #: Unit of a key, from the end of its name (longest suffix first).
 UNIT_SUFFIXES = {
     "_kjmol_nm2": "kJ/mol/nm²", "_kjmol_nm": "kJ/mol/nm", "_kjmol": "kJ/mol", "_per_ps": "1/ps", "_fs": "fs",
-    "_nm": "nm", "_bar": "bar", "_k": "K",
+    "_ps": "ps", "_nm": "nm", "_bar": "bar", "_k": "K",
 }
 
 #: Range checks a key can declare: the test and the message when it fails.

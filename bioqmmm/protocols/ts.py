@@ -136,7 +136,7 @@ def run(context: RunContext, settings: TSSettings) -> dict:
             progress=context.progress, poll=context.poll)
         for name, branch in (("forward", irc.forward), ("backward", irc.backward))}
     figures = {**context.record, **_figures(saddle, irc, ends, qm, {"reactant": reactant, "product": product})}
-    files = _write(out, topology, box, saddle, irc) + [f"irc_{name}_minimum/" for name in ends]
+    files = _write(out, topology, box, saddle, irc, qmmm.qm_atoms) + [f"irc_{name}_minimum/" for name in ends]
     return write_results(out, "ts", {**figures, "files": sorted(files + ["result.json", "summary.txt"])})
 
 
@@ -176,14 +176,15 @@ def _figures(saddle: SolvatedTS, irc: IRCResult | None, ends: dict[str, Optimiza
     return figures
 
 
-def _write(out: Path, topology: app.Topology, box, saddle: SolvatedTS, irc: IRCResult | None) -> list[str]:
+def _write(out: Path, topology: app.Topology, box, saddle: SolvatedTS, irc: IRCResult | None,
+           centre_atoms) -> list[str]:
     files = write_modes(out, "ts", topology, saddle.ts.positions, saddle.analysis)
-    write_pdb_models(out / "ts.pdb", topology, [saddle.ts.positions], box)
+    write_pdb_models(out / "ts.pdb", topology, [saddle.ts.positions], box, centre_atoms)
     files.append("ts.pdb")
     if irc is None:
         return files
     arc, energies, positions = irc.path()
-    write_pdb_models(out / "irc.pdb", topology, positions, box)
+    write_pdb_models(out / "irc.pdb", topology, positions, box, centre_atoms)
     with open(out / "irc.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["arc_amu_half_nm", "energy_kjmol_relative_to_ts"])

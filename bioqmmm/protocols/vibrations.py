@@ -121,7 +121,7 @@ def run(context: RunContext, settings: VibrationsSettings) -> dict:
     _, forces = qmmm.energy_and_forces(positions, box)
     figures["max_force_active"] = quantity(float(np.linalg.norm(forces[atoms], axis=1).max()), "kJ/mol/nm")
     figures["active_atoms"], figures["environment_atoms"] = len(atoms), len(environment)
-    write_pdb_models(out / "optimized.pdb", qmmm.topology, [positions], box)
+    write_pdb_models(out / "optimized.pdb", qmmm.topology, [positions], box, centre_atoms=qmmm.qm_atoms)
     files = ["optimized.pdb"]
     analyses: dict[str, VibrationalAnalysis] = {}
     for method in settings.hessians:

@@ -13,6 +13,8 @@ import numpy as np
 import openmm
 from openmm import unit
 
+from bioqmmm.simulation.reporters import degrees_of_freedom
+
 
 def environment_system(qmmm, qm_charges: np.ndarray | None = None, frozen: Iterable[int] = ()) -> openmm.System:
     """``qmmm.system`` without its QM force; QM atoms, ``frozen`` and every atom constrained to one
@@ -102,6 +104,48 @@ def relax_environment(
     openmm.LocalEnergyMinimizer.minimize(context, tolerance, max_iterations, counter)
     relaxed = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
     return np.asarray(relaxed), counter.calls
+
+
+def thermalise_environment(
+    qmmm,
+    positions: np.ndarray,
+    *,
+    temperature: float,
+    duration_ps: float,
+    timestep_fs: float,
+    friction_per_ps: float,
+    seed: int | None = None,
+    qm_charges: np.ndarray | None = None,
+    box: np.ndarray | None = None,
+    platform: str = "CPU",
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Langevin MD of the MM environment (QM atoms fixed, carrying ``qm_charges``) at ``temperature`` K.
+
+    A QM/MM run started from a minimised structure with Maxwell–Boltzmann velocities loses half its
+    kinetic energy to the potential within tens of femtoseconds (equipartition), so its temperature
+    sits far below the target for as long as a weak thermostat needs to refill it. Thermalising the
+    environment at MM cost first starts the QM/MM run with both halves at ``temperature``.
+    Returns positions (nm), velocities (nm/ps; zero on the fixed atoms) and the environment's final
+    kinetic temperature (K).
+    """
+    system = environment_system(qmmm, qm_charges)
+    integrator = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, friction_per_ps / unit.picosecond,
+                                                 timestep_fs * unit.femtosecond)
+    integrator.setRandomNumberSeed(seed or 0)
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform),
+                             reproducible_properties(platform, 1))
+    if box is not None:
+        context.setPeriodicBoxVectors(*box)
+    context.setPositions(positions)
+    context.setVelocitiesToTemperature(temperature * unit.kelvin, seed or 0)
+    integrator.step(max(1, round(duration_ps * 1e3 / timestep_fs)))
+    state = context.getState(getPositions=True, getVelocities=True, getEnergy=True)
+    kinetic = state.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
+    final_temperature = 2 * kinetic / (degrees_of_freedom(system) * unit.MOLAR_GAS_CONSTANT_R.value_in_unit(
+        unit.kilojoule_per_mole / unit.kelvin))
+    return (np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)),
+            np.asarray(state.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond)),
+            float(final_temperature))
 
 
 class _IterationCounter(openmm.MinimizationReporter):
