@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -91,6 +92,23 @@ def _md(tmp_path: Path, steps: int, out: str, qm_every: int = 1):
     qmmm, positions, box = build_qmmm(config)
     return qmmm, run_md(qmmm, positions, config.protocol, tmp_path / out, box=box, platform="Reference",
                         identity="continuation-test", progress=False)
+
+
+@pytest.mark.parametrize(("charge", "multiplicity", "message"), [
+    (10, 1, r"charge 10 leaves 0 electrons in the QM region \(5 atoms, nuclear charge 10\): the charge is wrong"),
+    (12, 1, r"charge 12 leaves -2 electrons in the QM region .* the charge is wrong"),
+    (1, 1, r"charge 1 and multiplicity 1 are inconsistent with 9 electrons"),
+])
+def test_impossible_qm_charges_stop_the_shipped_md_file_before_any_step(tmp_path, capsys, charge, multiplicity,
+                                                                        message):
+    """protocols/md.yaml's side chain (CH3 + link H, 10 electrons) with a charge that leaves no electrons, fewer
+    than none, or the wrong parity: one line naming the charge (and the multiplicity), exit 1, nothing run."""
+    text = (PROTOCOLS / "md.yaml").read_text().replace("charge: 0", f"charge: {charge}")
+    text = text.replace("multiplicity: 1", f"multiplicity: {multiplicity}")
+    assert main(["run", str(_write(tmp_path, text)), "-o", str(tmp_path / "out"), "--no-progress"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and re.search(message, error[0]), error
+    assert not (tmp_path / "out" / "checkpoint.npz").exists()
 
 
 @pytest.mark.parametrize("qm_every", [1, pytest.param(3, marks=pytest.mark.slow)],
