@@ -31,6 +31,8 @@ def test_an_edited_number_or_an_unknown_key_is_caught(tmp_path, monkeypatch):
     assert len(problems) == 2 and "pmf.barrier: the page says" in problems[0] and "pmf.nonsense" in problems[1]
     page.write_text("written as `<!--n:pmf.barrier-->1.0 ± 0.1<!--/n-->` in a code span: an example, not a number\n")
     assert docs_numbers.stale(record, [page]) == []
+    page.write_text(f"an unclosed <!--n:pmf.reaction-->7 and <!--n:pmf.barrier-->{good}<!--/n-->\n")
+    assert docs_numbers.stale(record, [page]) == []  # the unclosed marker does not swallow the next one
 
 
 def test_fresh_results_are_compared_within_the_stated_uncertainty():

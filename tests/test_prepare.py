@@ -19,6 +19,7 @@ from bioqmmm import load_prepared, prepare
 from bioqmmm.cli import main
 from bioqmmm.errors import InputError, PreparationError
 from bioqmmm.preparation import freeze_beyond
+from bioqmmm.preparation.sources import DATA
 
 SEQUENCE = "ALA SER HIS CYS ASP GLY LYS GLU MET ALA".split()
 ETHANOL = [  # name, element, x, y, z (Angstrom, relative)
@@ -439,6 +440,10 @@ def test_pdb_ids_resolve_to_shipped_entries_or_downloads_with_a_clear_offline_er
 
     from bioqmmm.preparation import sources
 
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "1AKI").mkdir()
+    monkeypatch.chdir(tmp_path)  # a folder named like an id does not hide the id
+
     shipped = sources.resolve_structure("1aki")
     assert shipped == sources.DATA / "1AKI.pdb" and shipped.exists()
     assert sources.resolve_structure(str(shipped)) == shipped  # a file wins over the id rules
@@ -451,7 +456,7 @@ def test_pdb_ids_resolve_to_shipped_entries_or_downloads_with_a_clear_offline_er
     with pytest.raises(PreparationError, match=r"PDB id 9XYZ: cannot download https://files.rcsb.org/download/9XYZ"
                                                r"\.cif \(Name or service not known\); without a network"):
         prepare("9xyz", solvent="vacuum")
-    assert not (tmp_path / "9XYZ.cif").exists()
+    assert not (tmp_path / "cache" / "bioqmmm" / "pdb" / "9XYZ.cif").exists()
 
     def missing(url, timeout):
         raise urllib.error.HTTPError(url, 404, "Not Found", None, None)
@@ -467,6 +472,9 @@ def test_pdb_ids_resolve_to_shipped_entries_or_downloads_with_a_clear_offline_er
         def __exit__(self, *exc):
             return False
 
+    monkeypatch.setattr(sources.urllib.request, "urlopen", lambda url, timeout: Response(b"<html>proxy</html>"))
+    with pytest.raises(PreparationError, match="did not return an mmCIF file"):
+        sources.resolve_structure("9XYZ", tmp_path)
     monkeypatch.setattr(sources.urllib.request, "urlopen", lambda url, timeout: Response(b"data_9XYZ\n"))
     downloaded = sources.resolve_structure("9XYZ", tmp_path)
     assert downloaded == tmp_path / "9XYZ.cif" and downloaded.read_text() == "data_9XYZ\n"
@@ -533,6 +541,8 @@ def test_state_overrides_change_the_charge_and_bad_ones_are_refused_before_anyth
         prepare("1AKI", solvent="vacuum", states={"A:GLU36": "GLH"})
     with pytest.raises(InputError, match="'HIP' does not fit GLU; states: one of GLU, GLH"):
         prepare("1AKI", solvent="vacuum", states={"A:GLU35": "HIP"})
+    with pytest.raises(InputError, match=r"'CYM' does not fit CYS; states: one of CYX \(it is in a disulfide\)"):
+        prepare("1AKI", solvent="vacuum", states={"A:CYS6": "CYM"})
     assert main(["prepare", "1AKI", "-o", str(tmp_path / "bad"), "--state", "A:GLU35=LYN"]) == 1
     assert "does not fit GLU" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
@@ -558,3 +568,19 @@ def test_metal_bound_cysteines_keep_their_states_under_propka():
     predicted, rules = (_variants(prepare("2DSX", solvent="vacuum", protonation=p)) for p in ("propka", "rules"))
     iron = [f"A:CYS{i}" for i in (6, 9, 39, 42)]
     assert [predicted[c] for c in iron] == [rules[c] for c in iron] == ["CYX"] * 4
+
+
+def test_predictions_reach_residues_with_insertion_codes(tmp_path):
+    """Asp52 renumbered 51A (Kabat/chymotrypsin-style insertion code): its prediction and state are reported
+    under its own label."""
+    lines = []
+    for line in (DATA / "1AKI.pdb").read_text().splitlines():
+        if line.startswith(("ATOM", "HETATM")) and line[17:20] == "ASP" and line[22:26] == "  52":
+            line = line[:22] + "  51A" + line[27:]
+        lines.append(line)
+    path = tmp_path / "insertion.pdb"
+    path.write_text("\n".join(lines) + "\n")
+    prepared = prepare(path, solvent="vacuum", ph=5.5)
+    sites = {s["label"]: s for s in prepared.report.titration["sites"]}
+    assert "A:ASP51A" in sites and "A:ASP52" not in sites and sites["A:ASP51A"]["state"] == "ASP"
+    assert 5.5 < sites["A:GLU35"]["pka"] and not [e for e in prepared.report.decisions if e.kind == "pka-missing"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -35,8 +35,9 @@ STATES = {
 #: (tautomer left to the hydrogen-bond network).
 PAIRS = {"ASP": ("ASH", "ASP"), "GLU": ("GLH", "GLU"), "HIS": ("HIP", None), "LYS": ("LYS", "LYN"),
          "CYS": ("CYS", "CYM")}
-#: The model pKa values OpenMM's Modeller.addHydrogens uses when no variant is given (its documentation).
-RULE_PKA = {"ASP": 4.0, "GLU": 4.4, "HIS": 6.0, "LYS": 10.4, "CYS": 8.5}
+#: The pH at or below which OpenMM's Modeller.addHydrogens protonates a residue given no variant (openmm/app/
+#: data/hydrogens.xml: the ``maxph`` of HD2, HE2, HZ3, HG; His is neutral only above 6.5, in Modeller.py).
+RULE_PKA = {"ASP": 4.4, "GLU": 4.4, "HIS": 6.5, "LYS": 10.0, "CYS": 8.5}
 #: PROPKA's value for a group it does not titrate (a disulfide cysteine).
 NOT_TITRATED = 99.0
 #: |pKa − pH| below which a state is a close call the report asks the user to look at.
@@ -59,21 +60,19 @@ class Site:
     note: str = ""
 
 
-def predict(topology: app.Topology, positions: np.ndarray) -> list[Site]:
-    """PROPKA 3 pKa values of the titratable groups of a heavy-atom structure (positions in nm).
+def predict(topology: app.Topology, positions: np.ndarray, label: Callable[[app.Residue], str]) -> list[Site]:
+    """PROPKA 3 pKa values of the titratable groups of a structure's heavy atoms (positions in nm).
 
-    Hydrogens are dropped before PROPKA sees the structure (it places its own). Disulfide cysteines
-    (PROPKA: 99.99) are left out.
+    PROPKA sees a copy with hydrogens dropped (it places its own) and with chain letters and residue numbers of
+    its own (:func:`_propka_names`), so that insertion codes, long mmCIF chain ids, numbers beyond 9999 and
+    repeated chain ids all map back to their residue; ``label(residue)`` names the residues in the result.
+    Disulfide cysteines (PROPKA: 99.99) are left out.
     """
     import propka.run
 
-    keep = [a for a in topology.atoms() if a.element is not None and a.element != app.element.hydrogen]
-    modeller = app.Modeller(topology, positions * unit.nanometer)
-    modeller.delete([a for a in topology.atoms() if a not in set(keep)])
+    copy, xyz, residue_of = _propka_names(topology, positions)
     text = io.StringIO()
-    app.PDBFile.writeFile(modeller.topology, modeller.positions, text, keepIds=True)
-    labels = {(r.chain.id, int(r.id), (r.insertionCode or " ").strip()): f"{r.chain.id}:{r.name}{r.id}"
-              for r in modeller.topology.residues() if r.id.strip().lstrip("-").isdigit()}
+    app.PDBFile.writeFile(copy, xyz * unit.nanometer, text, keepIds=True)
     logger = logging.getLogger("propka")
     level = logger.level
     logger.setLevel(logging.ERROR)  # PROPKA logs its banner and per-group notes at INFO/WARNING
@@ -84,13 +83,41 @@ def predict(topology: app.Topology, positions: np.ndarray) -> list[Site]:
         logger.setLevel(level)
     sites = []
     for group in molecule.conformations["AVR"].groups:
-        if group.residue_type in ("ARG", "TYR", "ASP", "GLU", "HIS", "LYS", "CYS", "N+", "C-") and \
-                group.pka_value < NOT_TITRATED:
-            atom = group.atom
-            label = labels.get((atom.chain_id, int(atom.res_num), (atom.icode or " ").strip()))
-            if label is not None:
-                sites.append(Site(label, group.residue_type, float(group.pka_value), float(group.model_pka)))
+        residue = residue_of.get((group.atom.chain_id, int(group.atom.res_num)))
+        if residue is not None and group.residue_type in TITRATING_GROUPS and group.pka_value < NOT_TITRATED:
+            sites.append(Site(label(residue), group.residue_type, float(group.pka_value), float(group.model_pka)))
     return sites
+
+
+#: PROPKA's groups reported here (residues and termini; ligand groups are PROPKA's own business).
+TITRATING_GROUPS = ("ARG", "TYR", "ASP", "GLU", "HIS", "LYS", "CYS", "N+", "C-")
+#: Chain letters for PROPKA's copy; each takes up to 9999 residues.
+_CHAIN_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def _propka_names(topology: app.Topology, positions: np.ndarray):
+    """A heavy-atom copy of ``topology`` whose residues are numbered 1..9999 per chain letter, in order, with
+    the positions (nm) of its atoms and {(letter, number): original residue}."""
+    copy = app.Topology()
+    xyz, residue_of = [], {}
+    chain, source_chain, count, letters = None, None, 0, iter(_CHAIN_LETTERS)
+    for residue in topology.residues():
+        heavy = [a for a in residue.atoms() if a.element is not None and a.element != app.element.hydrogen]
+        if not heavy:
+            continue
+        if chain is None or count == 9999 or residue.chain.index != source_chain:
+            letter = next(letters, None)
+            if letter is None:
+                raise InputError("the structure has too many chains and residues for PROPKA's file format; use "
+                                 "protonation='rules'")
+            chain, source_chain, count = copy.addChain(letter), residue.chain.index, 0
+        count += 1
+        new = copy.addResidue(residue.name, chain, str(count))
+        residue_of[(chain.id, count)] = residue
+        for atom in heavy:
+            copy.addAtom(atom.name, atom.element, new)
+            xyz.append(positions[atom.index])
+    return copy, np.array(xyz), residue_of
 
 
 def rule_state(name: str, ph: float) -> str | None:
@@ -98,7 +125,7 @@ def rule_state(name: str, ph: float) -> str | None:
     if name not in RULE_PKA:
         return None
     protonated, deprotonated = PAIRS[name]
-    return protonated if ph < RULE_PKA[name] else deprotonated
+    return protonated if ph <= RULE_PKA[name] else deprotonated
 
 
 def predicted_state(site: Site, ph: float) -> str | None:
@@ -109,10 +136,11 @@ def predicted_state(site: Site, ph: float) -> str | None:
     return protonated if site.pka > ph else deprotonated
 
 
-def check_overrides(states: Mapping[str, str], residues: Iterable[app.Residue], label) -> dict[int, str]:
+def check_overrides(states: Mapping[str, str], topology: app.Topology, label) -> dict[int, str]:
     """``{"A:GLU35": "GLH", ...}`` as {residue index: state}; InputError for a residue that does not exist or
-    a state that does not fit it. ``label(residue)`` gives a residue's label."""
-    by_label = {label(r): r for r in residues}
+    a state that does not fit it (a disulfide cysteine is CYX). ``label(residue)`` gives a residue's label."""
+    by_label = {label(r): r for r in topology.residues()}
+    disulfide = _disulfide_residues(topology)
     chosen = {}
     for name, state in states.items():
         residue = by_label.get(name)
@@ -120,9 +148,10 @@ def check_overrides(states: Mapping[str, str], residues: Iterable[app.Residue], 
             similar = [k for k in by_label if k.split(":")[-1][3:] == name.split(":")[-1][3:]]
             hint = f"; residues with that number: {', '.join(similar)}" if similar else ""
             raise InputError(f"--state {name}={state}: no residue {name} in the structure{hint}")
-        allowed = STATES.get(residue.name, ())
+        allowed = ("CYX",) if residue.index in disulfide else STATES.get(residue.name, ())
         if state.upper() not in allowed:
             fits = f"one of {', '.join(allowed)}" if allowed else "none (its protonation state is fixed)"
+            fits += " (it is in a disulfide)" if residue.index in disulfide else ""
             raise InputError(f"--state {name}={state}: {state!r} does not fit {residue.name}; states: {fits}")
         chosen[residue.index] = state.upper()
     return chosen
@@ -146,13 +175,12 @@ def assign(topology: app.Topology, positions: np.ndarray, chosen: list[str | Non
     metal, are kept) from the predictions or the rules; overrides win. Returns the predicted sites and the pH
     to give OpenMM's Modeller (raised to :data:`HIS_NEUTRAL_PH` with predictions, so that it picks a neutral
     His's tautomer instead of HIP; every other titratable residue then has its variant)."""
-    overrides = check_overrides(protonation.overrides or {}, topology.residues(), label)
-    sites = predict(topology, positions) if protonation.method == "propka" else []
+    overrides = check_overrides(protonation.overrides or {}, topology, label)
+    sites = predict(topology, positions, label) if protonation.method == "propka" else []
     modeller_ph = protonation.ph
     if protonation.method == "propka":
         predicted = {s.label: s for s in sites if s.group in PAIRS}
-        disulfide = {a.residue.index for bond in topology.bonds() for a in bond
-                     if bond[0].name == "SG" and bond[1].name == "SG"}
+        disulfide = _disulfide_residues(topology)
         for residue in topology.residues():
             if residue.name not in PAIRS or chosen[residue.index] is not None or residue.index in disulfide:
                 continue
@@ -188,6 +216,12 @@ def report_states(report, topology: app.Topology, positions: np.ndarray, used: l
     close = [s.label for s in table if abs(s.pka - ph) < CLOSE_CALL]
     if close:
         report.decide("pka-close-call", f"predicted pKa within {CLOSE_CALL:g} of pH {ph:g}: check these states", close)
+    if protonation.method == "propka":
+        predicted = {s.label for s in table}
+        missing = [label(r) for r in topology.residues() if r.name in PAIRS and label(r) not in predicted
+                   and used[r.index] != "CYX"]
+        if missing:
+            report.decide("pka-missing", "no PROPKA prediction: state from the rules", missing)
     untemplated = [s.label for s in table if s.note]
     if untemplated:
         report.decide("pka-no-template", "predicted state has no template (Tyr, Arg, termini): kept", untemplated)
@@ -205,6 +239,10 @@ def report_states(report, topology: app.Topology, positions: np.ndarray, used: l
 
 #: Residues with a heavy atom within this distance (nm) of a QM residue's are "next to" it.
 NEAR_QM_NM = 0.5
+
+
+def _disulfide_residues(topology: app.Topology) -> set[int]:
+    return {a.residue.index for bond in topology.bonds() for a in bond if bond[0].name == bond[1].name == "SG"}
 
 
 def _near(topology: app.Topology, positions: np.ndarray, is_qm: Callable[[app.Residue], bool]) -> set[int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -41,7 +42,7 @@ def resolve_structure(source: str | Path, downloads: Path | None = None) -> Path
     download fails (no network), naming the id and the URL.
     """
     path = Path(source)
-    if path.exists() or not PDB_ID.match(str(source)):
+    if path.is_file() or not PDB_ID.match(str(source)):
         return path  # the reader names a missing file
     entry = str(source).upper()
     if entry in SHIPPED:
@@ -62,8 +63,10 @@ def resolve_structure(source: str | Path, downloads: Path | None = None) -> Path
             f"PDB id {entry}: cannot download {url} ({reason}); without a network, download the entry "
             f"elsewhere and give its file path, or use a shipped entry ({', '.join(SHIPPED)})"
         ) from None
+    if not text.lstrip().startswith(b"data_"):
+        raise PreparationError(f"PDB id {entry}: {url} did not return an mmCIF file (a proxy or an error page?)")
     folder.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".part")
-    partial.write_bytes(text)
-    os.replace(partial, target)
+    with tempfile.NamedTemporaryFile(dir=folder, suffix=".part", delete=False) as partial:
+        partial.write(text)
+    os.replace(partial.name, target)  # atomic: a concurrent download never leaves half a file
     return target

@@ -25,7 +25,7 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from bioqmmm.errors import InputError
+from bioqmmm.errors import CalculationError, InputError
 from bioqmmm.protocols.context import RunContext
 from bioqmmm.protocols.registry import Protocol
 from bioqmmm.protocols.settings import Declared, FieldError, setting
@@ -188,6 +188,9 @@ def run_md(
             seed=settings.seed, qm_charges=qm_charges_on_atoms(qmmm), box=box,
             platform=mm_platform,
         )
+        if not (np.isfinite(positions).all() and np.isfinite(warm_velocities).all()):
+            raise CalculationError(f"the environment's warm-up ({settings.warmup_ps:g} ps) blew up: clashes the "
+                                   "start relaxation did not remove (minimize_mm_first: true), or set warmup_ps: 0")
     springs = read_section(files["checkpoint"], "mts.").get("springs") if resume else None
     integrator = _integrator(settings, qmmm, positions, box, springs)  # before the Context: MTS adds forces
     simulation = app.Simulation(qmmm.topology, qmmm.system, integrator,

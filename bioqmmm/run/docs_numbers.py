@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RECORD = ROOT / "docs" / "numbers.json"
 PAGES = ("README.md", "protocols/README.md", "docs/*.md")
 #: A marked number; one written as an example in a code span (a backtick just before it) is not one.
-MARKER = re.compile(r"(?<!`)<!--n:(?P<key>[\w.]+)-->(?P<text>.*?)<!--/n-->", re.S)
+MARKER = re.compile(r"(?<!`)<!--n:(?P<key>[\w.]+)-->(?P<text>(?:(?!<!--).)*?)<!--/n-->", re.S)
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,10 @@ def extract(name: str, result: dict) -> dict[str, dict]:
         item = result
         for part in spec.path:
             if isinstance(item, list) and spec.select is not None:
-                item = next(x for x in item if x[spec.select[0]] == spec.select[1])
+                chosen = [x for x in item if x[spec.select[0]] == spec.select[1]]
+                if not chosen:
+                    raise KeyError(f"{name}.{key}: no {spec.select[0]} {spec.select[1]!r} in {'/'.join(spec.path)}")
+                item = chosen[0]
             item = item[part]
         value = item["value"] if isinstance(item, dict) else item
         if spec.index is not None:
@@ -160,8 +163,11 @@ def compare(name: str, result: dict, record: dict | None = None) -> list[str]:
         spec, old = ENTRIES[name].numbers[key], recorded[key]
         if old["uncertainty"] is not None and fresh["uncertainty"] is not None:
             allowed = 2 * math.hypot(old["uncertainty"], fresh["uncertainty"])
-        else:
+        elif spec.tolerance is not None:
             allowed = spec.tolerance
+        else:
+            problems.append(f"{name}.{key}: no uncertainty and no tolerance to compare with")
+            continue
         if abs(fresh["value"] - old["value"]) > allowed:
             problems.append(f"{name}.{key}: fresh {fresh['value']:.4g}, recorded {old['value']:.4g} "
                             f"(allowed difference {allowed:.3g})")
