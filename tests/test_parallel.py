@@ -62,6 +62,7 @@ def test_mpirun_failure_stops_every_rank_and_a_rerun_completes_only_the_rest(tmp
     assert all(entry["status"] == "finished" for entry in _record(tmp_path)["replicas"].values())
 
 
+@pytest.mark.slow
 def test_md_stops_at_the_next_step_when_polled_and_keeps_its_checkpoint(tmp_path):
     from bioqmmm.errors import ReplicaAbortedError
     from bioqmmm.protocols.md import run_md
