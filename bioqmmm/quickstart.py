@@ -35,7 +35,7 @@ import numpy as np
 from bioqmmm.errors import InputError
 from bioqmmm.examples import alanine_dipeptide
 from bioqmmm.protocols.md import MDSettings, run_md
-from bioqmmm.qm import PySCFEngine, XTBEngine
+from bioqmmm.qm.factory import Level, create_engine
 from bioqmmm.qmmm.system import QMMMSystem
 from bioqmmm.results import plot_md
 from bioqmmm.simulation.reporters import read_rows
@@ -171,9 +171,10 @@ def report_every(steps: int) -> int:
 
 
 def _engine(method: str, basis: str, threads: int | None):
+    """The quickstart's engine through the engine factory: xtb for the GFN methods, else PySCF."""
     if method.lower() in XTB_METHODS:
-        return XTBEngine(XTB_METHODS[method.lower()], **({"threads": threads} if threads else {}))
-    return PySCFEngine(method, basis, conv_tol=1e-8, **({"threads": threads} if threads else {}))
+        return create_engine(Level(XTB_METHODS[method.lower()], engine="xtb"), threads)
+    return create_engine(Level(method, basis, options={"conv_tol": 1e-8}), threads)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 import openmm
 from openmm import unit
 
-from bioqmmm.simulation.reporters import degrees_of_freedom
+from bioqmmm.simulation.reporters import degrees_of_freedom, kinetic_temperature
 
 
 def environment_system(qmmm, qm_charges: np.ndarray | None = None, frozen: Iterable[int] = ()) -> openmm.System:
@@ -141,8 +141,7 @@ def thermalise_environment(
     integrator.step(max(1, round(duration_ps * 1e3 / timestep_fs)))
     state = context.getState(getPositions=True, getVelocities=True, getEnergy=True)
     kinetic = state.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
-    final_temperature = 2 * kinetic / (degrees_of_freedom(system) * unit.MOLAR_GAS_CONSTANT_R.value_in_unit(
-        unit.kilojoule_per_mole / unit.kelvin))
+    final_temperature = kinetic_temperature(kinetic, degrees_of_freedom(system))
     return (np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)),
             np.asarray(state.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond)),
             float(final_temperature))

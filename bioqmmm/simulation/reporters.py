@@ -43,6 +43,11 @@ def degrees_of_freedom(system: openmm.System) -> int:
     return dof
 
 
+def kinetic_temperature(kinetic_kjmol: float, dof: int) -> float:
+    """T = 2 K / (N_dof R), K, from the kinetic energy K in kJ/mol."""
+    return 2 * kinetic_kjmol / (dof * unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin))
+
+
 class CSVReporter:
     """Append a CSV row of ``columns`` every ``interval`` steps: the energies, temperature and wall time per
     step common to every run, the rest from :meth:`fields` (subclasses).
@@ -78,8 +83,7 @@ class CSVReporter:
         now = time.perf_counter()
         per_step = (now - self._clock[1]) / max(step - self._clock[0], 1) if self._clock else float("nan")
         self._clock = (step, now)
-        temperature = 2 * kinetic / (self._dof * unit.MOLAR_GAS_CONSTANT_R.value_in_unit(
-            unit.kilojoule_per_mole / unit.kelvin))
+        temperature = kinetic_temperature(kinetic, self._dof)
         row = {"step": step, "time_ps": state.getTime().value_in_unit(unit.picosecond), "potential_kjmol": potential,
                "kinetic_kjmol": kinetic, "temperature_k": temperature, "wall_per_step_s": per_step}
         self._writer.writerow({**row, **self.fields(step, potential, kinetic)})
