@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 from importlib import resources
 
+import numpy as np
 import openmm
 from openmm import app, unit
 
@@ -88,3 +89,64 @@ def water_box(box_size: float, nonbonded_cutoff: float = 0.7, rigid: bool = True
     modeller = app.Modeller(app.Topology(), [])
     modeller.addSolvent(forcefield(), model="tip3p", boxSize=openmm.Vec3(box_size, box_size, box_size) * unit.nanometer)
     return modeller.topology, _create(modeller, True, nonbonded_cutoff, rigid=rigid), modeller.positions
+
+
+def _capped(residue: str) -> tuple[app.Topology, np.ndarray]:
+    """ACE-``residue``-NME built by PDBFixer on the shipped alanine dipeptide's backbone (nm)."""
+    from pdbfixer import PDBFixer
+
+    text = _shipped("alanine_dipeptide.pdb")
+    lines = io.StringIO()
+    app.PDBFile.writeFile(text.topology, text.positions, lines)
+    kept = []
+    for line in lines.getvalue().splitlines():
+        if line.startswith(("ATOM", "HETATM")) and line[17:20] == "ALA":
+            if line[12:16].strip().startswith("HB") or line[12:16].strip()[1:3] == "HB":
+                continue
+            line = line[:17] + residue + line[20:]
+        if line.startswith(("ATOM", "HETATM", "TER", "END")):
+            kept.append(line)
+    fixer = PDBFixer(pdbfile=io.StringIO("\n".join(kept) + "\n"))
+    fixer.findMissingResidues()
+    fixer.findMissingAtoms()
+    fixer.addMissingAtoms(seed=0)
+    fixer.addMissingHydrogens(7.0)
+    return fixer.topology, np.array(fixer.positions.value_in_unit(unit.nanometer))
+
+
+def _rotation(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The rotation that turns direction ``u`` into direction ``v`` (Rodrigues)."""
+    u, v = u / np.linalg.norm(u), v / np.linalg.norm(v)
+    axis, cos = np.cross(u, v), float(np.dot(u, v))
+    sin = float(np.linalg.norm(axis))
+    if sin < 1e-9:
+        return np.eye(3) if cos > 0 else -np.eye(3)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]]) / sin
+    return np.eye(3) + sin * k + (1 - cos) * k @ k
+
+
+def salt_bridge_pair(separation: float = 0.37) -> tuple[app.Topology, np.ndarray]:
+    """Two binding partners: ACE-LYS-NME (chain A, charge +1) and ACE-ASP-NME (chain B, −1), the Asp Cγ on the
+    line Cα→Nζ of the Lys ``separation`` nm beyond Nζ (a salt bridge, Nζ–Oδ ≈ 0.27 nm at the default).
+    Topology and positions (nm), no force field: the smallest interface for the interface protocol's tests."""
+    lys, x_lys = _capped("LYS")
+    asp, x_asp = _capped("ASP")
+
+    def where(topology, name):
+        return next(a.index for a in topology.atoms() if a.name == name and a.residue.name in ("LYS", "ASP"))
+
+    axis = x_lys[where(lys, "NZ")] - x_lys[where(lys, "CA")]
+    axis /= np.linalg.norm(axis)
+    turn = _rotation(x_asp[where(asp, "CG")] - x_asp[where(asp, "CA")], -axis)
+    x_asp = (x_asp - x_asp[where(asp, "CG")]) @ turn.T + x_lys[where(lys, "NZ")] + separation * axis
+    topology, positions = app.Topology(), []
+    for part, xyz, chain_id in ((lys, x_lys, "A"), (asp, x_asp, "B")):
+        chain, made = topology.addChain(chain_id), {}
+        for residue in part.residues():
+            new = topology.addResidue(residue.name, chain, residue.id)
+            for atom in residue.atoms():
+                made[atom] = topology.addAtom(atom.name, atom.element, new)
+                positions.append(xyz[atom.index])
+        for a, b in part.bonds():
+            topology.addBond(made[a], made[b])
+    return topology, np.array(positions)

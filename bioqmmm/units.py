@@ -62,3 +62,6 @@ def minimum_image(d: np.ndarray, box: np.ndarray) -> np.ndarray:
         for component in range(axis + 1):  # box[axis] has no components beyond axis (reduced form)
             d[..., component] -= shift * box[axis, component]
     return d
+
+#: Thermochemical calorie: kJ per kcal.
+KCAL_KJ: float = 4.184

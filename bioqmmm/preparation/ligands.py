@@ -34,6 +34,7 @@ from rdkit import Chem, rdBase
 from rdkit.Chem import rdDetermineBonds, rdMolTransforms
 
 from bioqmmm.errors import InputError
+from bioqmmm.units import KCAL_KJ
 
 #: Net charges tried by :func:`infer_net_charge`, in order of increasing magnitude, e.
 CANDIDATE_CHARGES = (0, -1, 1, -2, 2, -3, 3)
@@ -61,14 +62,13 @@ GAFF2_LJ = {
 #: Smallest angle (degrees) at an sp atom (two neighbours, a triple or two double bonds).
 SP_MIN_ANGLE = 150.0
 
-_KCAL_KJ = 4.184
 _TYPE_ATTRIBUTE = re.compile(r"(type|class)[1-4]?")
 
 
 def _lj_nm_kj(element: str) -> tuple[float, float]:
     """(sigma nm, epsilon kJ/mol) of :data:`GAFF2_LJ`: sigma = 2 (R_min/2) / 2^(1/6)."""
     _, r_half, epsilon = GAFF2_LJ[element]
-    return 2 * r_half / 2 ** (1 / 6) / 10, epsilon * _KCAL_KJ
+    return 2 * r_half / 2 ** (1 / 6) / 10, epsilon * KCAL_KJ
 
 
 def _atom_names(residue: app.topology.Residue, label: str) -> list[str]:

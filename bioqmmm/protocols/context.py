@@ -32,6 +32,9 @@ class RunContext:
     :class:`~bioqmmm.region.region.QMRegion`) at another :class:`~bioqmmm.qm.factory.Level` (None: the
     file's own level). inputs_at(level): what that model is built from (system and QM
     settings, plain values), for the identities of sub-runs (endpoints, windows).
+    topology, reference_system (OpenMM), forcefield (:class:`~bioqmmm.preparation.forcefields.ForceFieldSetup`
+    or None for a built-in example) and level: the model as built, for protocols that pick their own QM
+    region (``qmmm`` is None for them).
     """
 
     qmmm: Any
@@ -44,6 +47,10 @@ class RunContext:
     comm: Any
     model_at: Callable[..., Any]
     inputs_at: Callable[[Level | None], tuple[Any, Any]]
+    topology: Any = None
+    reference_system: Any = None
+    forcefield: Any = None
+    level: Level | None = None
     platform: str = "CPU"
     threads: int | None = None
     progress: bool = True

@@ -27,7 +27,9 @@ class Protocol:
 
     ``length_keys``: settings a rerun may change and still continue the run (the first, if any, is the
     run's length: its target). ``parallel``: the protocol shares its own work out over MPI ranks (a file
-    with it takes no ``replicas`` list). Keys added to a protocol later are declared in its settings'
+    with it takes no ``replicas`` list). ``own_region``: the protocol picks its QM region from the structure
+    (the file's ``qm`` block gives only the level; the context has no ``qmmm`` but the model's topology,
+    System and force field). Keys added to a protocol later are declared in its settings'
     ``new_keys`` (:class:`~bioqmmm.protocols.settings.Declared`).
     """
 
@@ -37,6 +39,7 @@ class Protocol:
     run: Callable[[Any, Any], dict[str, Any]]
     length_keys: tuple[str, ...] = ()
     parallel: bool = False
+    own_region: bool = False
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.settings):

@@ -122,7 +122,13 @@ def _cmap(force: openmm.CMAPTorsionForce, qm: frozenset[int]) -> None:
             force.setTorsionParameters(index, zero_map, *atoms)
 
 
+def _implicit_solvent(force: openmm.GBSAOBCForce, qm: frozenset[int]) -> None:
+    """Kept as is: the QM atoms are solvated with their MM charges and radii (a mechanically embedded
+    solvation term; the QM Hamiltonian sees no reaction field)."""
+
+
 _HANDLERS = {
+    openmm.GBSAOBCForce: _implicit_solvent,
     openmm.NonbondedForce: _nonbonded,
     openmm.HarmonicBondForce: _harmonic_bond,
     openmm.HarmonicAngleForce: _harmonic_angle,

@@ -244,8 +244,8 @@ def build_boundary(
     m1_hosts = sorted({link.mm_host for link in links})
     _report_defect(defect, qm_charge, [atoms[i] for i in m1_hosts])
     extra: list[tuple[int, int, float, float]] = []  # anchor, other, weight, charge
-    if m1_hosts:
-        q[m1_hosts] += defect / len(m1_hosts)
+    for hosts, share in _defect_shares(topology, qm_atoms, links, q, qm_charge, defect):
+        q[hosts] += share / len(hosts)
     for m1 in m1_hosts:
         m2_atoms = sorted(neighbours[m1] - qm)
         if not m2_atoms:
@@ -295,6 +295,42 @@ def build_boundary(
         if abs(error) > CHARGE_TOLERANCE:
             raise BioQMMMError(f"boundary charges do not conserve the total charge {total:.6f} e (error {error:.2e} e)")
     return Boundary(particles, tuple(links), qm_sites, charge_sites, site_charges, defect, scheme)
+
+
+def _defect_shares(topology: app.Topology, qm_atoms: Sequence[int], links: Sequence[LinkAtom], q: np.ndarray,
+                   qm_charge: int, defect: float) -> list[tuple[list[int], float]]:
+    """(MM hosts, charge) pairs that together take the defect: each covalently connected piece of the QM
+    region its own (its MM charge sum minus the nearest integer) when those integers add up to the
+    declared charge, so that far-apart pieces (two side chains across an interface) do not exchange
+    boundary charge; otherwise the whole defect spread over every host."""
+    hosts = sorted({link.mm_host for link in links})
+    if not hosts:
+        return []
+    qm = set(qm_atoms)
+    neighbours = neighbour_map(topology)
+    piece_of: dict[int, int] = {}
+    for start in sorted(qm):
+        if start in piece_of:
+            continue
+        stack, piece_of[start] = [start], start
+        while stack:
+            for nxt in neighbours[stack.pop()] & qm:
+                if nxt not in piece_of:
+                    piece_of[nxt] = start
+                    stack.append(nxt)
+    pieces: dict[int, list[int]] = {}
+    for atom, piece in piece_of.items():
+        pieces.setdefault(piece, []).append(atom)
+    shares, integers = [], 0
+    for atoms in pieces.values():
+        total = float(q[atoms].sum())
+        integers += round(total)
+        own = sorted({link.mm_host for link in links if piece_of[link.qm_host] == piece_of[atoms[0]]})
+        if own:
+            shares.append((own, total - round(total)))
+        elif abs(total - round(total)) > CHARGE_TOLERANCE:
+            return [(hosts, defect)]
+    return shares if integers == qm_charge else [(hosts, defect)]
 
 
 def _report_defect(defect: float, qm_charge: int, m1_atoms: list[app.topology.Atom]) -> None:

@@ -13,6 +13,7 @@ from openmm import app, unit
 from bioqmmm.errors import InputError
 from bioqmmm.examples import alanine_dipeptide, formamide, water_box
 from bioqmmm.preparation import load_prepared
+from bioqmmm.preparation.forcefields import ForceFieldSetup
 from bioqmmm.qm.factory import Level, create_engine
 from bioqmmm.qmmm.embedding import PeriodicEmbedding
 from bioqmmm.qmmm.system import QMMMSystem
@@ -61,6 +62,16 @@ def build_model(section: SystemSection, base: Path | None = None):
     box = top.getPeriodicBoxVectors()
     box_nm = None if box is None else np.array(box.value_in_unit(unit.nanometer))
     return top, system, np.array(pos.value_in_unit(unit.nanometer)), box_nm
+
+
+def model_forcefield(section: SystemSection, base: Path | None = None) -> ForceFieldSetup | None:
+    """The force field the ``system`` block's model was built with (None for a built-in example)."""
+    if section.prepared is not None:
+        folder = Path(section.prepared)
+        return load_prepared(folder if folder.is_absolute() or base is None else base / folder).forcefield
+    if section.pdb is not None:
+        return ForceFieldSetup(list(section.forcefield))
+    return None
 
 
 def relax_example(system: openmm.System, positions: np.ndarray, fixed: Sequence[int] = ()) -> np.ndarray:

@@ -74,8 +74,10 @@ class QMSection(Declared):
     ``sidechains`` / ``residues`` (residue names such as ``ASP66``; see :mod:`bioqmmm.region.protein`).
     """
 
-    charge: int = setting(doc="of the QM region, link atoms included", unit="e")
-    multiplicity: int = setting(doc="spin multiplicity 2S + 1 (open shells run unrestricted)", check="positive_int")
+    charge: int | None = setting(None, doc="of the QM region, link atoms included (required with a region)",
+                                 unit="e")
+    multiplicity: int | None = setting(None, doc="spin multiplicity 2S + 1 (open shells run unrestricted; "
+                                       "required with a region)", check="positive_int")
     atoms: str | tuple[int, ...] | None = setting(None, doc="mdtraj selection or Topology indices")
     sidechains: tuple[str, ...] = setting((), doc="residues (ASP66, A:ASP66) whose side chain is QM (Cα–Cβ cut)")
     residues: tuple[str, ...] = setting((), doc="whole residues in QM (backbone cut at Cα–C)")
@@ -89,11 +91,15 @@ class QMSection(Declared):
     allow_polar_cut: bool = setting(False, doc="allow cuts through polar single bonds (C–N, C–O)")
 
     def check(self) -> None:
-        if not self.atoms and not self.sidechains and not self.residues:
-            raise FieldError("atoms", "the QM region is empty: give 'atoms', 'sidechains' or 'residues'")
+        if self.has_region() and (self.charge is None or self.multiplicity is None):
+            raise FieldError("charge" if self.charge is None else "multiplicity", "is required with a QM region")
         if not isinstance(self.atoms, str) and self.atoms is not None and min(self.atoms) < 0:
             raise FieldError("atoms", "atom indices must be non-negative")
         self.level()
+
+    def has_region(self) -> bool:
+        """Whether the block names QM atoms (a protocol that picks its own region takes none)."""
+        return bool(self.atoms or self.sidechains or self.residues)
 
     def level(self) -> Level:
         """The level of theory of this block."""
@@ -166,6 +172,12 @@ class ProtocolFile(Declared):
         if self.replicas and self.kind().parallel:
             raise FieldError("replicas", f"a {self.kind().name} protocol runs its own replicas in parallel: "
                              "give no 'replicas' list")
+        own = self.kind().own_region
+        if own and self.qm.has_region():
+            raise FieldError("qm", f"the {self.kind().name} protocol chooses its own QM region: give only the level "
+                             "(engine, method, basis, options)")
+        if not own and not self.qm.has_region():
+            raise FieldError("qm", "the QM region is empty: give 'atoms', 'sidechains' or 'residues'")
         names = [r.name for r in self.replicas]
         if len(set(names)) != len(names):
             raise FieldError("replicas", f"replica names must be unique, got {names}")

@@ -13,7 +13,7 @@ from bioqmmm.parallel.replicas import Replica, run_replicas
 from bioqmmm.parallel.schedule import estimated_cost
 from bioqmmm.protocols.context import RunContext
 from bioqmmm.results import read_result, write_results
-from bioqmmm.run.build import build_qmmm, qm_at, qmmm_model
+from bioqmmm.run.build import build_model, build_qmmm, model_forcefield, qm_at, qmmm_model
 from bioqmmm.run.protocol import ProtocolFile, ReplicaSection, load_protocol
 from bioqmmm.simulation.identity import fingerprint
 
@@ -148,6 +148,8 @@ def _headline(result: dict[str, Any]) -> dict[str, Any]:
 
 def _single(config: ProtocolFile, progress: bool, poll=None, comm=None) -> dict[str, Any]:
     """Build the model of ``config`` and run its protocol in the output folder."""
+    if config.kind().own_region:
+        return _own_region(config, progress, comm)
     qmmm, positions, box = build_qmmm(config)
     out = config.output_dir()
     out.mkdir(parents=True, exist_ok=True)
@@ -169,5 +171,24 @@ def _single(config: ProtocolFile, progress: bool, poll=None, comm=None) -> dict[
                                                       region or qmmm.region),
         inputs_at=lambda level: (config.system, qm_at(config.qm, level)),
         platform=config.resources.platform, threads=config.resources.threads, progress=progress, poll=poll,
+    )
+    return kind.run(context, config.protocol)
+
+
+def _own_region(config: ProtocolFile, progress: bool, comm) -> dict[str, Any]:
+    """A protocol that picks its own QM region: the model as built, the level, no QMMMSystem."""
+    base = config.base_dir()
+    topology, system, positions, box = build_model(config.system, base)
+    out = config.output_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    kind, run_identity = config.kind(), identity(config)
+    level = config.qm.level()
+    context = RunContext(
+        qmmm=None, positions=positions, box=box, output=out, base=base, identity=run_identity,
+        record={"n_atoms": topology.getNumAtoms(), "qm_level": level.label, "identity": run_identity,
+                "target": kind.target(config.protocol)},
+        comm=comm or world(), model_at=None, inputs_at=lambda level: (config.system, qm_at(config.qm, level)),
+        topology=topology, reference_system=system, forcefield=model_forcefield(config.system, base), level=level,
+        platform=config.resources.platform, threads=config.resources.threads, progress=progress,
     )
     return kind.run(context, config.protocol)
