@@ -139,6 +139,35 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=0,
         help="seed for the placement of built atoms, hydrogens and ions (default: %(default)s)")
     prepare.set_defaults(handler=_prepare)
+
+    interface = subparsers.add_parser(
+        "interface",
+        help="antibody–antigen (protein–protein) interface: hot spots, QM/MM refinement, alanine scan",
+        description=(
+            "Prepare the complex (implicit solvent, crystal waters kept) unless a prepared folder is given, "
+            "find the interface, build a hot-spot QM region, refine it at QM/MM level and score the wild type "
+            "and every interface alanine mutant at MM-GBSA and QM/MM-corrected level. Writes interface.yaml "
+            "(rerun with bioqmmm run), result.json, residues.csv, variants.csv and figures into DIR."
+        ),
+    )
+    add = interface.add_argument
+    add("structure", help="prepared folder, .pdb/.cif file or PDB id")
+    add("-o", "--output", required=True, metavar="DIR", help="output folder")
+    add("--partners", default=None, help="chain ids, e.g. H,L:C (default: H,L against the rest, or two chains)")
+    add("--method", default="gfn2-xtb", help="QM method: gfn2-xtb, gfn1-xtb, or a PySCF method (default: "
+                                              "%(default)s)")
+    add("--basis", default="6-31g*", help="basis set of a PySCF method (default: %(default)s)")
+    add("--budget", type=_positive_int, default=None, help="QM atoms at most, link atoms included")
+    add("--refine-steps", type=int, default=None, help="QM/MM optimisation steps (0: none)")
+    add("--mutation", action="append", default=[], metavar="MUT",
+        help="another variant to score, e.g. H:D32A or H:D32A,C:K97A; repeatable")
+    add("--measured", default=None, metavar="CSV", help="measured ΔΔG (columns mutation, ddG_kcal_mol)")
+    add("--qm-scan", choices=("all", "region", "none"), default=None,
+        help="variants that get the QM/MM correction (default: all)")
+    add("--counterpoise", action="store_true", help="add the counterpoise estimate of the QM part's BSSE (PySCF)")
+    add("--ph", type=float, default=7.0, help="pH for preparing a raw structure (default: %(default)s)")
+    add("--no-progress", action="store_true", help="do not show the progress bar")
+    interface.set_defaults(handler=_interface)
     return parser
 
 
@@ -185,6 +214,26 @@ def _prepare(args: argparse.Namespace) -> int:
     )
     prepared.save(output)
     print(f"{prepared.report}\n\n{prepared.topology.getNumAtoms()} atoms; written to {output}/")
+    return 0
+
+
+def _interface(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bioqmmm.interface.command import level_block, prepared_folder, write_protocol
+    from bioqmmm.results import format_summary as format_result
+    from bioqmmm.run.runner import run_protocol
+
+    output = Path(args.output).resolve()
+    measured = str(Path(args.measured).resolve()) if args.measured else None
+    keys = {"partners": args.partners, "qm_budget_atoms": args.budget, "refine_steps": args.refine_steps,
+            "mutations": args.mutation or None, "measured_ddg": measured, "qm_scan": args.qm_scan,
+            "counterpoise": args.counterpoise or None}
+    path = write_protocol(output, prepared_folder(args.structure, output, args.ph),
+                          level_block(args.method, args.basis), keys)
+    record = run_protocol(path, progress=not args.no_progress)
+    if launcher_rank() == 0:
+        print(format_result(record))
     return 0
 
 

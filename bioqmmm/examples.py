@@ -125,6 +125,16 @@ def _rotation(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.eye(3) + sin * k + (1 - cos) * k @ k
 
 
+def salt_bridge(box_size: float | None = None, nonbonded_cutoff: float = 0.9, rigid: bool = True):
+    """:func:`salt_bridge_pair` in vacuum with Amber14 (no cut-off; ``box_size`` must be None): (topology,
+    system, positions), the example of the shipped interface protocol file."""
+    if box_size is not None:
+        raise ValueError("the salt_bridge example is not solvated: give no box size")
+    topology, positions = salt_bridge_pair()
+    return topology, _create(app.Modeller(topology, positions * unit.nanometer), False, nonbonded_cutoff,
+                             rigid=rigid), positions * unit.nanometer
+
+
 def salt_bridge_pair(separation: float = 0.37) -> tuple[app.Topology, np.ndarray]:
     """Two binding partners: ACE-LYS-NME (chain A, charge +1) and ACE-ASP-NME (chain B, −1), the Asp Cγ on the
     line Cα→Nζ of the Lys ``separation`` nm beyond Nζ (a salt bridge, Nζ–Oδ ≈ 0.27 nm at the default).

@@ -89,6 +89,15 @@ def test_per_residue_interaction_adds_up_to_openmm(pair):
     assert binding.interaction < -100.0  # a salt bridge in vacuum
 
 
+def test_partner_relaxation_is_a_gain_that_vanishes_apart(pair):
+    """Relaxing the separated partners lowers their energy (a positive cost on binding), and partners that do
+    not touch gain nothing."""
+    relaxed = mm_binding(pair, SETUP, relax_shell=0.8)[0]
+    assert relaxed.relaxation < 0.0 and relaxed.score == pytest.approx(
+        relaxed.interaction + relaxed.solvation - relaxed.relaxation)
+    assert mm_binding(_moved(pair, np.array([3.0, 0.0, 0.0])), SETUP, relax_shell=0.8)[0].relaxation == 0.0
+
+
 def test_native_obc2_equals_openmms_obc2_file(pair):
     """The native GBSAOBCForce built from implicit/obc2.xml's parameters gives its CustomGBForce energy."""
     custom = app.ForceField("amber14-all.xml", "amber14/tip3p.xml", "implicit/obc2.xml").createSystem(
@@ -287,3 +296,20 @@ def test_a_qm_region_in_the_file_is_refused(tmp_path):
     path.write_text(path.read_text().replace("engine: xtb", region))
     with pytest.raises(InputError, match="the interface protocol chooses its own QM region"):
         load_protocol(path)
+
+
+def test_counterpoise_vanishes_apart_and_needs_a_basis():
+    """Water dimer, HF/STO-3G: the basis-set superposition error is positive at the hydrogen-bond distance
+    and gone 3 nm apart; an xTB level has no basis to correct."""
+    from bioqmmm.interface.counterpoise import check_counterpoise, counterpoise
+
+    water = np.array([[0.0, 0.0, 0.0], [0.0957, 0.0, 0.0], [-0.024, 0.0927, 0.0]])
+    symbols = ["O", "H", "H"] * 2
+    side = np.array([0, 0, 0, 1, 1, 1])
+    near = np.concatenate([water, water + [0.29, 0.0, 0.0]])
+    far = np.concatenate([water, water + [3.0, 0.0, 0.0]])
+    assert counterpoise(symbols, near, side, (0, 0), HF) > 0.5
+    assert abs(counterpoise(symbols, far, side, (0, 0), HF)) < 1e-4
+    assert counterpoise(symbols, near, np.zeros(6, int), (0, 0), HF) == 0.0
+    with pytest.raises(InputError, match="counterpoise needs a basis set: the xtb engine has none"):
+        check_counterpoise(XTB)

@@ -71,22 +71,30 @@ class BindingMM:
 
     interaction: float
     solvation: float
+    #: MM energy the separated partners gain by relaxing (≤ 0 is gained; added to the score), when asked for
+    relaxation: float | None = None
 
     @property
     def score(self) -> float:
-        return self.interaction + self.solvation
+        return self.interaction + self.solvation - (self.relaxation or 0.0)
 
-    def record(self) -> dict[str, float]:
-        return {"interaction_mm": self.interaction, "desolvation": self.solvation, "mmgbsa": self.score}
+    def record(self) -> dict[str, float | None]:
+        return {"interaction_mm": self.interaction, "desolvation": self.solvation,
+                "partner_relaxation": self.relaxation, "mmgbsa": self.score}
 
 
-def mm_binding(structure: Structure, setup: ForceFieldSetup, threads: int | None = None
+def mm_binding(structure: Structure, setup: ForceFieldSetup, threads: int | None = None,
+               relax_shell: float | None = None
                ) -> tuple[BindingMM, np.ndarray, dict[int, tuple[openmm.System, Structure]]]:
     """MM-GBSA terms of ``structure``, the per-atom vacuum interaction (:func:`pair_energies`) and, for the
     complex (key 2) and each partner (0, 1), its vacuum System and structure (for the QM/MM terms).
 
     The interaction is the double-precision pair sum; the solvation change is the GB force's own energy
     in the three Systems (the partners' cut from the complex's, :func:`~bioqmmm.interface.model.subsystem`).
+    With ``relax_shell`` (nm), each partner's residues that close to its interface atoms are MM-minimised in
+    implicit solvent without restraints, first in the complex (the other partner fixed: strain that is not
+    the partner's doing goes), then alone; E_k(alone) − E_k(in the complex), the partner's own energy at the
+    two minima, summed over both partners is the relaxation term: ΔG = ΔE_vac + ΔG_solv − ΔE_relax.
     """
     implicit, vacuum = create_systems(structure, setup)
     per_atom = pair_energies(structure, vacuum)
@@ -99,4 +107,28 @@ def mm_binding(structure: Structure, setup: ForceFieldSetup, threads: int | None
         models[k] = (subsystem(vacuum, atoms), structure.subset(atoms))
         solvation -= potential_energy(subsystem(implicit, atoms), structure.positions[atoms], threads,
                                       groups={GB_GROUP})
-    return BindingMM(float(per_atom[structure.side == 0].sum()), solvation), per_atom, models
+    relaxation = None
+    if relax_shell is not None:
+        from bioqmmm.interface.refine import relax_mm
+
+        relaxation = 0.0
+        for k in (0, 1):
+            atoms = np.flatnonzero(structure.side == k)
+            around = _interface_atoms(structure, atoms)
+            if not len(around):
+                continue
+            in_complex = relax_mm(structure, implicit, atoms[around], relax_shell, threads, restraint=0.0,
+                                  only_side=k)[atoms]
+            part, system = structure.subset(atoms), subsystem(implicit, atoms)
+            part.positions = in_complex
+            alone = relax_mm(part, system, around, relax_shell, threads, restraint=0.0)
+            relaxation += potential_energy(system, alone, threads) - potential_energy(system, in_complex, threads)
+    return BindingMM(float(per_atom[structure.side == 0].sum()), solvation, relaxation), per_atom, models
+
+
+def _interface_atoms(structure: Structure, atoms: np.ndarray, cutoff: float = 0.45) -> np.ndarray:
+    """Positions in ``atoms`` (local indices) of those within ``cutoff`` nm of an atom of the other partner."""
+    other = np.flatnonzero(structure.side != structure.side[atoms[0]])
+    near = [k for k, i in enumerate(atoms)
+            if np.min(np.linalg.norm(structure.positions[other] - structure.positions[i], axis=1)) < cutoff]
+    return np.array(near, dtype=int)

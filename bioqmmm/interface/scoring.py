@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bioqmmm.interface.counterpoise import counterpoise as cp_energy
 from bioqmmm.interface.energies import BindingMM, mm_binding, nonbonded_parameters
 from bioqmmm.interface.hotspots import AtomKey, map_region, region_charge
 from bioqmmm.interface.model import Structure, potential_energy
@@ -37,12 +38,14 @@ class Score:
     #: electrons moved to partner B's part (near 0 for partners far apart, unless the method's
     #: delocalisation error spreads them, as GFN2-xTB does between distant ions).
     charge_transfer: float | None = None
+    #: Boys–Bernardi estimate of the QM part's basis-set superposition error (kJ/mol), when asked for
+    counterpoise: float | None = None
 
     @property
     def correction(self) -> float | None:
         if not self.qm:
             return None
-        return self.qm["complex"] - self.qm["partner_a"] - self.qm["partner_b"]
+        return self.qm["complex"] - self.qm["partner_a"] - self.qm["partner_b"] + (self.counterpoise or 0.0)
 
     @property
     def qmmm(self) -> float | None:
@@ -50,13 +53,15 @@ class Score:
 
     def record(self) -> dict[str, float | None]:
         return {**self.mm.record(), "qm_correction": self.correction, "qmmm": self.qmmm,
-                "charge_transfer": self.charge_transfer}
+                "charge_transfer": self.charge_transfer, "counterpoise": self.counterpoise}
 
 
 def score(structure: Structure, setup: ForceFieldSetup, region: frozenset[AtomKey] | None, level: Level | None,
-          threads: int | None = None) -> Score:
-    """MM-GBSA terms of ``structure`` and, with a QM ``region`` (atom keys) and ``level``, the QM/MM correction."""
-    mm, per_atom, models = mm_binding(structure, setup, threads)
+          threads: int | None = None, counterpoise: bool = False, relax_shell: float | None = None) -> Score:
+    """MM-GBSA terms of ``structure`` and, with a QM ``region`` (atom keys) and ``level``, the QM/MM correction
+    (with the counterpoise estimate of its basis-set superposition error when ``counterpoise``); with
+    ``relax_shell`` (nm) the separated partners relax (:func:`~bioqmmm.interface.energies.mm_binding`)."""
+    mm, per_atom, models = mm_binding(structure, setup, threads, relax_shell)
     result = Score(mm, per_atom)
     if region is None or level is None:
         return result
@@ -75,6 +80,14 @@ def score(structure: Structure, setup: ForceFieldSetup, region: frozenset[AtomKe
         result.qm_charges[name] = charge
         if key == 2:
             result.charge_transfer = _charge_transfer(qmmm, part, charges)
+            complex_model = (qmmm, part)
+    if counterpoise and "complex" in result.qm_charges and result.qm_charges["complex"] is not None:
+        qmmm, part = complex_model
+        boundary = qmmm.boundary
+        points = boundary.qm_sites.positions(part.positions[list(boundary.particles)])
+        side = np.concatenate([part.side[list(qmmm.qm_atoms)], part.side[[link.qm_host for link in qmmm.links]]])
+        result.counterpoise = cp_energy(list(qmmm.region.symbols), points, side,
+                                        (result.qm_charges["partner_a"], result.qm_charges["partner_b"]), level)
     return result
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from bioqmmm.errors import CalculationError, InputError
 from bioqmmm.interface.contacts import buried_area, hydrogen_bonds, interface_residues, salt_bridges
+from bioqmmm.interface.counterpoise import check_counterpoise
 from bioqmmm.interface.energies import nonbonded_parameters, pair_energies, per_residue
 from bioqmmm.interface.hotspots import atom_keys, pick_region
 from bioqmmm.interface.model import Structure, create_systems, gb_forcefield, interface_structure
@@ -67,6 +68,11 @@ class InterfaceSettings(Declared):
     mutations: tuple[str, ...] = setting((), doc="more variants: 'H:D32A' or 'H:D32A,C:K97A' (double)")
     measured_ddg: str | None = setting(None, doc="CSV of measured ΔΔG (columns mutation, ddG_kcal_mol): its "
                                        "mutations are scored and compared")
+    relax_partners_nm: float | None = setting(None, doc="relax each separated partner (MM, implicit solvent) "
+                                              "within this distance of its interface; None: rigid partners",
+                                              check="positive")
+    counterpoise: bool = setting(False, doc="add the Boys–Bernardi estimate of the QM part's basis-set "
+                                 "superposition error (PySCF levels)")
     qm_scan: Literal["all", "region", "none"] = setting("all", doc="variants that get the QM/MM correction: all, "
                                                         "those mutating a QM residue, none")
 
@@ -93,16 +99,19 @@ def _variants(structure: Structure, settings: InterfaceSettings, candidates: lis
     return variants
 
 
-def _evaluate(structure, setup, mutations, region, level, qm_residues, qm_scan, threads) -> dict:
+def _evaluate(structure, setup, mutations, region, level, qm_residues, settings, threads) -> dict:
     variant = structure
     if mutations:
         variant = truncate_to_alanine(structure, [find_mutated(structure.topology, m) for m in mutations])
     touches_qm = any(f"{m.chain}:{m.resid}" in qm_residues for m in mutations)
-    with_qm = qm_scan == "all" or (qm_scan == "region" and (touches_qm or not mutations))
+    with_qm = settings.qm_scan == "all" or (settings.qm_scan == "region" and (touches_qm or not mutations))
     try:
-        result, failure = score(variant, setup, region if with_qm else None, level if with_qm else None, threads), {}
+        result = score(variant, setup, region if with_qm else None, level if with_qm else None, threads,
+                       settings.counterpoise, settings.relax_partners_nm)
+        failure = {}
     except CalculationError as exc:  # one variant's SCF failure leaves its MM-GBSA score and the other variants
-        result, failure = score(variant, setup, None, None, threads), {"qm_error": str(exc)}
+        result = score(variant, setup, None, None, threads, relax_shell=settings.relax_partners_nm)
+        failure = {"qm_error": str(exc)}
     return {**result.record(), "qm_charges": result.qm_charges, **failure}
 
 
@@ -132,6 +141,8 @@ def run(context: RunContext, settings: InterfaceSettings) -> dict:
     started = time.perf_counter()
     if context.forcefield is None:
         raise InputError("the interface protocol needs a prepared complex or a pdb file (system: prepared/pdb)")
+    if settings.counterpoise:
+        check_counterpoise(context.level)
     partners = find_partners(context.topology, settings.partners)
     structure, notes = interface_structure(context.topology, context.positions, partners,
                                            context.forcefield.templates)
@@ -183,7 +194,7 @@ def run(context: RunContext, settings: InterfaceSettings) -> dict:
         buried, contacts = buried_area(structure), hydrogen_bonds(structure) + salt_bridges(structure)
         e_residue = per_residue(structure, pair_energies(structure, vacuum))
     results = _score_variants(context, variants, lambda mutations: _evaluate(
-        structure, setup, mutations, region, context.level, qm_residues, settings.qm_scan, context.threads))
+        structure, setup, mutations, region, context.level, qm_residues, settings, context.threads))
     return _report(context, settings, structure, partners, notes, found, buried, e_residue, contacts, picks,
                    qm_atoms, qm_charge, refinement, results, measured, started)
 
@@ -231,14 +242,16 @@ def _report(context, settings, structure, partners, notes, found, buried, e_resi
         "qm_region": {"atoms": len(qm_atoms), "charge": qm_charge,
                       "residues": [{"residue": p.residue, "piece": p.piece, "why": p.reason} for p in picks]},
         "binding": {k: (None if v is None else quantity(v, "kJ/mol")) for k, v in wild.items()
-                    if k in ("interaction_mm", "desolvation", "mmgbsa", "qm_correction", "qmmm")},
+                    if k in ("interaction_mm", "desolvation", "partner_relaxation", "mmgbsa", "qm_correction",
+                             "counterpoise", "qmmm")},
+        "charge_transfer": None if wild.get("charge_transfer") is None else quantity(wild["charge_transfer"], "e"),
         "decomposition": _decomposition(structure, e_residue, wild, ddg, rows),
         "variants": len(results),
     }
     if refinement is not None:
         figures["refinement"] = {**refinement.figures, "flexible_atoms": refinement.moved,
                                  "interface_heavy_atom_rmsd": quantity(refinement.interface_rmsd, "nm"),
-                                 "contacts": refinement.contacts}
+                                 "contacts": refinement.contacts, "protonation_flags": refinement.protonation_flags}
     if measured:
         stats = {level: agreement(ddg[level], measured) for level in ("mmgbsa", "qmmm")}
         figures["measured"] = {"file": settings.measured_ddg, **stats}

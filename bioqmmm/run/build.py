@@ -11,7 +11,7 @@ import openmm
 from openmm import app, unit
 
 from bioqmmm.errors import InputError
-from bioqmmm.examples import alanine_dipeptide, formamide, water_box
+from bioqmmm.examples import FORCEFIELD_FILES, alanine_dipeptide, formamide, salt_bridge, water_box
 from bioqmmm.preparation import load_prepared
 from bioqmmm.preparation.forcefields import ForceFieldSetup
 from bioqmmm.qm.factory import Level, create_engine
@@ -31,7 +31,8 @@ EXAMPLE_RELAX_MAX_ITERATIONS = 1000
 def build_model(section: SystemSection, base: Path | None = None):
     """(topology, reference System, positions nm, box vectors nm or None) of the ``system`` block, as built."""
     if section.example is not None:
-        examples = {"alanine_dipeptide": alanine_dipeptide, "formamide": formamide, "water_box": water_box}
+        examples = {"alanine_dipeptide": alanine_dipeptide, "formamide": formamide, "water_box": water_box,
+                    "salt_bridge": salt_bridge}
         build = examples[section.example]
         rigid = section.constraints == "hbonds"
         top, system, pos = build(section.box_size_nm, section.nonbonded_cutoff_nm, rigid=rigid)
@@ -65,13 +66,14 @@ def build_model(section: SystemSection, base: Path | None = None):
 
 
 def model_forcefield(section: SystemSection, base: Path | None = None) -> ForceFieldSetup | None:
-    """The force field the ``system`` block's model was built with (None for a built-in example)."""
+    """The force field the ``system`` block's model was built with (None for the formamide example, whose
+    charges are set by hand)."""
     if section.prepared is not None:
         folder = Path(section.prepared)
         return load_prepared(folder if folder.is_absolute() or base is None else base / folder).forcefield
     if section.pdb is not None:
         return ForceFieldSetup(list(section.forcefield))
-    return None
+    return None if section.example == "formamide" else ForceFieldSetup(list(FORCEFIELD_FILES))
 
 
 def relax_example(system: openmm.System, positions: np.ndarray, fixed: Sequence[int] = ()) -> np.ndarray:

@@ -66,6 +66,24 @@ def _run(protocol: str, **numbers: Number) -> Entry:
     return Entry(("run", f"protocols/{protocol}.yaml", "-o", "{out}", "--no-progress"), numbers)
 
 
+def _interface_numbers(measured: bool) -> dict[str, Number]:
+    """Headline numbers of an interface run: binding scores, QM region, and the agreement with measured ΔΔG."""
+    numbers = {
+        "mmgbsa": Number(("binding", "mmgbsa"), 0, tolerance=20.0),
+        "qmmm": Number(("binding", "qmmm"), 0, tolerance=20.0),
+        "qm_atoms": Number(("qm_region", "atoms"), 0, tolerance=0.0),
+        "qm_charge": Number(("qm_region", "charge"), 0, tolerance=0.0),
+        "residues": Number(("interface_residues",), 0, tolerance=0.0),
+        "variants": Number(("variants",), 0, tolerance=0.0),
+    }
+    if measured:
+        for level in ("mmgbsa", "qmmm"):
+            for stat, decimals in (("pearson_r", 2), ("spearman_rho", 2), ("rmse_kcal_mol", 1),
+                                   ("hot_spot_recall", 2), ("hot_spot_precision", 2), ("n", 0)):
+                numbers[f"{level}_{stat}"] = Number(("measured", level, stat), decimals, tolerance=0.1)
+    return numbers
+
+
 #: The examples whose times and results the pages quote.
 ENTRIES: dict[str, Entry] = {
     "quickstart": Entry(("quickstart", "-o", "{out}", "--no-progress", "--seed", "1")),
@@ -94,6 +112,16 @@ ENTRIES: dict[str, Entry] = {
     "vibrations": _run("vibrations"),
     "ts": _run("ts"),
     "replicas": _run("replicas"),
+    "interface": _run("interface", mmgbsa=Number(("binding", "mmgbsa"), 0, tolerance=5.0),
+                      qmmm=Number(("binding", "qmmm"), 0, tolerance=5.0)),
+    "interface_1dqj": Entry(("interface", "../shared/data/pdb/1DQJ_ABBind_prepared.pdb", "-o", "{out}",
+                             "--partners", "H,L:C", "--measured", "../shared/data/ddg/1DQJ_abbind_ddg.csv",
+                             "--no-progress"), _interface_numbers(measured=True)),
+    "interface_1vfb": Entry(("interface", "../shared/data/pdb/1VFB.cif", "-o", "{out}", "--partners", "A,B:C",
+                             "--no-progress"), _interface_numbers(measured=False)),
+    "interface_1vfb_dft": Entry(("interface", "../shared/data/pdb/1VFB.cif", "-o", "{out}", "--partners", "A,B:C",
+                                 "--method", "b3lyp", "--basis", "6-31g*", "--budget", "30", "--qm-scan", "region",
+                                 "--refine-steps", "5", "--no-progress"), _interface_numbers(measured=False)),
     "tests": Entry(("-m", "pytest", "-q", "-p", "no:cacheprovider"), command=(sys.executable,)),
     "tests_slow": Entry(("-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or shared_data"),
                         command=(sys.executable,)),

@@ -33,7 +33,7 @@ class SystemSection(Declared):
     or ``prepared`` (a folder written by ``bioqmmm prepare``; its System is used as it is, so
     ``forcefield``, ``box_size_nm``, ``nonbonded_cutoff_nm`` and ``constraints`` do not apply)."""
 
-    example: Literal["alanine_dipeptide", "formamide", "water_box"] | None = setting(
+    example: Literal["alanine_dipeptide", "formamide", "water_box", "salt_bridge"] | None = setting(
         None, doc="a shipped example, built on the fly (solvated ones MM-relaxed with the QM atoms fixed)")
     pdb: str | None = setting(None, doc="a simulation-ready PDB/mmCIF file (hydrogens present)")
     prepared: str | None = setting(None, doc="a folder written by `bioqmmm prepare`, its System used as it is")
@@ -50,6 +50,8 @@ class SystemSection(Declared):
             raise FieldError(given[-1] if given else "example", "give exactly one of 'example', 'pdb' and 'prepared'")
         if self.box_size_nm is not None and self.box_size_nm <= 2 * self.nonbonded_cutoff_nm:
             raise FieldError("box_size_nm", f"must exceed twice nonbonded_cutoff_nm ({2 * self.nonbonded_cutoff_nm})")
+        if self.example == "salt_bridge" and self.box_size_nm is not None:
+            raise FieldError("box_size_nm", "the salt_bridge example is not solvated: give no box size")
         if self.example == "water_box" and self.box_size_nm is None:
             raise FieldError("example", "the water_box example needs box_size_nm")
 
