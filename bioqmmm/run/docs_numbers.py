@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,8 @@ class Entry:
     numbers: dict[str, Number] = field(default_factory=dict)
     command: tuple[str, ...] = ("bioqmmm",)
     record: str = "result.json"
+    #: files of the output folder copied into docs/ (output path → path under docs/), for the pages' figures
+    figures: dict[str, str] = field(default_factory=dict)
 
 
 def _run(protocol: str, **numbers: Number) -> Entry:
@@ -116,9 +119,12 @@ ENTRIES: dict[str, Entry] = {
                       qmmm=Number(("binding", "qmmm"), 0, tolerance=5.0)),
     "interface_1dqj": Entry(("interface", "../shared/data/pdb/1DQJ_ABBind_prepared.pdb", "-o", "{out}",
                              "--partners", "H,L:C", "--measured", "../shared/data/ddg/1DQJ_abbind_ddg.csv",
-                             "--no-progress"), _interface_numbers(measured=True)),
+                             "--no-progress"), _interface_numbers(measured=True),
+                            figures={"measured.png": "figures/interface/1dqj_measured.png",
+                                     "scan.png": "figures/interface/1dqj_scan.png"}),
     "interface_1vfb": Entry(("interface", "../shared/data/pdb/1VFB.cif", "-o", "{out}", "--partners", "A,B:C",
-                             "--no-progress"), _interface_numbers(measured=False)),
+                             "--no-progress"), _interface_numbers(measured=False),
+                            figures={"scan.png": "figures/interface/1vfb_scan.png"}),
     "interface_1vfb_dft": Entry(("interface", "../shared/data/pdb/1VFB.cif", "-o", "{out}", "--partners", "A,B:C",
                                  "--method", "b3lyp", "--basis", "6-31g*", "--budget", "30", "--qm-scan", "region",
                                  "--refine-steps", "5", "--no-progress"), _interface_numbers(measured=False)),
@@ -158,6 +164,9 @@ def measure(name: str, workdir: Path, show_output: bool = False) -> dict:
     if show_output:
         print("\n".join(done.stdout.splitlines()[-40:]), flush=True)
     numbers = extract(name, json.loads((out / entry.record).read_text())) if entry.numbers else {}
+    for source, target in entry.figures.items():
+        (ROOT / "docs" / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / source, ROOT / "docs" / target)
     program = "bioqmmm" if entry.command == ("bioqmmm",) else "python"
     return {"wall_s": wall, "command": " ".join([program, *entry.args]), "numbers": numbers,
             "machine": machine(), "date": datetime.now(UTC).strftime("%Y-%m-%d")}
