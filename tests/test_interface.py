@@ -313,3 +313,34 @@ def test_counterpoise_vanishes_apart_and_needs_a_basis():
     assert counterpoise(symbols, near, np.zeros(6, int), (0, 0), HF) == 0.0
     with pytest.raises(InputError, match="counterpoise needs a basis set: the xtb engine has none"):
         check_counterpoise(XTB)
+
+
+@pytest.mark.shared_data
+def test_hyhel63_lysozyme_interface_and_every_measured_mutation():
+    """1DQJ (HyHEL-63 Fab – lysozyme): the interface holds the Lys97(C)–Asp32(H) salt bridge of the
+    hot spot, every alanine mutation of the AB-Bind file names a residue of the prepared complex, and the
+    per-residue MM decomposition adds up to the interaction on both sides."""
+    from conftest import shared_pdb
+
+    from bioqmmm.interface.validation import read_measured
+    from bioqmmm.preparation import prepare
+
+    prepared = prepare(shared_pdb("1DQJ_ABBind_prepared.pdb"), solvent="implicit", keep_water=True)
+    partners = find_partners(prepared.topology, "H,L:C")
+    structure, _ = interface_structure(prepared.topology, prepared.positions, partners, prepared.forcefield.templates)
+    found = interface_residues(structure, 0.45)
+    labels = {f"{r.chain.id}:{r.name}{r.id}" for r in structure.topology.residues() if r.index in set(found)}
+    assert {"C:LYS97", "H:ASP32", "H:TYR33", "H:TYR50", "H:TRP98", "C:LYS96"} <= labels
+    assert any(c.names[0].startswith("C:LYS97:NZ") and c.names[1].startswith("H:ASP32:OD")
+               for c in salt_bridges(structure))
+    measured = read_measured(shared_pdb("1DQJ_ABBind_prepared.pdb").parents[1] / "ddg" / "1DQJ_abbind_ddg.csv")
+    assert len(measured) == 34
+    for text in measured:
+        mutant = truncate_to_alanine(structure, [find_mutated(structure.topology, m) for m in parse_mutations(text)])
+        assert mutant.topology.getNumAtoms() < structure.topology.getNumAtoms()
+    setup = gb_forcefield(prepared.forcefield)
+    binding, per_atom, _ = mm_binding(structure, setup)
+    residues = per_residue(structure, per_atom)
+    side = np.array([structure.side[next(r.atoms()).index] for r in structure.topology.residues()])
+    assert residues[side == 0].sum() == pytest.approx(binding.interaction, rel=1e-9)
+    assert residues[side == 1].sum() == pytest.approx(binding.interaction, rel=1e-9)
