@@ -6,6 +6,7 @@ chain B): its QM/MM scores take seconds with GFN2-xTB.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -344,3 +345,51 @@ def test_hyhel63_lysozyme_interface_and_every_measured_mutation():
     side = np.array([structure.side[next(r.atoms()).index] for r in structure.topology.residues()])
     assert residues[side == 0].sum() == pytest.approx(binding.interaction, rel=1e-9)
     assert residues[side == 1].sum() == pytest.approx(binding.interaction, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_variants_shared_over_two_mpi_ranks_equal_the_serial_run(tmp_path):
+    """``mpirun -n 2``: each rank scores half of the variants (one thread each) and every variant's terms equal
+    those of a serial run with the same settings; both ranks get every result."""
+    import sys
+
+    from conftest import mpirun, shipped_protocol
+
+    from bioqmmm.run.runner import run_protocol
+
+    for folder in ("serial", "mpi"):
+        (tmp_path / folder).mkdir()
+    serial = run_protocol(shipped_protocol(tmp_path / "serial", "interface.yaml", "out"), progress=False)
+    protocol = shipped_protocol(tmp_path / "mpi", "interface.yaml", "out")
+    run = mpirun(sys.executable, "-m", "bioqmmm.cli", "run", str(protocol), "--no-progress")
+    assert run.returncode == 0, run.stderr[-2000:]
+    parallel = {r["variant"]: r for r in _csv(protocol.parent / "out" / "variants.csv")}
+    expected = {r["variant"]: r for r in _csv(tmp_path / "serial" / "out" / "variants.csv")}
+    assert set(parallel) == set(expected) == {"wild_type", "A:K2A", "B:D2A", "A:K2A,B:D2A"}
+    for name, row in expected.items():
+        for key in ("mmgbsa", "qm_correction", "qmmm"):
+            assert float(parallel[name][key]) == pytest.approx(float(row[key]), abs=1e-6), (name, key)
+    assert serial["variants"] == 4
+
+
+def test_interface_command_prepares_writes_the_protocol_file_and_runs(tmp_path, capsys):
+    """``bioqmmm interface`` on a raw PDB file: prepared (implicit solvent) into OUT/prepared, OUT/interface.yaml
+    written and run; a rerun reuses the preparation and every stored variant."""
+    from bioqmmm.cli import main
+
+    topology, positions = salt_bridge_pair()
+    with open(tmp_path / "pair.pdb", "w") as handle:
+        app.PDBFile.writeFile(topology, positions * 10.0 * unit.angstrom, handle)
+    out = tmp_path / "out"
+    args = ["interface", str(tmp_path / "pair.pdb"), "-o", str(out), "--budget", "40", "--refine-steps", "2",
+            "--mutation", "A:K2A,B:D2A", "--no-progress"]
+    assert main(args) == 0
+    assert "binding qmmm" in capsys.readouterr().out
+    config = yaml.safe_load((out / "interface.yaml").read_text())
+    assert config["qm"] == {"engine": "xtb", "method": "gfn2"} and config["protocol"]["mutations"] == ["A:K2A,B:D2A"]
+    assert json.loads((out / "prepared" / "prepare.json").read_text())["options"]["solvent"] == "implicit"
+    stamp = (out / "prepared" / "system.xml").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (out / "prepared" / "system.xml").stat().st_mtime_ns == stamp
+    assert main(["interface", str(tmp_path / "pair.pdb"), "-o", str(tmp_path / "bad"), "--counterpoise"]) == 1
+    assert "counterpoise needs a basis set" in capsys.readouterr().err
