@@ -110,8 +110,9 @@ def _capped(residue: str) -> tuple[app.Topology, np.ndarray]:
     fixer.findMissingResidues()
     fixer.findMissingAtoms()
     fixer.addMissingAtoms(seed=0)
-    fixer.addMissingHydrogens(7.0)
-    return fixer.topology, np.array(fixer.positions.value_in_unit(unit.nanometer))
+    modeller = app.Modeller(fixer.topology, fixer.positions)
+    modeller.addHydrogens(forcefield(), pH=7.0, platform=openmm.Platform.getPlatformByName("Reference"))  # repeatable
+    return modeller.topology, np.array(modeller.positions.value_in_unit(unit.nanometer))
 
 
 def _rotation(u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -135,10 +136,18 @@ def salt_bridge(box_size: float | None = None, nonbonded_cutoff: float = 0.9, ri
                              rigid=rigid), positions * unit.nanometer
 
 
-def salt_bridge_pair(separation: float = 0.37) -> tuple[app.Topology, np.ndarray]:
-    """Two binding partners: ACE-LYS-NME (chain A, charge +1) and ACE-ASP-NME (chain B, −1), the Asp Cγ on the
-    line Cα→Nζ of the Lys ``separation`` nm beyond Nζ (a salt bridge, Nζ–Oδ ≈ 0.27 nm at the default).
-    Topology and positions (nm), no force field: the smallest interface for the interface protocol's tests."""
+def salt_bridge_pair() -> tuple[app.Topology, np.ndarray]:
+    """Two binding partners: ACE-LYS-NME (chain A, charge +1) salt-bridged to ACE-ASP-NME (chain B, −1), read
+    from the shipped ``data/salt_bridge.pdb`` (made by :func:`build_salt_bridge_pair`; its hydrogens fixed
+    once, since OpenMM places them differently from run to run). Topology and positions (nm): the smallest
+    interface, for the interface protocol's example and tests."""
+    pdb = _shipped("salt_bridge.pdb")
+    return pdb.topology, np.array(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+
+
+def build_salt_bridge_pair(separation: float = 0.37) -> tuple[app.Topology, np.ndarray]:
+    """The pair of :func:`salt_bridge_pair` built from scratch: the Asp Cγ on the line Cα→Nζ of the Lys
+    ``separation`` nm beyond Nζ (Nζ–Oδ ≈ 0.27 nm at the default)."""
     lys, x_lys = _capped("LYS")
     asp, x_asp = _capped("ASP")
 

@@ -31,8 +31,10 @@ def prepared_folder(structure: str, output: Path, ph: float) -> Path:
         return Path(structure).resolve()
     folder = output / "prepared"
     meta = folder / "prepare.json"
-    if meta.exists() and json.loads(meta.read_text()).get("source", "").endswith(Path(structure).name):
-        return folder
+    if meta.exists():
+        stored = json.loads(meta.read_text())
+        if stored.get("source", "").endswith(Path(structure).name) and stored.get("options", {}).get("ph") == ph:
+            return folder
     prepare(structure, solvent="implicit", keep_water=True, ph=ph).save(folder)
     return folder
 

@@ -20,8 +20,11 @@ from bioqmmm.interface.mutation import label
 from bioqmmm.interface.partners import WATER
 
 SALT_BRIDGE_NM = 0.40
-CATIONIC = {"LYS": ("NZ",), "ARG": ("NE", "NH1", "NH2"), "HIP": ("ND1", "NE2")}
+#: Charged groups by residue type, charged when their hydrogens say so (preparation writes standard names:
+#: a HIS with HD1 and HE2 is His+, a LYS without HZ3 is neutral, an ASP with HD2 is neutral).
+CATIONIC = {"LYS": ("NZ",), "ARG": ("NE", "NH1", "NH2"), "HIS": ("ND1", "NE2")}
 ANIONIC = {"ASP": ("OD1", "OD2"), "GLU": ("OE1", "OE2")}
+_ALIASES = {"LYN": "LYS", "HID": "HIS", "HIE": "HIS", "HIP": "HIS", "ASH": "ASP", "GLH": "GLU"}
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,17 @@ def hydrogen_bonds(structure: Structure) -> list[Contact]:
 
 
 def _charged(residue, atom, table) -> bool:
-    return atom.name in table.get(residue.name, ())
+    kind = _ALIASES.get(residue.name, residue.name)
+    if atom.name not in table.get(kind, ()):
+        return False
+    hydrogens = {a.name for a in residue.atoms()}
+    if kind == "LYS":
+        return "HZ3" in hydrogens
+    if kind == "HIS":
+        return {"HD1", "HE2"} <= hydrogens
+    if kind in ("ASP", "GLU"):
+        return not hydrogens & {"HD1", "HD2", "HE1", "HE2"}
+    return True
 
 
 def salt_bridges(structure: Structure, cutoff: float = SALT_BRIDGE_NM) -> list[Contact]:

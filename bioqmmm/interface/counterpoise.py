@@ -17,9 +17,17 @@ from bioqmmm.units import BOHR_NM, HARTREE_KJMOL
 
 
 def check_counterpoise(level: Level) -> None:
-    """Counterpoise needs a basis set: PySCF levels only."""
+    """Counterpoise needs a basis set (PySCF levels) and a closed-shell HF or DFT method."""
     if level.engine != "pyscf":
         raise InputError(f"counterpoise needs a basis set: the {level.engine} engine has none (use a PySCF level)")
+    if level.method.lower() in ("hf", "rhf"):
+        return
+    from pyscf.dft import libxc
+
+    try:
+        libxc.parse_xc(level.method)
+    except (KeyError, ValueError) as exc:
+        raise InputError(f"counterpoise runs restricted HF or DFT: {level.method!r} is neither") from exc
 
 
 def _energy(symbols: list[str], coords_nm: np.ndarray, charge: int, level: Level) -> float:

@@ -129,7 +129,9 @@ def _bridging_waters(structure: Structure, chosen: set[int], budget: int) -> lis
         if residue.name not in WATER:
             continue
         atoms = [a.index for a in residue.atoms()]
-        oxygen = next(a.index for a in residue.atoms() if a.element.symbol == "O")
+        oxygen = next((a.index for a in residue.atoms() if a.element is not None and a.element.symbol == "O"), None)
+        if oxygen is None:
+            continue
         if polar and np.linalg.norm(structure.positions[polar] - structure.positions[oxygen], axis=1).min() \
                 < WATER_CONTACT_NM and size + len(atoms) <= budget:
             size += len(atoms)

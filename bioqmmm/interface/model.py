@@ -102,17 +102,15 @@ def interface_structure(topology: app.Topology, positions: np.ndarray, partners:
             side[atom.index] = -1 if k is None else k
     polar = _polar(topology)
     keep = list(np.flatnonzero(side >= 0))
+    partner_polar = [np.flatnonzero(polar & (side == k)) for k in (0, 1)]  # protein only: waters do not chain
     waters = [r for r in topology.residues() if r.name in WATER]
     kept_waters = 0
     for res in waters:
         oxygen = [a.index for a in res.atoms() if a.element is not None and a.element.symbol == "O"]
         if not oxygen:
             continue
-        nearest = []
-        for k in (0, 1):
-            donors = np.flatnonzero(polar & (side == k))
-            d = np.linalg.norm(positions[donors] - positions[oxygen[0]], axis=1).min() if len(donors) else np.inf
-            nearest.append(d)
+        nearest = [np.linalg.norm(positions[donors] - positions[oxygen[0]], axis=1).min() if len(donors) else np.inf
+                   for donors in partner_polar]
         if max(nearest) < water_contact:
             k = int(np.argmin(nearest))
             for a in res.atoms():

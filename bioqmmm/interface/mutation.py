@@ -16,6 +16,7 @@ from openmm import app
 
 from bioqmmm.errors import InputError
 from bioqmmm.interface.model import Structure, rebuild
+from bioqmmm.interface.partners import WATER
 
 #: One-letter codes of the residues a scan can truncate (Gly has no Cβ; Pro's ring holds its N).
 ONE_LETTER = {"ARG": "R", "ASN": "N", "ASP": "D", "ASH": "D", "CYS": "C", "CYX": "C", "CYM": "C", "GLN": "Q",
@@ -57,20 +58,36 @@ def parse_mutations(text: str) -> tuple[Mutation, ...]:
     return mutations
 
 
+def number(residue: app.topology.Residue) -> str:
+    """Residue number with its insertion code (``100A``), as antibody numbering writes it."""
+    return f"{residue.id}{residue.insertionCode.strip()}"
+
+
 def label(residue: app.topology.Residue) -> str:
-    """``H:TYR33`` style name of a residue."""
-    return f"{residue.chain.id}:{residue.name}{residue.id}"
+    """``H:TYR33`` style name of a residue (``H:TYR100A`` with an insertion code)."""
+    return f"{residue.chain.id}:{residue.name}{number(residue)}"
+
+
+def residue_key(residue: app.topology.Residue) -> tuple[str, bool, str]:
+    """(chain id, water?, number with insertion code): the same residue in a mutant or a partner alone."""
+    return residue.chain.id, residue.name in WATER, number(residue)
 
 
 def scan_label(residue: app.topology.Residue) -> str:
     """The alanine mutation of ``residue`` as written in scans (``H:Y33A``)."""
-    return f"{residue.chain.id}:{ONE_LETTER.get(residue.name, 'X')}{residue.id}A"
+    return f"{residue.chain.id}:{ONE_LETTER.get(residue.name, 'X')}{number(residue)}A"
+
+
+def in_disulfide(residue: app.topology.Residue) -> bool:
+    """Whether the residue's SG is bonded to another residue's S (a disulfide: no alanine scan)."""
+    return any(a.element is not None and b.element is not None and a.element.symbol == b.element.symbol == "S"
+               for a, b in residue.external_bonds())
 
 
 def find_mutated(topology: app.Topology, mutation: Mutation) -> app.topology.Residue:
     """The residue a mutation names; its wild type must match."""
-    found = [r for r in topology.residues() if r.chain.id == mutation.chain and r.id == mutation.resid
-             and r.name not in ("HOH", "WAT")]
+    found = [r for r in topology.residues() if r.chain.id == mutation.chain
+             and number(r).upper() == mutation.resid.upper() and r.name not in WATER]
     if not found:
         raise InputError(f"mutation {mutation}: no residue {mutation.resid} in chain {mutation.chain}")
     residue = found[0]
@@ -79,6 +96,9 @@ def find_mutated(topology: app.Topology, mutation: Mutation) -> app.topology.Res
                          f"not {mutation.wild_type}")
     if residue.name in ("GLY", "PRO", "ALA"):
         raise InputError(f"mutation {mutation}: {residue.name} cannot be truncated to alanine at Cβ")
+    if in_disulfide(residue):
+        raise InputError(f"mutation {mutation}: {label(residue)} is in a disulfide; truncating it would leave its "
+                         "partner a thiolate")
     return residue
 
 
@@ -89,6 +109,8 @@ def truncate_to_alanine(structure: Structure, residues: list[app.topology.Residu
     added: dict[int, list] = {}
     for res in residues:
         atoms = {a.name: a for a in res.atoms()}
+        if in_disulfide(res):
+            raise InputError(f"{label(res)} is in a disulfide: it is not truncated to alanine")
         if "CB" not in atoms or "CA" not in atoms:
             raise InputError(f"{label(res)} has no CB or CA: it cannot be truncated to alanine")
         cb = atoms["CB"]

@@ -54,8 +54,13 @@ class Refinement:
 
 
 def _residues_within(structure: Structure, atoms: list[int], radius: float) -> np.ndarray:
+    """Atoms of every residue with an atom within ``radius`` nm of ``atoms``."""
+    from scipy.spatial import cKDTree
+
     xyz = structure.positions
-    near = np.min(np.linalg.norm(xyz[:, None, :] - xyz[None, atoms, :], axis=-1), axis=1) < radius
+    near = np.zeros(len(xyz), dtype=bool)
+    for found in cKDTree(xyz).query_ball_point(xyz[list(atoms)], radius):
+        near[found] = True
     residue_of = np.array([a.residue.index for a in structure.topology.atoms()])
     return np.flatnonzero(np.isin(residue_of, np.unique(residue_of[near])))
 

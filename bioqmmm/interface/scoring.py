@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bioqmmm.errors import CalculationError
 from bioqmmm.interface.counterpoise import counterpoise as cp_energy
 from bioqmmm.interface.energies import BindingMM, mm_binding, nonbonded_parameters
 from bioqmmm.interface.hotspots import AtomKey, map_region, region_charge
@@ -40,6 +41,7 @@ class Score:
     charge_transfer: float | None = None
     #: Boys–Bernardi estimate of the QM part's basis-set superposition error (kJ/mol), when asked for
     counterpoise: float | None = None
+    counterpoise_error: str | None = None
 
     @property
     def correction(self) -> float | None:
@@ -53,7 +55,8 @@ class Score:
 
     def record(self) -> dict[str, float | None]:
         return {**self.mm.record(), "qm_correction": self.correction, "qmmm": self.qmmm,
-                "charge_transfer": self.charge_transfer, "counterpoise": self.counterpoise}
+                "charge_transfer": self.charge_transfer, "counterpoise": self.counterpoise,
+                **({"counterpoise_error": self.counterpoise_error} if self.counterpoise_error else {})}
 
 
 def score(structure: Structure, setup: ForceFieldSetup, region: frozenset[AtomKey] | None, level: Level | None,
@@ -63,6 +66,7 @@ def score(structure: Structure, setup: ForceFieldSetup, region: frozenset[AtomKe
     ``relax_shell`` (nm) the separated partners relax (:func:`~bioqmmm.interface.energies.mm_binding`)."""
     mm, per_atom, models = mm_binding(structure, setup, threads, relax_shell)
     result = Score(mm, per_atom)
+    complex_model = None
     if region is None or level is None:
         return result
     for key, (system, part) in models.items():
@@ -81,13 +85,16 @@ def score(structure: Structure, setup: ForceFieldSetup, region: frozenset[AtomKe
         if key == 2:
             result.charge_transfer = _charge_transfer(qmmm, part, charges)
             complex_model = (qmmm, part)
-    if counterpoise and "complex" in result.qm_charges and result.qm_charges["complex"] is not None:
+    if counterpoise and complex_model is not None:
         qmmm, part = complex_model
         boundary = qmmm.boundary
         points = boundary.qm_sites.positions(part.positions[list(boundary.particles)])
         side = np.concatenate([part.side[list(qmmm.qm_atoms)], part.side[[link.qm_host for link in qmmm.links]]])
-        result.counterpoise = cp_energy(list(qmmm.region.symbols), points, side,
-                                        (result.qm_charges["partner_a"], result.qm_charges["partner_b"]), level)
+        try:
+            result.counterpoise = cp_energy(list(qmmm.region.symbols), points, side,
+                                            (result.qm_charges["partner_a"], result.qm_charges["partner_b"]), level)
+        except CalculationError as exc:  # the QM/MM terms stand; the score says it lacks the correction
+            result.counterpoise_error = str(exc)
     return result
 
 

@@ -32,7 +32,16 @@ from bioqmmm.interface.counterpoise import check_counterpoise
 from bioqmmm.interface.energies import nonbonded_parameters, pair_energies, per_residue
 from bioqmmm.interface.hotspots import atom_keys, pick_region
 from bioqmmm.interface.model import Structure, create_systems, gb_forcefield, interface_structure
-from bioqmmm.interface.mutation import ONE_LETTER, find_mutated, label, parse_mutations, scan_label, truncate_to_alanine
+from bioqmmm.interface.mutation import (
+    ONE_LETTER,
+    find_mutated,
+    in_disulfide,
+    label,
+    parse_mutations,
+    residue_key,
+    scan_label,
+    truncate_to_alanine,
+)
 from bioqmmm.interface.partners import WATER, find_partners
 from bioqmmm.interface.refine import refine, relax_mm
 from bioqmmm.interface.report import plot_measured, plot_scan, write_table
@@ -89,7 +98,8 @@ def _variants(structure: Structure, settings: InterfaceSettings, candidates: lis
     variants: dict[str, tuple] = {WILD_TYPE: ()}
     if settings.scan == "interface":
         for index in candidates:
-            if residues[index].name not in ("GLY", "PRO", "ALA") and residues[index].name in ONE_LETTER:
+            if residues[index].name not in ("GLY", "PRO", "ALA") and residues[index].name in ONE_LETTER \
+                    and not in_disulfide(residues[index]):
                 variants[scan_label(residues[index])] = parse_mutations(scan_label(residues[index]))
     for text in list(settings.mutations) + list(measured):
         mutations = parse_mutations(text)
@@ -103,7 +113,7 @@ def _evaluate(structure, setup, mutations, region, level, qm_residues, settings,
     variant = structure
     if mutations:
         variant = truncate_to_alanine(structure, [find_mutated(structure.topology, m) for m in mutations])
-    touches_qm = any(f"{m.chain}:{m.resid}" in qm_residues for m in mutations)
+    touches_qm = any(residue_key(find_mutated(structure.topology, m)) in qm_residues for m in mutations)
     with_qm = settings.qm_scan == "all" or (settings.qm_scan == "region" and (touches_qm or not mutations))
     try:
         result = score(variant, setup, region if with_qm else None, level if with_qm else None, threads,
@@ -119,19 +129,25 @@ def _score_variants(context: RunContext, variants: dict, evaluate) -> dict[str, 
     """Each rank scores its share (stored in variants/ as it goes); every rank gets all results."""
     folder = context.output / "variants"
     folder.mkdir(exist_ok=True)
-    comm, done = context.comm, {}
+    comm, done, failure = context.comm, {}, None
     for name in sorted(variants)[comm.rank::comm.size]:
         path = folder / (name.replace(":", "_").replace(",", "+") + ".json")
         stored = json.loads(path.read_text()) if path.exists() else None
         if stored is None or stored.get("identity") != context.identity:
             started = time.perf_counter()
-            stored = {"identity": context.identity, **evaluate(variants[name]),
-                      "seconds": time.perf_counter() - started}
+            try:
+                stored = {"identity": context.identity, **evaluate(variants[name]),
+                          "seconds": time.perf_counter() - started}
+            except InputError as exc:  # every rank stops with it, not only this one
+                failure = _Failure("InputError", f"variant {name}: {exc}")
+                break
             path.with_suffix(".tmp").write_text(json.dumps(stored))
             os.replace(path.with_suffix(".tmp"), path)
         done[name] = stored
     merged: dict[str, dict] = {}
-    for part in comm.allgather(done):
+    for part, problem in comm.allgather((done, failure)):
+        if problem is not None:
+            raise InputError(problem.message)
         merged.update(part)
     return merged
 
@@ -155,13 +171,6 @@ def run(context: RunContext, settings: InterfaceSettings) -> dict:
     variants = _variants(structure, settings, found, measured)
     implicit, vacuum = create_systems(structure, setup)
     charges = nonbonded_parameters(vacuum, structure.side)[0]
-    input_positions = structure.positions.copy()
-    interface_atoms = np.array([a.index for a in structure.topology.atoms() if a.residue.index in set(found)])
-    if settings.relax_shell_nm > 0:
-        relaxed = relax_mm(structure, implicit, interface_atoms, settings.relax_shell_nm, context.threads) \
-            if context.comm.rank == 0 else None
-        structure.positions = context.comm.bcast(relaxed)
-
     residues = list(structure.topology.residues())
     buried = buried_area(structure)
     contacts = hydrogen_bonds(structure) + salt_bridges(structure)
@@ -174,29 +183,50 @@ def run(context: RunContext, settings: InterfaceSettings) -> dict:
     picks, qm_atoms, qm_charge = pick_region(structure, ranked, contacts, settings.qm_budget_atoms, charges)
     region = frozenset(atom_keys(structure.topology)[i] for i in qm_atoms)
     atoms = list(structure.topology.atoms())
-    qm_residues = {f"{atoms[i].residue.chain.id}:{atoms[i].residue.id}" for i in qm_atoms}
+    qm_residues = {residue_key(atoms[i].residue) for i in qm_atoms}
     logging.getLogger("bioqmmm.region.boundary").setLevel(logging.ERROR)  # one note per model would repeat
 
+    input_positions = structure.positions.copy()
+    interface_atoms = np.array([a.index for a in atoms if a.residue.index in set(found)])
+    if settings.relax_shell_nm > 0:
+        structure.positions = _on_rank_zero(context.comm, lambda: relax_mm(
+            structure, implicit, interface_atoms, settings.relax_shell_nm, context.threads))
     refinement = None
     if settings.refine_steps > 0:
         optimise = OptimizeSettings(fmax_kjmol_nm=settings.refine_fmax_kjmol_nm, max_steps=settings.refine_steps)
-        if context.comm.rank == 0:
-            refinement = refine(structure, implicit, qm_atoms, context.level, shell_nm=settings.flexible_shell_nm,
-                                settings=optimise, output=context.output / "refine", identity=context.identity,
-                                interface_atoms=interface_atoms, contacts=contacts, threads=context.threads,
-                                progress=context.progress)
-        refinement = context.comm.bcast(refinement)
+        refinement = _on_rank_zero(context.comm, lambda: refine(
+            structure, implicit, qm_atoms, context.level, shell_nm=settings.flexible_shell_nm, settings=optimise,
+            output=context.output / "refine", identity=context.identity, interface_atoms=interface_atoms,
+            contacts=contacts, threads=context.threads, progress=context.progress))
         structure.positions = refinement.positions
-    write_pdb_models(context.output / "interface.pdb", structure.topology, [input_positions, structure.positions],
-                     None)
-
-    if refinement is not None:  # the table describes the structure that was scored
+    if settings.relax_shell_nm > 0 or refinement is not None:  # the table describes the structure scored
         buried, contacts = buried_area(structure), hydrogen_bonds(structure) + salt_bridges(structure)
         e_residue = per_residue(structure, pair_energies(structure, vacuum))
     results = _score_variants(context, variants, lambda mutations: _evaluate(
         structure, setup, mutations, region, context.level, qm_residues, settings, context.threads))
-    return _report(context, settings, structure, partners, notes, found, buried, e_residue, contacts, picks,
-                   qm_atoms, qm_charge, refinement, results, measured, started)
+    return _on_rank_zero(context.comm, lambda: _report(
+        context, settings, structure, input_positions, partners, notes, found, buried, e_residue, contacts, picks,
+        qm_atoms, qm_charge, refinement, results, measured, started))
+
+
+def _on_rank_zero(comm, work):
+    """``work()`` on rank 0, its result (or its error, raised on every rank) broadcast to all ranks."""
+    outcome = None
+    if comm.rank == 0:
+        try:
+            outcome = work()
+        except (InputError, CalculationError) as exc:
+            outcome = _Failure(type(exc).__name__, str(exc))
+    outcome = comm.bcast(outcome)
+    if isinstance(outcome, _Failure):
+        raise {"InputError": InputError}.get(outcome.kind, CalculationError)(outcome.message)
+    return outcome
+
+
+@dataclass(frozen=True)
+class _Failure:
+    kind: str
+    message: str
 
 
 def _contact_text(residue, contacts) -> str:
@@ -204,9 +234,10 @@ def _contact_text(residue, contacts) -> str:
     return "".join(f"; {c.kind.replace('_', ' ')} {c.names[0]}–{c.names[1]} {c.distance:.2f} nm" for c in own)
 
 
-def _report(context, settings, structure, partners, notes, found, buried, e_residue, contacts, picks, qm_atoms,
-            qm_charge, refinement, results, measured, started) -> dict:
+def _report(context, settings, structure, input_positions, partners, notes, found, buried, e_residue, contacts, picks,
+            qm_atoms, qm_charge, refinement, results, measured, started) -> dict:
     out = context.output
+    write_pdb_models(out / "interface.pdb", structure.topology, [input_positions, structure.positions], None)
     residues = list(structure.topology.residues())
     wild = results[WILD_TYPE]
     ddg = {level: {name: (None if r[level] is None or wild[level] is None else r[level] - wild[level])
@@ -262,15 +293,15 @@ def _report(context, settings, structure, partners, notes, found, buried, e_resi
 
 def _decomposition(structure, e_residue, wild, ddg, rows) -> dict:
     """Per-residue MM interaction summed over partner A (= the MM interaction exactly), and what the
-    single-residue alanine scan leaves of each binding score (ΔG − Σ ΔΔG: backbone, Gly/Pro/Ala, and
-    the non-additivity of the scan)."""
+    single-residue alanine scan leaves of each binding score (ΔG + Σ ΔΔG over the scanned residues, each ΔΔG
+    being minus the residue's share: backbone, Gly/Pro/Ala, and the non-additivity of the scan)."""
     side_of_residue = np.array([structure.side[next(r.atoms()).index] for r in structure.topology.residues()])
     record = {"sum_residues_partner_a": quantity(float(e_residue[side_of_residue == 0].sum()), "kJ/mol"),
               "sum_residues_partner_b": quantity(float(e_residue[side_of_residue == 1].sum()), "kJ/mol"),
               "interaction_mm": quantity(wild["interaction_mm"], "kJ/mol")}
     for level in ("mmgbsa", "qmmm"):
-        values = [r[f"ddg_{level}_kjmol"] for r in rows]
-        if wild[level] is not None and values and None not in values:
+        values = [r[f"ddg_{level}_kjmol"] for r in rows if r[f"ddg_{level}_kjmol"] is not None]
+        if wild[level] is not None and values:
             record[f"scan_remainder_{level}"] = quantity(wild[level] + sum(values), "kJ/mol")
     return record
 
