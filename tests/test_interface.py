@@ -145,9 +145,9 @@ def test_region_charge_follows_the_chosen_side_chains(pair):
     contacts = hydrogen_bonds(pair) + salt_bridges(pair)
     residues = list(pair.topology.residues())
     lys, asp = (next(r.index for r in residues if r.name == name) for name in ("LYS", "ASP"))
-    picks, atoms, charge = pick_region(pair, [(lys, "first"), (asp, "second")], contacts, 40, charges)
+    picks, atoms, charge, _ = pick_region(pair, [(lys, "first"), (asp, "second")], contacts, 40, charges)
     assert charge == 0 and [p.residue for p in picks] == ["A:LYS2", "B:ASP2"]
-    picks, atoms, charge = pick_region(pair, [(lys, "first"), (asp, "second")], contacts, 17, charges)
+    picks, atoms, charge, _ = pick_region(pair, [(lys, "first"), (asp, "second")], contacts, 17, charges)
     assert charge == 1 and [p.residue for p in picks] == ["A:LYS2"] and len(atoms) == 16
     with pytest.raises(InputError, match="too small for one interface residue: the smallest candidate, B:ASP2 "
                                          "side chain, needs 7"):
@@ -158,7 +158,7 @@ def _salt_bridge_region(pair: Structure) -> frozenset:
     charges = nonbonded_parameters(create_systems(pair, SETUP)[1], pair.side)[0]
     residues = list(pair.topology.residues())
     ranked = [(next(r.index for r in residues if r.name == n), "") for n in ("LYS", "ASP")]
-    _, atoms, _ = pick_region(pair, ranked, [], 40, charges)
+    _, atoms, _, _ = pick_region(pair, ranked, [], 40, charges)
     return frozenset(atom_keys(pair.topology)[i] for i in atoms)
 
 
@@ -386,7 +386,8 @@ def test_interface_command_prepares_writes_the_protocol_file_and_runs(tmp_path, 
     assert main(args) == 0
     assert "binding qmmm" in capsys.readouterr().out
     config = yaml.safe_load((out / "interface.yaml").read_text())
-    assert config["qm"] == {"engine": "xtb", "method": "gfn2"} and config["protocol"]["mutations"] == ["A:K2A,B:D2A"]
+    assert config["qm"] == {"engine": "xtb", "method": "gfn2", "options": {"electronic_temperature": 1000.0}}
+    assert config["protocol"]["mutations"] == ["A:K2A,B:D2A"]
     assert json.loads((out / "prepared" / "prepare.json").read_text())["options"]["solvent"] == "implicit"
     stamp = (out / "prepared" / "system.xml").stat().st_mtime_ns
     assert main(args) == 0

@@ -15,11 +15,19 @@ import yaml
 
 from bioqmmm.quickstart import XTB_METHODS
 
+#: Fermi smearing (K) of GFN-xTB for interface regions: charged side chains of both partners in one region,
+#: salt bridges at proton-sharing distances after MM relaxation: at xtb's 300 K the SCC of such regions can fail
+#: to converge (it did for the relaxed HyHEL-63–lysozyme hot spots), at 1000 K it converges in a few cycles.
+#: One temperature for every model of a run keeps the complex − partners differences consistent.
+XTB_INTERFACE_TEMPERATURE = 1000.0
+
 
 def level_block(method: str, basis: str) -> dict[str, Any]:
-    """The ``qm`` block of a method name: GFN-xTB through xtb, anything else through PySCF."""
+    """The ``qm`` block of a method name: GFN-xTB through xtb (with :data:`XTB_INTERFACE_TEMPERATURE`), anything
+    else through PySCF."""
     if method.lower() in XTB_METHODS:
-        return {"engine": "xtb", "method": XTB_METHODS[method.lower()]}
+        return {"engine": "xtb", "method": XTB_METHODS[method.lower()],
+                "options": {"electronic_temperature": XTB_INTERFACE_TEMPERATURE}}
     return {"engine": "pyscf", "method": method, "basis": basis}
 
 

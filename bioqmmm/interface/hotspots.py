@@ -6,7 +6,8 @@ peptide groups that keep every cut at a Cα–C bond (:func:`bioqmmm.region.prot
 that would take the region past the budget (QM atoms plus link atoms) is passed over. Waters that bridge
 a chosen residue to the other partner follow while they fit. The region's charge is the sum of the MM
 charges of its atoms rounded to an integer (a side chain cut at Cα–Cβ or a residue cut at Cα–C carries
-its formal charge to within 0.15 e in Amber force fields); a sum farther from an integer is an error.
+its formal charge to within 0.15 e in Amber force fields), piece by covalently connected piece; a piece
+whose sum is farther from an integer is an error.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 from openmm import app
 
-from bioqmmm.errors import InputError
+from bioqmmm.errors import InputError, SelectionError
 from bioqmmm.interface.contacts import Contact
 from bioqmmm.interface.model import WATER_CONTACT_NM, Structure
 from bioqmmm.interface.mutation import label
 from bioqmmm.interface.partners import WATER
+from bioqmmm.region.boundary import find_links
 from bioqmmm.region.protein import BACKBONE, residues, sidechain
 from bioqmmm.region.region import QMRegion
 
@@ -57,14 +59,32 @@ def map_region(keys: frozenset[AtomKey], topology: app.Topology) -> list[int]:
     return found
 
 
-def region_charge(atoms: list[int], charges: np.ndarray, where: str) -> int:
-    """The integer charge of a QM region from its atoms' MM charges (module docstring)."""
-    total = float(charges[atoms].sum())
-    charge = round(total)
-    if abs(total - charge) > CHARGE_TOLERANCE:
-        raise InputError(f"the MM charges of {where} sum to {total:+.3f} e, not near an integer: the cut leaves a "
-                         "fractional charge")
-    return int(charge)
+def region_charge(atoms: list[int], charges: np.ndarray, where: str, topology: app.Topology) -> int:
+    """The integer charge of a QM region: each covalently connected piece's MM charge sum rounded (module
+    docstring), summed; a piece farther than 0.25 e from an integer is an error."""
+    inside = set(int(i) for i in atoms)
+    neighbours: dict[int, set[int]] = {i: set() for i in inside}
+    for a, b in topology.bonds():
+        if a.index in inside and b.index in inside:
+            neighbours[a.index].add(b.index)
+            neighbours[b.index].add(a.index)
+    total, seen = 0, set()
+    for start in sorted(inside):
+        if start in seen:
+            continue
+        piece, stack = [], [start]
+        seen.add(start)
+        while stack:
+            atom = stack.pop()
+            piece.append(atom)
+            stack += [n for n in neighbours[atom] if n not in seen]
+            seen.update(neighbours[atom])
+        value = float(charges[piece].sum())
+        if abs(value - round(value)) > CHARGE_TOLERANCE:
+            raise InputError(f"the MM charges of a piece of {where} ({len(piece)} atoms) sum to {value:+.3f} e, not "
+                             "near an integer: the cut leaves a fractional charge")
+        total += round(value)
+    return int(total)
 
 
 def _cut_count(topology: app.Topology, atoms: set[int]) -> int:
@@ -84,8 +104,10 @@ def _piece(structure: Structure, residue: app.topology.Residue, backbone_bonds: 
 
 
 def pick_region(structure: Structure, ranked: list[tuple[int, str]], contacts: list[Contact], budget: int,
-                charges: np.ndarray) -> tuple[list[Pick], list[int], int]:
-    """(picks, QM atoms, charge) for the ``ranked`` residues (residue index, reason) within ``budget``."""
+                charges: np.ndarray) -> tuple[list[Pick], list[int], int, list[str]]:
+    """(picks, QM atoms, charge, passed-over residues with the reason) for the ``ranked`` residues (residue
+    index, reason) within ``budget``; a residue whose piece would cut a bond the boundary rules refuse (a
+    disulfide, a ring) or leave a fractional charge is passed over."""
     atoms_list = list(structure.topology.atoms())
     residue_list = list(structure.topology.residues())
     backbone: dict[int, set[str]] = {}
@@ -96,29 +118,49 @@ def pick_region(structure: Structure, ranked: list[tuple[int, str]], contacts: l
                 if atom.name in BACKBONE and atom.residue.name not in WATER:
                     backbone.setdefault(atom.residue.index, set()).add(atom.name)
     chosen: set[int] = set()
+    skipped: list[str] = []
     picks: list[Pick] = []
     smallest: tuple[int, str] | None = None
     for index, reason in ranked:
         residue = residue_list[index]
         if residue.name == "GLY" and index not in backbone:
             continue
-        atoms, piece = _piece(structure, residue, backbone.get(index, set()))
+        try:
+            atoms, piece = _piece(structure, residue, backbone.get(index, set()))
+        except SelectionError as exc:
+            skipped.append(f"{label(residue)}: {exc}")
+            continue
         trial = chosen | set(atoms)
         size = len(trial) + _cut_count(structure.topology, trial)
         if smallest is None or len(atoms) < smallest[0]:
             smallest = (len(atoms) + _cut_count(structure.topology, set(atoms)), f"{label(residue)} {piece}")
-        if size <= budget:
-            chosen = trial
-            picks.append(Pick(label(residue), piece, reason, tuple(sorted(atoms))))
+        if size > budget:
+            continue
+        problem = _unusable(structure, sorted(trial), charges)
+        if problem:
+            skipped.append(f"{label(residue)} {piece}: {problem}")
+            continue
+        chosen = trial
+        picks.append(Pick(label(residue), piece, reason, tuple(sorted(atoms))))
     if not picks:
         need = f": the smallest candidate, {smallest[1]}, needs {smallest[0]}" if smallest else ""
         raise InputError(f"a QM budget of {budget} atoms (link atoms included) is too small for one interface "
                          f"residue{need}")
     picks += _bridging_waters(structure, chosen, budget)
     qm = sorted(set().union(*[set(p.atoms) for p in picks]))
-    charge = region_charge(qm, charges, "the QM region")
+    charge = region_charge(qm, charges, "the QM region", structure.topology)
     QMRegion.select(structure.topology, qm, charge=charge, multiplicity=1)  # cuts and electron count, once
-    return picks, qm, charge
+    return picks, qm, charge, skipped
+
+
+def _unusable(structure: Structure, atoms: list[int], charges: np.ndarray) -> str | None:
+    """Why a region of ``atoms`` cannot be QM (a refused cut, a fractional charge), or None."""
+    try:
+        find_links(structure.topology, atoms)
+        region_charge(atoms, charges, "the region with it", structure.topology)
+    except InputError as exc:
+        return str(exc)
+    return None
 
 
 def _bridging_waters(structure: Structure, chosen: set[int], budget: int) -> list[Pick]:

@@ -107,7 +107,7 @@ def refine(structure: Structure, implicit: openmm.System, qm_atoms: list[int], l
     part = structure.subset(kept)
     system = subsystem(implicit, kept)
     atoms = [local[i] for i in qm_atoms]
-    charge = region_charge(atoms, nonbonded_parameters(system, part.side)[0], "the QM region")
+    charge = region_charge(atoms, nonbonded_parameters(system, part.side)[0], "the QM region", part.topology)
     qmmm = QMMMSystem(part.topology, system, QMRegion.select(part.topology, atoms, charge=charge, multiplicity=1),
                       engine=create_engine(level, threads))
     fixed = np.array([k for k, old in enumerate(kept) if int(old) not in flexible], dtype=int)

@@ -76,7 +76,7 @@ def score(structure: Structure, setup: ForceFieldSetup, region: frozenset[AtomKe
             result.qm[name], result.qm_charges[name] = 0.0, 0
             continue
         charges = nonbonded_parameters(system, part.side)[0]
-        charge = region_charge(atoms, charges, f"the QM region of the {name.replace('_', ' ')}")
+        charge = region_charge(atoms, charges, f"the QM region of the {name.replace('_', ' ')}", part.topology)
         qm_region = QMRegion.select(part.topology, atoms, charge=charge, multiplicity=1)
         qmmm = QMMMSystem(part.topology, system, qm_region, engine=create_engine(level, threads))
         energy = qmmm.energy_and_forces(part.positions)[0]
@@ -106,4 +106,5 @@ def _charge_transfer(qmmm: QMMMSystem, part: Structure, charges: np.ndarray) -> 
     for k, link in enumerate(qmmm.links):
         on_atoms[atoms.index(link.qm_host)] += qm_charges[len(atoms) + k]
     mine = [k for k, i in enumerate(atoms) if part.side[i] == 0]
-    return float(on_atoms[mine].sum() - round(float(charges[[atoms[k] for k in mine]].sum())))
+    return float(on_atoms[mine].sum() - region_charge([atoms[k] for k in mine], charges, "partner A's QM part",
+                                                     part.topology))

@@ -180,7 +180,8 @@ def run(context: RunContext, settings: InterfaceSettings) -> dict:
     ranked = [(i, f"MM interaction {e_residue[i]:+.0f} kJ/mol (rank {k + 1} of {len(candidates)}), "
                   f"buried {buried[i]:.2f} nm²" + _contact_text(residues[i], contacts))
               for k, i in enumerate(candidates)]
-    picks, qm_atoms, qm_charge = pick_region(structure, ranked, contacts, settings.qm_budget_atoms, charges)
+    picks, qm_atoms, qm_charge, passed_over = pick_region(structure, ranked, contacts, settings.qm_budget_atoms,
+                                                          charges)
     region = frozenset(atom_keys(structure.topology)[i] for i in qm_atoms)
     atoms = list(structure.topology.atoms())
     qm_residues = {residue_key(atoms[i].residue) for i in qm_atoms}
@@ -206,7 +207,7 @@ def run(context: RunContext, settings: InterfaceSettings) -> dict:
         structure, setup, mutations, region, context.level, qm_residues, settings, context.threads))
     return _on_rank_zero(context.comm, lambda: _report(
         context, settings, structure, input_positions, partners, notes, found, buried, e_residue, contacts, picks,
-        qm_atoms, qm_charge, refinement, results, measured, started))
+        qm_atoms, qm_charge, passed_over, refinement, results, measured, started))
 
 
 def _on_rank_zero(comm, work):
@@ -235,7 +236,7 @@ def _contact_text(residue, contacts) -> str:
 
 
 def _report(context, settings, structure, input_positions, partners, notes, found, buried, e_residue, contacts, picks,
-            qm_atoms, qm_charge, refinement, results, measured, started) -> dict:
+            qm_atoms, qm_charge, passed_over, refinement, results, measured, started) -> dict:
     out = context.output
     write_pdb_models(out / "interface.pdb", structure.topology, [input_positions, structure.positions], None)
     residues = list(structure.topology.residues())
@@ -271,7 +272,8 @@ def _report(context, settings, structure, input_positions, partners, notes, foun
         "hydrogen_bonds": sum(c.kind == "hbond" for c in contacts),
         "salt_bridges": sum(c.kind == "salt_bridge" for c in contacts),
         "qm_region": {"atoms": len(qm_atoms), "charge": qm_charge,
-                      "residues": [{"residue": p.residue, "piece": p.piece, "why": p.reason} for p in picks]},
+                      "residues": [{"residue": p.residue, "piece": p.piece, "why": p.reason} for p in picks],
+                      "passed_over": passed_over},
         "binding": {k: (None if v is None else quantity(v, "kJ/mol")) for k, v in wild.items()
                     if k in ("interaction_mm", "desolvation", "partner_relaxation", "mmgbsa", "qm_correction",
                              "counterpoise", "qmmm")},
