@@ -198,6 +198,7 @@ def test_correction_and_monopole_error_fall_with_distance(pair):
     assert corrections == sorted(corrections, reverse=True) and errors == sorted(errors, reverse=True)
 
 
+@pytest.mark.slow
 def test_charge_transfer_between_partners_is_reported(pair):
     """The QM charge each partner's part of the region carries in the complex: near its integer at HF
     far apart; GFN2-xTB's spurious transfer between distant ions shows up in the record."""
@@ -349,8 +350,8 @@ def test_hyhel63_lysozyme_interface_and_every_measured_mutation():
 
 @pytest.mark.slow
 def test_variants_shared_over_two_mpi_ranks_equal_the_serial_run(tmp_path):
-    """``mpirun -n 2``: each rank scores half of the variants (one thread each) and every variant's terms equal
-    those of a serial run with the same settings; both ranks get every result."""
+    """``mpirun -n 2``: the ranks share the variants (one thread each), rank 0 writes the table, and every
+    variant's terms equal those of a serial run with the same settings (to float32 MM round-off)."""
     import sys
 
     from conftest import mpirun, shipped_protocol
@@ -368,7 +369,7 @@ def test_variants_shared_over_two_mpi_ranks_equal_the_serial_run(tmp_path):
     assert set(parallel) == set(expected) == {"wild_type", "A:K2A", "B:D2A", "A:K2A,B:D2A"}
     for name, row in expected.items():
         for key in ("mmgbsa", "qm_correction", "qmmm"):
-            assert float(parallel[name][key]) == pytest.approx(float(row[key]), abs=1e-6), (name, key)
+            assert float(parallel[name][key]) == pytest.approx(float(row[key]), abs=1e-3), (name, key)  # float32 MM
     assert serial["variants"] == 4
 
 

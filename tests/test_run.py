@@ -63,10 +63,10 @@ def _write(tmp_path: Path, text: str, name: str = "protocol.yaml") -> Path:
     [
         (("  steps: 5", "  stpes: 5"), r"yaml:14: unknown key 'stpes' in 'protocol' \(did you mean 'steps'\?\)"),
         (("  seed: 11", "  seed: eleven"), r"protocol.yaml:15: 'seed' must be an integer or null"),
-        (("  charge: 0\n", ""), r"protocol.yaml:5: missing required key 'charge' in 'qm'"),
+        (("  charge: 0\n", ""), r"protocol.yaml:5: 'charge': is required with a QM region"),
         (("    conv_tol: 1e-9", "    conv_tl: 1e-9"), r"yaml:11: unknown key 'conv_tl' in 'options' \(did you mean"),
         (("  type: md", "  type: dynamics"),
-         r"yaml:13: 'protocol': unknown protocol 'dynamics'; known: adaptive_md, fep, md, neb, optimize, pmf"),
+         r"yaml:13: 'protocol': unknown protocol 'dynamics'; known: adaptive_md, fep, interface, md, neb"),
         (("  method: hf", "  engine: orca\n  method: hf"),
          r"yaml:8: 'engine': unknown QM engine 'orca'; known: mixed, pyscf"),
         (("  method: hf", "  engine: mixed\n  method: hf"), r"yaml:\d+: unknown key 'conv_tol' in 'options'"),
