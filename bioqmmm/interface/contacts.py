@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import mdtraj
 import numpy as np
 
-from bioqmmm.interface.model import Structure
+from bioqmmm.interface.model import Structure, within
 from bioqmmm.interface.mutation import label
 from bioqmmm.interface.partners import WATER
 
@@ -55,16 +55,9 @@ def interface_residues(structure: Structure, cutoff: float) -> list[int]:
     atoms = list(structure.topology.atoms())
     heavy = np.array([a.element is not None and a.element.symbol != "H" and a.residue.name not in WATER
                       for a in atoms])
-    xyz = structure.positions
-    found: set[int] = set()
     sides = [np.flatnonzero(heavy & (structure.side == k)) for k in (0, 1)]
-    for k in (0, 1):
-        mine, other = sides[k], sides[1 - k]
-        for start in range(0, len(mine), 512):
-            block = mine[start:start + 512]
-            d = np.linalg.norm(xyz[block, None, :] - xyz[None, other, :], axis=-1)
-            for i in block[(d < cutoff).any(axis=1)]:
-                found.add(atoms[i].residue.index)
+    found = {atoms[i].residue.index for k in (0, 1)
+             for i in sides[k][within(structure.positions, sides[k], sides[1 - k], cutoff)]}
     return sorted(found)
 
 
@@ -73,22 +66,17 @@ def buried_area(structure: Structure) -> np.ndarray:
     protein = np.array([a.residue.name not in WATER for a in structure.topology.atoms()])
     buried = np.zeros(structure.topology.getNumResidues())
     complex_ = structure.subset(np.flatnonzero(protein))
-    index_of = _residue_indices(structure, complex_)
-    in_complex = mdtraj.shrake_rupley(_traj(complex_), mode="residue")[0]
+    buried[_residue_indices(structure, complex_)] -= mdtraj.shrake_rupley(_traj(complex_), mode="residue")[0]
     for k in (0, 1):
         alone = structure.subset(np.flatnonzero(protein & (structure.side == k)))
-        sasa = mdtraj.shrake_rupley(_traj(alone), mode="residue")[0]
-        alone_index = _residue_indices(structure, alone)
-        for key, i in alone_index.items():
-            buried[i] += sasa[list(alone_index).index(key)] - in_complex[list(index_of).index(key)]
+        buried[_residue_indices(structure, alone)] += mdtraj.shrake_rupley(_traj(alone), mode="residue")[0]
     return buried
 
 
-def _residue_indices(structure: Structure, sub: Structure) -> dict[tuple, int]:
-    """(chain, id, insertion) of each residue of ``sub``, in order → its index in ``structure``."""
+def _residue_indices(structure: Structure, sub: Structure) -> list[int]:
+    """The index in ``structure`` of each residue of ``sub``, in order."""
     full = {(r.chain.id, r.id, r.insertionCode, r.name): r.index for r in structure.topology.residues()}
-    return {(r.chain.id, r.id, r.insertionCode, r.name): full[(r.chain.id, r.id, r.insertionCode, r.name)]
-            for r in sub.topology.residues()}
+    return [full[(r.chain.id, r.id, r.insertionCode, r.name)] for r in sub.topology.residues()]
 
 
 def hydrogen_bonds(structure: Structure) -> list[Contact]:

@@ -17,7 +17,7 @@ import openmm
 from openmm import unit
 
 from bioqmmm.errors import InputError
-from bioqmmm.interface.model import Structure, create_systems, potential_energy, subsystem
+from bioqmmm.interface.model import Structure, create_systems, potential_energy, subsystem, within
 from bioqmmm.preparation.forcefields import ForceFieldSetup
 from bioqmmm.units import COULOMB_KJMOL_NM
 
@@ -129,6 +129,4 @@ def mm_binding(structure: Structure, setup: ForceFieldSetup, threads: int | None
 def _interface_atoms(structure: Structure, atoms: np.ndarray, cutoff: float = 0.45) -> np.ndarray:
     """Positions in ``atoms`` (local indices) of those within ``cutoff`` nm of an atom of the other partner."""
     other = np.flatnonzero(structure.side != structure.side[atoms[0]])
-    near = [k for k, i in enumerate(atoms)
-            if np.min(np.linalg.norm(structure.positions[other] - structure.positions[i], axis=1)) < cutoff]
-    return np.array(near, dtype=int)
+    return np.flatnonzero(within(structure.positions, atoms, other, cutoff))

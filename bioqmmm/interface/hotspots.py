@@ -132,8 +132,9 @@ def pick_region(structure: Structure, ranked: list[tuple[int, str]], contacts: l
             continue
         trial = chosen | set(atoms)
         size = len(trial) + _cut_count(structure.topology, trial)
-        if smallest is None or len(atoms) < smallest[0]:
-            smallest = (len(atoms) + _cut_count(structure.topology, set(atoms)), f"{label(residue)} {piece}")
+        alone = len(atoms) + _cut_count(structure.topology, set(atoms))
+        if smallest is None or alone < smallest[0]:
+            smallest = (alone, f"{label(residue)} {piece}")
         if size > budget:
             continue
         problem = _unusable(structure, sorted(trial), charges)

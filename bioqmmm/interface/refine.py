@@ -19,7 +19,7 @@ from openmm import unit
 from bioqmmm.interface.contacts import Contact, atom_label, remeasure
 from bioqmmm.interface.energies import nonbonded_parameters
 from bioqmmm.interface.hotspots import region_charge
-from bioqmmm.interface.model import Structure, subsystem
+from bioqmmm.interface.model import Structure, subsystem, within
 from bioqmmm.protocols.optimize import OptimizeSettings, run_optimization
 from bioqmmm.qm.factory import Level, create_engine
 from bioqmmm.qmmm.system import QMMMSystem
@@ -55,12 +55,7 @@ class Refinement:
 
 def _residues_within(structure: Structure, atoms: list[int], radius: float) -> np.ndarray:
     """Atoms of every residue with an atom within ``radius`` nm of ``atoms``."""
-    from scipy.spatial import cKDTree
-
-    xyz = structure.positions
-    near = np.zeros(len(xyz), dtype=bool)
-    for found in cKDTree(xyz).query_ball_point(xyz[list(atoms)], radius):
-        near[found] = True
+    near = within(structure.positions, np.arange(len(structure.positions)), atoms, radius)
     residue_of = np.array([a.residue.index for a in structure.topology.atoms()])
     return np.flatnonzero(np.isin(residue_of, np.unique(residue_of[near])))
 
