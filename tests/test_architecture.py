@@ -135,7 +135,8 @@ def test_bioqmmm_protocols_lists_every_protocol_and_its_keys(capsys):
     assert main(["protocols", "pmf"]) == 0
     assert "windows.force_constant" in capsys.readouterr().out  # nested sections with their keys
     assert main(["protocols", "mdd"]) == 1
-    assert "unknown protocol 'mdd'; known: adaptive_md, fep, interface, md, neb, optimize" in capsys.readouterr().err
+    assert ("unknown protocol 'mdd'; known: adaptive_md, elastic, fep, finite_size, interface, md, neb, optimize"
+            in capsys.readouterr().err)
 
 
 def test_running_md_key_tables_are_generated_from_the_declarations(tmp_path):
@@ -308,7 +309,8 @@ def test_protocol_file_selects_the_engine_by_name(tmp_path):
     ("  cheap: mm ", "  cheap: {method: hf, basis: sto-3g, options: {conv_tl: 1}} ",
      r"pmf.yaml:20: unknown key 'conv_tl' in 'options' \(did you mean 'conv_tol'"),
     ("  type: pmf\n", "",
-     r"pmf.yaml:16: missing required key 'type' in 'protocol': give one of adaptive_md, fep, interface, md, neb"),
+     r"pmf.yaml:16: missing required key 'type' in 'protocol': give one of adaptive_md, elastic, fep, finite_size, "
+     r"interface, md, neb"),
 ])
 def test_nested_levels_and_missing_types_are_refused_with_key_and_line(tmp_path, old, new, message):
     from bioqmmm.run.protocol import load_protocol

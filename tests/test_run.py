@@ -66,7 +66,8 @@ def _write(tmp_path: Path, text: str, name: str = "protocol.yaml") -> Path:
         (("  charge: 0\n", ""), r"protocol.yaml:5: 'charge': is required with a QM region"),
         (("    conv_tol: 1e-9", "    conv_tl: 1e-9"), r"yaml:11: unknown key 'conv_tl' in 'options' \(did you mean"),
         (("  type: md", "  type: dynamics"),
-         r"yaml:13: 'protocol': unknown protocol 'dynamics'; known: adaptive_md, fep, interface, md, neb"),
+         r"yaml:13: 'protocol': unknown protocol 'dynamics'; known: adaptive_md, elastic, fep, finite_size, interface, "
+         r"md, neb"),
         (("  method: hf", "  engine: orca\n  method: hf"),
          r"yaml:8: 'engine': unknown QM engine 'orca'; known: mixed, pyscf"),
         (("  method: hf", "  engine: mixed\n  method: hf"), r"yaml:\d+: unknown key 'conv_tol' in 'options'"),

@@ -20,6 +20,7 @@ from openmm import app, unit
 from bioqmmm.errors import InputError
 from bioqmmm.interface.partners import IONS, WATER, Partners
 from bioqmmm.preparation.forcefields import ForceFieldSetup
+from bioqmmm.system_terms import assemble
 
 #: O(water)–N/O distance (nm) below which a water touches a partner.
 WATER_CONTACT_NM = 0.35
@@ -166,56 +167,12 @@ def create_systems(structure: Structure, setup: ForceFieldSetup) -> tuple[openmm
 
 
 def subsystem(system: openmm.System, atoms: Sequence[int]) -> openmm.System:
-    """The terms of ``system`` among ``atoms`` only, with the atoms renumbered in their order.
+    """The terms of ``system`` among ``atoms`` only, with the atoms renumbered in their order, without cut-offs.
 
     A partner's System is cut from the complex's so that every term is the same (OpenMM orders Amber
     improper torsions by atom index, so a partner parameterised on its own can differ by a few kJ/mol).
     """
-    atoms = [int(i) for i in atoms]
-    new = {old: k for k, old in enumerate(atoms)}
-    sub = openmm.System()
-    for i in atoms:
-        sub.addParticle(system.getParticleMass(i))
-    for force in system.getForces():
-        if isinstance(force, openmm.HarmonicBondForce):
-            copy = openmm.HarmonicBondForce()
-            for k in range(force.getNumBonds()):
-                i, j, *p = force.getBondParameters(k)
-                if i in new and j in new:
-                    copy.addBond(new[i], new[j], *p)
-        elif isinstance(force, openmm.HarmonicAngleForce):
-            copy = openmm.HarmonicAngleForce()
-            for k in range(force.getNumAngles()):
-                i, j, m, *p = force.getAngleParameters(k)
-                if i in new and j in new and m in new:
-                    copy.addAngle(new[i], new[j], new[m], *p)
-        elif isinstance(force, openmm.PeriodicTorsionForce):
-            copy = openmm.PeriodicTorsionForce()
-            for k in range(force.getNumTorsions()):
-                *ids, n, phase, kk = force.getTorsionParameters(k)
-                if all(i in new for i in ids):
-                    copy.addTorsion(*[new[i] for i in ids], n, phase, kk)
-        elif isinstance(force, openmm.NonbondedForce):
-            copy = openmm.NonbondedForce()
-            copy.setNonbondedMethod(openmm.NonbondedForce.NoCutoff)
-            for i in atoms:
-                copy.addParticle(*force.getParticleParameters(i))
-            for k in range(force.getNumExceptions()):
-                i, j, *p = force.getExceptionParameters(k)
-                if i in new and j in new:
-                    copy.addException(new[i], new[j], *p)
-        elif isinstance(force, openmm.GBSAOBCForce):
-            copy = openmm.GBSAOBCForce()
-            copy.setNonbondedMethod(openmm.GBSAOBCForce.NoCutoff)
-            copy.setSoluteDielectric(force.getSoluteDielectric())
-            copy.setSolventDielectric(force.getSolventDielectric())
-            for i in atoms:
-                copy.addParticle(*force.getParticleParameters(i))
-        else:
-            raise InputError(f"{type(force).__name__} is not expected in an interface model")
-        copy.setForceGroup(force.getForceGroup())
-        sub.addForce(copy)
-    return sub
+    return assemble([(system, atoms)], nonbonded_method=openmm.NonbondedForce.NoCutoff)
 
 
 def native_obc2(custom: openmm.CustomGBForce) -> openmm.GBSAOBCForce:

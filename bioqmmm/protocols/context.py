@@ -35,6 +35,8 @@ class RunContext:
     topology, reference_system (OpenMM), forcefield (:class:`~bioqmmm.preparation.forcefields.ForceFieldSetup`
     or None for a built-in example) and level: the model as built, for protocols that pick their own QM
     region (``qmmm`` is None for them).
+    system_for(topology): an OpenMM System for another structure with the ``system`` block's force field
+    and options (a pdb system's; a prepared one raises InputError), e.g. a host crystal's cell.
     """
 
     qmmm: Any
@@ -51,6 +53,7 @@ class RunContext:
     reference_system: Any = None
     forcefield: Any = None
     level: Level | None = None
+    system_for: Callable[[Any], Any] | None = None
     platform: str = "CPU"
     threads: int | None = None
     progress: bool = True

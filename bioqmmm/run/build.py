@@ -48,21 +48,29 @@ def build_model(section: SystemSection, base: Path | None = None):
             raise InputError(f"system pdb file {path} does not exist")
         structure = app.PDBxFile(str(path)) if path.suffix.lower() in (".cif", ".mmcif") else app.PDBFile(str(path))
         top, pos = structure.topology, structure.positions
-        periodic = top.getPeriodicBoxVectors() is not None
-        try:
-            forcefield = app.ForceField(*section.forcefield)
-            system = forcefield.createSystem(
-                top,
-                nonbondedMethod=app.PME if periodic else app.NoCutoff,
-                nonbondedCutoff=section.nonbonded_cutoff_nm * unit.nanometer,
-                constraints=app.HBonds if section.constraints == "hbonds" else None,
-                rigidWater=section.constraints == "hbonds",
-            )
-        except (ValueError, KeyError) as exc:  # OpenMM: missing template, unknown file
-            raise InputError(f"cannot parametrise {path} with {', '.join(section.forcefield)}: {exc}") from exc
+        system = create_system(section, top, str(path))
     box = top.getPeriodicBoxVectors()
     box_nm = None if box is None else np.array(box.value_in_unit(unit.nanometer))
     return top, system, np.array(pos.value_in_unit(unit.nanometer)), box_nm
+
+
+def create_system(section: SystemSection, topology: app.Topology, name: str = "the structure") -> openmm.System:
+    """A System for ``topology`` with the ``system`` block's force field files and options (PME when the
+    topology has box vectors, else no cut-off); ``name`` is the structure named in errors."""
+    if section.prepared is not None:
+        raise InputError(f"{name}: a prepared system's force field cannot parametrise another structure; give "
+                         "the system as pdb with its force field files")
+    periodic = topology.getPeriodicBoxVectors() is not None
+    try:
+        return app.ForceField(*section.forcefield).createSystem(
+            topology,
+            nonbondedMethod=app.PME if periodic else app.NoCutoff,
+            nonbondedCutoff=section.nonbonded_cutoff_nm * unit.nanometer,
+            constraints=app.HBonds if section.constraints == "hbonds" else None,
+            rigidWater=section.constraints == "hbonds",
+        )
+    except (ValueError, KeyError) as exc:  # OpenMM: missing template, unknown file
+        raise InputError(f"cannot parametrise {name} with {', '.join(section.forcefield)}: {exc}") from exc
 
 
 def model_forcefield(section: SystemSection, base: Path | None = None) -> ForceFieldSetup | None:

@@ -13,7 +13,7 @@ from bioqmmm.parallel.replicas import Replica, run_replicas
 from bioqmmm.parallel.schedule import estimated_cost
 from bioqmmm.protocols.context import RunContext
 from bioqmmm.results import read_result, write_results
-from bioqmmm.run.build import build_model, build_qmmm, model_forcefield, qm_at, qmmm_model
+from bioqmmm.run.build import build_model, build_qmmm, create_system, model_forcefield, qm_at, qmmm_model
 from bioqmmm.run.protocol import ProtocolFile, ReplicaSection, load_protocol
 from bioqmmm.simulation.identity import fingerprint
 
@@ -170,6 +170,7 @@ def _single(config: ProtocolFile, progress: bool, poll=None, comm=None) -> dict[
         model_at=lambda level, region=None: qmmm_model(config, qmmm.topology, qmmm.reference_system, level,
                                                       region or qmmm.region),
         inputs_at=lambda level: (config.system, qm_at(config.qm, level)),
+        system_for=lambda topology: create_system(config.system, topology),
         platform=config.resources.platform, threads=config.resources.threads, progress=progress, poll=poll,
     )
     return kind.run(context, config.protocol)
