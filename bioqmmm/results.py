@@ -19,9 +19,13 @@ from openmm import Vec3, app, unit
 from bioqmmm.simulation.imaging import MoleculeImager
 
 
-def quantity(value: float | Sequence[float], unit: str) -> dict[str, Any]:
-    """A number (or a list of numbers) with its unit, as stored in ``result.json``."""
-    return {"value": [float(v) for v in value] if isinstance(value, Sequence) else float(value), "unit": unit}
+def quantity(value: float | Sequence, unit: str) -> dict[str, Any]:
+    """A number (or a list of numbers, or of lists: a matrix) with its unit, as stored in ``result.json``."""
+    return {"value": _floats(value), "unit": unit}
+
+
+def _floats(value: float | Sequence) -> float | list:
+    return [_floats(v) for v in value] if isinstance(value, Sequence) else float(value)
 
 
 def write_results(outdir: str | Path, protocol: str, figures: dict[str, Any]) -> dict[str, Any]:
@@ -60,10 +64,14 @@ def format_summary(record: dict[str, Any]) -> str:
 def _text(value: Any) -> str:
     if isinstance(value, dict) and set(value) == {"value", "unit"}:
         number = value["value"]
-        if isinstance(number, list):
-            return f"[{', '.join(f'{v:.6g}' for v in number)}] {value['unit']}"
-        return f"{number:.6g} {value['unit']}" if isinstance(number, float) else f"{number} {value['unit']}"
+        return f"{_numbers(number)} {value['unit']}"
     return str(value)
+
+
+def _numbers(value: Any) -> str:
+    if isinstance(value, list):
+        return f"[{', '.join(_numbers(v) for v in value)}]"
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def new_figure(rows: int = 1, height: float = 3.2):

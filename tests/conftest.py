@@ -168,6 +168,8 @@ def shipped_protocol(tmp_path, name: str, output: str, **changes):
     config["protocol"].update(changes)
     if "pdb" in config["system"]:
         config["system"]["pdb"] = str(root / "protocols" / config["system"]["pdb"])
+    if config["protocol"].get("host_pdb"):
+        config["protocol"]["host_pdb"] = str(root / "protocols" / config["protocol"]["host_pdb"])
     config["resources"] = {"threads": 1}
     config["output"] = str(tmp_path / output)
     path = tmp_path / f"{output}.yaml"

@@ -119,7 +119,7 @@ def _write_table(path, tensors: dict[str, ElasticTensor]) -> None:
 
 def _plot(path, tensors: dict[str, ElasticTensor]) -> None:
     fig, axes = new_figure(rows=1, height=3.4)
-    ax = axes[0] if isinstance(axes, (list, tuple, np.ndarray)) else axes
+    ax = axes[0]
     keys = ("c11", "c12", "c44", "bulk_modulus")
     width = 0.8 / len(tensors)
     for k, (name, tensor) in enumerate(tensors.items()):

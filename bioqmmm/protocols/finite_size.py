@@ -91,6 +91,7 @@ def run(context: RunContext, settings: FiniteSizeSettings) -> dict:
     host_energies = [cell_energy("host", n) for n in repeats]
     figures: dict = {**context.record, "defect_charge": quantity(charge, "e"), "qm_charge": quantity(qm_charge, "e"),
                      "dielectric_tensor": np.round(dielectric, 4).tolist(),
+                     "dielectric_constant": float(np.trace(dielectric) / 3.0),
                      "dielectric_source": "given" if settings.dielectric is not None else
                      ("host force constants" if settings.relax == "all" else "frozen host"),
                      "repeats": repeats, "lengths": quantity(lengths, "nm")}
@@ -124,16 +125,18 @@ def _host_dielectric(host: Cell, n: int, settings: FiniteSizeSettings) -> np.nda
 
 
 def fit_figures(result: FiniteSizeFit) -> dict:
-    """One series' fit for ``result.json``."""
+    """One series' fit for ``result.json`` (fitted values with their standard errors as ``uncertainty``)."""
+    def fitted(value: float, error: float | None, unit: str) -> dict:
+        return {"value": value, "uncertainty": error, "unit": unit}
+
     return {
         "energies": quantity(list(result.energies), "kJ/mol"),
-        "e_inf": quantity(result.e_inf, "kJ/mol"), "e_inf_error": quantity(result.e_inf_error, "kJ/mol"),
-        "a_fit": quantity(result.a, "kJ/mol nm"), "a_fit_error": quantity(result.a_error, "kJ/mol nm"),
+        "e_inf": fitted(result.e_inf, result.e_inf_error, "kJ/mol"),
+        "a_fit": fitted(result.a, result.a_error, "kJ/mol nm"),
         "a_analytic": quantity(result.a_analytic, "kJ/mol nm"),
-        "a_deviation": result.a_deviation,
-        "b_fit": quantity(result.b, "kJ/mol nm^3"),
-        "e_inf_fixed_a": quantity(result.e_inf_fixed_a, "kJ/mol"),
-        "e_inf_fixed_a_error": quantity(result.e_inf_fixed_a_error, "kJ/mol"),
+        "a_deviation_percent": None if result.a_deviation is None else 100.0 * result.a_deviation,
+        "b_fit": fitted(result.b, result.b_error, "kJ/mol nm^3"),
+        "e_inf_fixed_a": fitted(result.e_inf_fixed_a, result.e_inf_fixed_a_error, "kJ/mol"),
         "residual_rms": quantity(result.residual_rms, "kJ/mol"),
     }
 
@@ -149,21 +152,21 @@ def _write_table(path, repeats, fits: dict[str, FiniteSizeFit]) -> None:
 
 
 def _plot(path, fits: dict[str, FiniteSizeFit]) -> None:
+    """E(L) − E∞ against 1/L for each series (so that series of very different total energies share an axis),
+    with the fit and the analytic leading term."""
     fig, axes = new_figure(rows=1, height=3.6)
-    ax = axes[0] if isinstance(axes, (list, tuple, np.ndarray)) else axes
+    ax = axes[0]
     labels = {"qmmm": "QM/MM defect", "mm": "MM defect"}
     for (series, result), colour in zip(fits.items(), ("C0", "C1"), strict=False):
-        lengths = np.asarray(result.lengths)
-        x = np.linspace(0.0, 1.0 / lengths.min(), 100)
-        ax.plot(1.0 / lengths, result.energies, "o", color=colour, label=f"{labels[series]}")
-        with np.errstate(divide="ignore"):
-            ax.plot(x, result.e_inf + result.a * x + result.b * x**3, "-", color=colour,
-                    label=f"fit: E∞ = {result.e_inf:.2f} ± {result.e_inf_error:.2f}, A = {result.a:.1f}")
+        x = np.linspace(0.0, 1.0 / min(result.lengths), 100)
+        ax.plot(1.0 / np.asarray(result.lengths), np.asarray(result.energies) - result.e_inf, "o", color=colour,
+                label=f"{labels[series]}: E∞ = {result.e_inf:.2f} ± {result.e_inf_error:.2f} kJ/mol")
+        ax.plot(x, result.a * x + result.b * x**3, "-", color=colour, label=f"fit, A = {result.a:.1f} kJ/mol·nm")
         if result.a_analytic is not None:
-            ax.plot(x, result.e_inf + result.a_analytic * x, ":", color=colour,
-                    label=f"E∞ + A/L, analytic A = {result.a_analytic:.1f} kJ/mol·nm")
+            ax.plot(x, result.a_analytic * x, ":", color=colour, label=f"analytic A = {result.a_analytic:.1f}")
+    ax.axhline(0.0, color="0.6", linewidth=0.8)
     ax.set_xlabel("1/L (nm⁻¹)")
-    ax.set_ylabel("E(L) (kJ/mol)")
+    ax.set_ylabel("E(L) − E∞ (kJ/mol)")
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=120)
 

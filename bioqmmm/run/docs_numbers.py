@@ -65,8 +65,31 @@ class Entry:
     figures: dict[str, str] = field(default_factory=dict)
 
 
-def _run(protocol: str, **numbers: Number) -> Entry:
-    return Entry(("run", f"protocols/{protocol}.yaml", "-o", "{out}", "--no-progress"), numbers)
+def _run(protocol: str, figures: dict[str, str] | None = None, **numbers: Number) -> Entry:
+    return Entry(("run", f"protocols/{protocol}.yaml", "-o", "{out}", "--no-progress"), numbers,
+                 figures=figures or {})
+
+
+def _finite_size_numbers() -> dict[str, Number]:
+    """E∞ and A (fitted, analytic, their difference) of both series, the host's ε and the defect's charge."""
+    numbers = {"dielectric": Number(("dielectric_constant",), 3, tolerance=0.005),
+               "charge": Number(("defect_charge",), 0, tolerance=0.0)}
+    for series in ("qmmm", "mm"):
+        numbers |= {f"{series}_e_inf": Number((series, "e_inf"), 2),
+                    f"{series}_a_fit": Number((series, "a_fit"), 2),
+                    f"{series}_a_analytic": Number((series, "a_analytic"), 2, tolerance=0.5),
+                    f"{series}_a_deviation": Number((series, "a_deviation_percent"), 2, tolerance=0.2)}
+    return numbers
+
+
+def _elastic_numbers() -> dict[str, Number]:
+    """The cubic constants and bulk modulus of each model (GPa), and the largest error estimate."""
+    numbers = {}
+    for model in ("qmmm", "mm", "host"):
+        numbers |= {f"{model}_{key}": Number((model, "cubic", key), 2, tolerance=0.05)
+                    for key in ("c11", "c12", "c44", "bulk_modulus")}
+        numbers[f"{model}_max_error"] = Number((model, "max_error"), 2, tolerance=0.05)
+    return numbers
 
 
 def _interface_numbers(measured: bool) -> dict[str, Number]:
@@ -115,6 +138,9 @@ ENTRIES: dict[str, Entry] = {
     "vibrations": _run("vibrations"),
     "ts": _run("ts"),
     "replicas": _run("replicas"),
+    "finite_size": _run("finite_size", {"finite_size.png": "figures/periodic/finite_size.png"},
+                        **_finite_size_numbers()),
+    "elastic": _run("elastic", {"elastic.png": "figures/periodic/elastic.png"}, **_elastic_numbers()),
     "interface": _run("interface", mmgbsa=Number(("binding", "mmgbsa"), 0, tolerance=5.0),
                       qmmm=Number(("binding", "qmmm"), 0, tolerance=5.0)),
     "interface_1dqj": Entry(("interface", "../shared/data/pdb/1DQJ_ABBind_prepared.pdb", "-o", "{out}",
