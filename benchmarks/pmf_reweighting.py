@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import openmm
 import pyscf
-from pyscf import gto, scf
+from pyscf import dft, gto, scf
 from report import write_section
 
 from bioqmmm.protocols.pmf import reaction_coordinate
@@ -37,15 +37,17 @@ from bioqmmm.units import BOHR_NM
 PROTOCOL = Path(__file__).resolve().parents[1] / "protocols" / "pmf.yaml"
 
 
-def floor_seconds(qmmm, frame: np.ndarray, basis: str) -> float:
-    """Bare gas-phase RHF energy + gradient of the QM atoms and link atoms at ``frame`` (nm)."""
+def floor_seconds(qmmm, frame: np.ndarray, basis: str, method: str = "hf", density_fit: bool = False) -> float:
+    """Bare gas-phase restricted HF or DFT (``method`` the functional) energy + gradient of the QM atoms and link
+    atoms at ``frame`` (nm), cold start, with density fitting if asked (as the engine uses for DFT)."""
     local = frame[list(qmmm.boundary.particles)]
     coords = qmmm.boundary.qm_sites.positions(local) / BOHR_NM
     symbols = list(qmmm.symbols) + ["H"] * len(qmmm.links)
     start = time.perf_counter()
     mol = gto.M(atom=[(s, tuple(x)) for s, x in zip(symbols, coords, strict=True)], unit="Bohr", basis=basis,
                 charge=qmmm.charge, spin=qmmm.multiplicity - 1, verbose=0)
-    mf = scf.RHF(mol)
+    mf = scf.RHF(mol) if method == "hf" else dft.RKS(mol, xc=method)
+    mf = mf.density_fit() if density_fit else mf
     mf.conv_tol = 1e-9
     mf.kernel()
     mf.nuc_grad_method().kernel()

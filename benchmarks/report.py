@@ -27,6 +27,7 @@ BENCHMARKS = {
     "gpu_engine": ["--sizes", "2000", "20000", "100000"],
     "parallel_replicas": ["--ranks", "2", "--steps", "40"],
     "pmf_reweighting": ["--windows", "6", "--samples", "150"],
+    "energy_only": ["--method", "b3lyp", "--basis", "6-31g*", "--frames", "12"],
     "xtb_step": ["--sizes", "2000", "20000", "100000", "--far-field"],
     "fep_cost": ["--window-samples", "30", "--figures", "docs/figures/fep"],
     "adaptive_nve": ["--ps", "2", "--figures", "docs/figures/adaptive"],

@@ -79,7 +79,7 @@ def score(structure: Structure, setup: ForceFieldSetup, region: frozenset[AtomKe
         charge = region_charge(atoms, charges, f"the QM region of the {name.replace('_', ' ')}", part.topology)
         qm_region = QMRegion.select(part.topology, atoms, charge=charge, multiplicity=1)
         qmmm = QMMMSystem(part.topology, system, qm_region, engine=create_engine(level, threads))
-        energy = qmmm.energy_and_forces(part.positions)[0]
+        energy = qmmm.energy(part.positions)
         result.qm[name] = energy - potential_energy(system, part.positions, threads)
         result.qm_charges[name] = charge
         if key == 2:

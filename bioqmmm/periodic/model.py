@@ -56,9 +56,12 @@ class CellModel:
         return self.energy_and_forces(positions, box, forces=False)[0]
 
     def energy_and_forces(self, positions: np.ndarray, box: np.ndarray, forces: bool = True):
-        """(energy kJ/mol, forces (N, 3) kJ/mol/nm or None)."""
+        """(energy kJ/mol, forces (N, 3) kJ/mol/nm or None; without ``forces`` the QM engine computes no
+        gradients)."""
         self._set(positions, box)
-        with self._errors():
+        energy_only = self.qmmm.kernel.energy_only() if self.qmmm is not None and not forces else \
+            contextlib.nullcontext()
+        with self._errors(), energy_only:
             state = self.context.getState(getEnergy=True, getForces=forces)
         self.evaluations += 1
         energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)

@@ -244,8 +244,9 @@ class _Levels:
 
 
 def _energy_of(model):
+    """The model's energy at a frame, without gradients (the SCF starts from the previous frame's density)."""
     def energy(positions: np.ndarray, box: np.ndarray | None = None) -> float:
-        return model.energy_and_forces(positions, box)[0]
+        return model.energy(positions, box)
 
     return energy
 

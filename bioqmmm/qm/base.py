@@ -112,6 +112,7 @@ class QMEngine(Protocol):
         potential_at: np.ndarray | None = None,
         external: PolynomialPotential | None = None,
         step: int | None = None,
+        gradients: bool = True,
     ) -> QMResult:
         """Energy and forces of the QM region in the field of MM point charges.
 
@@ -119,6 +120,9 @@ class QMEngine(Protocol):
         ``potential_at``: indices of MM charges at which to return the QM potential.
         ``step`` (the OpenMM step count) labels the call in errors, and an engine may use an equally
         spaced sequence of steps to extrapolate its SCF guess (:mod:`bioqmmm.qm.extrapolation`).
+        ``gradients=False``: the energy only (forces returned as zeros; potentials and moments as asked), for
+        callers that need no forces (reweighting, FEP rows, stresses); an engine whose gradients come free
+        with the energy may compute them anyway. The energy is the same either way.
         Never returns unconverged results: raises :class:`bioqmmm.errors.SCFConvergenceError` instead.
         """
 

@@ -157,6 +157,7 @@ class PySCFEngine:
         potential_at: np.ndarray | None = None,
         external: PolynomialPotential | None = None,
         step: int | None = None,
+        gradients: bool = True,
     ) -> QMResult:
         """See :meth:`bioqmmm.qm.base.QMEngine.compute` (OpenMM units in and out)."""
         start = time.perf_counter()
@@ -180,7 +181,11 @@ class PySCFEngine:
         self._densities.add(key, overlap, dm, step)
         dm_total = dm if dm.ndim == 2 else dm[0] + dm[1]
 
-        energy, grad_qm, grad_mm = self._energy_and_gradients(mf, mol, dm_total, mm_bohr, mm_q, ext)
+        energy = _total_energy(mf, mol, ext)
+        if gradients:
+            grad_qm, grad_mm = self._gradients(mf, mol, dm_total, mm_q, ext)
+        else:
+            grad_qm, grad_mm = np.zeros((mol.natm, 3)), np.zeros((mm_q.size, 3))
         potentials = _potentials(mol, dm_total, mm_bohr[potential_at]) if potential_at is not None else np.zeros(0)
         moments = _moments(mol, dm_total, ext[0], ints) if ext is not None else None
         info = QMInfo(
@@ -266,21 +271,29 @@ class PySCFEngine:
             guess = self._backend.to_numpy(mf.make_rdm1())
         raise SCFConvergenceError(step, attempts)
 
-    def _energy_and_gradients(self, mf, mol, dm_total, mm_bohr, mm_q, ext):
+    def _gradients(self, mf, mol, dm_total, mm_q, ext) -> tuple[np.ndarray, np.ndarray]:
+        """dE/dR of the QM atoms and of the MM charges (Hartree/Bohr), the external polynomial's included."""
         grad = mf.nuc_grad_method()
         if not self._is_hf:
             grad.grid_response = self.options.grid_response
         grad.verbose = self.options.verbose
         grad_qm = self._backend.to_numpy(grad.kernel())
         grad_mm = grad.grad_hcore_mm(dm_total) + grad.grad_nuc_mm() if mm_q.size else np.zeros((0, 3))
-        energy = float(mf.e_tot)
         if ext is not None:
             center, t0, t1, t2 = ext
             d = mol.atom_coords() - center
-            z = mol.atom_charges()
-            energy += float(z @ (t0 + d @ t1 + 0.5 * np.einsum("ia,ab,ib->i", d, t2, d)))
-            grad_qm = grad_qm + z[:, None] * (t1 + d @ t2) + _polynomial_pulay(mol, dm_total, ext)
-        return energy, grad_qm, grad_mm
+            grad_qm = grad_qm + mol.atom_charges()[:, None] * (t1 + d @ t2) + _polynomial_pulay(mol, dm_total, ext)
+        return grad_qm, grad_mm
+
+
+def _total_energy(mf, mol, ext) -> float:
+    """E_SCF plus the nuclei's energy in the external polynomial (the electrons' is in the SCF), Hartree."""
+    energy = float(mf.e_tot)
+    if ext is not None:
+        center, t0, t1, t2 = ext
+        d = mol.atom_coords() - center
+        energy += float(mol.atom_charges() @ (t0 + d @ t1 + 0.5 * np.einsum("ia,ab,ib->i", d, t2, d)))
+    return energy
 
 
 def _apply_strategy(mf, strategy: SCFStrategy, default_max_cycle: int, backend: _Backend):

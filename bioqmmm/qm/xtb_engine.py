@@ -224,9 +224,11 @@ class XTBEngine:
         potential_at: np.ndarray | None = None,
         external: PolynomialPotential | None = None,
         step: int | None = None,
+        gradients: bool = True,
     ) -> QMResult:
         """See :meth:`bioqmmm.qm.base.QMEngine.compute` (OpenMM units in and out). ``potential_at`` is
-        refused: the periodic embedding asks engines without potentials for none."""
+        refused: the periodic embedding asks engines without potentials for none. ``gradients`` is accepted
+        and ignored: xtb's singlepoint returns the gradient with the energy at no extra cost worth saving."""
         if potential_at is not None and len(potential_at):
             raise InputError("the xtb engine cannot return potentials at MM charges (potential_at)")
         start = time.perf_counter()

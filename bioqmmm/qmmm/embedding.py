@@ -59,8 +59,10 @@ class FullEmbedding:
         mm_q: np.ndarray,
         box: np.ndarray | None = None,
         step: int | None = None,
+        gradients: bool = True,
     ) -> EmbeddingResult:
-        res = engine.compute(list(region.symbols), qm_pos, region.charge, region.multiplicity, mm_pos, mm_q, step=step)
+        res = engine.compute(list(region.symbols), qm_pos, region.charge, region.multiplicity, mm_pos, mm_q, step=step,
+                             gradients=gradients)
         return EmbeddingResult(res.energy, res.qm_forces, res.mm_forces, res, len(mm_q))
 
 
@@ -124,6 +126,7 @@ class PeriodicEmbedding:
         mm_q: np.ndarray,
         box: np.ndarray | None = None,
         step: int | None = None,
+        gradients: bool = True,
     ) -> EmbeddingResult:
         if box is None:
             raise InputError("PeriodicEmbedding needs periodic box vectors")
@@ -165,11 +168,15 @@ class PeriodicEmbedding:
             region.multiplicity,
             sites,
             site_q,
-            potential_at=partial if scaled else None,
+            potential_at=partial if scaled and gradients else None,
             external=PolynomialPotential(center, far.t0, far.t1, far.t2),
             step=step,
+            gradients=gradients,
         )
         m = res.moments
+        e_far = far.t0 * m.m0 + far.t1 @ m.m1 + 0.5 * np.sum(far.t2 * m.m2)
+        if not gradients:
+            return EmbeddingResult(res.energy, np.zeros_like(qm), np.zeros_like(mm_pos), res, len(img), float(e_far))
         f_qm = res.qm_forces.copy()
         f_mm = np.zeros_like(mm_pos)
 
@@ -202,5 +209,4 @@ class PeriodicEmbedding:
         dE_dvec = (de_dw[:, None] * dw_ds * ds[partial])[:, :, None] * unit_vec  # dE/d(r_i - R_A)
         np.add.at(f_mm, owner[partial], -dE_dvec.sum(axis=1))
         f_qm += dE_dvec.sum(axis=0)
-        e_far = far.t0 * m.m0 + far.t1 @ m.m1 + 0.5 * np.sum(far.t2 * m.m2)
         return EmbeddingResult(res.energy, f_qm, f_mm, res, len(img), float(e_far))

@@ -8,8 +8,10 @@ An exception raised in the callback reaches OpenMM's caller only as message text
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import openmm
@@ -36,6 +38,9 @@ class QMForceKernel:
     ``evaluations`` counts real ones). So an energy report at step k costs nothing extra: the
     integrator's force call for step k + 1 is at the same positions. :meth:`clear_cache`
     forgets it.
+
+    Inside :meth:`energy_only` the engine computes no gradients and the forces returned are zeros (an
+    energy-only result is cached for energy-only calls; a full one serves both).
     """
 
     def __init__(self, region: QMRegion, boundary: Boundary, engine: QMEngine, embedding) -> None:
@@ -49,7 +54,8 @@ class QMForceKernel:
         self.overhead = 0.0
         self.evaluations = 0
         self.cache_hits = 0
-        self._cache: tuple[np.ndarray, np.ndarray | None, float, np.ndarray] | None = None
+        self.gradients = True
+        self._cache: tuple[np.ndarray, np.ndarray | None, float, np.ndarray | None] | None = None
         self._cache_options = getattr(engine, "options", None)
 
     def __getstate__(self) -> dict:
@@ -57,13 +63,22 @@ class QMForceKernel:
         state.update(last=None, last_error=None, _cache=None)
         return state
 
+    @contextlib.contextmanager
+    def energy_only(self) -> Iterator[None]:
+        """Calls inside skip the gradients (for energies that need no forces)."""
+        self.gradients = False
+        try:
+            yield
+        finally:
+            self.gradients = True
+
     def clear_cache(self) -> None:
         """Forget the cached result, so the next call runs the QM calculation."""
         self._cache = None
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Arrays that restore the cache exactly (for checkpoints)."""
-        if self._cache is None:
+        if self._cache is None or self._cache[3] is None:
             return {}
         positions, box, energy, forces = self._cache
         state = {"positions": positions, "energy": np.array(energy), "forces": forces}
@@ -89,9 +104,10 @@ class QMForceKernel:
             box is not None and old_box is not None and np.array_equal(box, old_box)
         )
         same_engine = getattr(self.engine, "options", None) == self._cache_options
-        if same_box and same_engine and np.array_equal(positions, old_positions):
+        has_forces = forces is not None or not self.gradients
+        if same_box and same_engine and has_forces and np.array_equal(positions, old_positions):
             self.cache_hits += 1
-            return energy, forces.copy()
+            return energy, (forces.copy() if forces is not None else np.zeros_like(positions))
         return None
 
     def evaluate(self, positions: np.ndarray, box: np.ndarray | None, step: int | None) -> tuple[float, np.ndarray]:
@@ -111,12 +127,14 @@ class QMForceKernel:
             sites.site_charges,
             box,
             step,
+            gradients=self.gradients,
         )
         n = len(positions)
         forces = sites.qm_sites.spread(result.qm_forces, n) + sites.charge_sites.spread(result.mm_forces, n)
         self.last = result
         self.evaluations += 1
-        self._cache = (positions.copy(), None if box is None else box.copy(), result.energy, forces.copy())
+        self._cache = (positions.copy(), None if box is None else box.copy(), result.energy,
+                       forces.copy() if self.gradients else None)
         self._cache_options = getattr(self.engine, "options", None)
         self.overhead = time.perf_counter() - start - result.qm.info.wall_time
         return result.energy, forces

@@ -161,6 +161,18 @@ class QMMMSystem:
         forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
         return float(energy), np.asarray(forces)
 
+    def energy(self, positions, box_vectors=None) -> float:
+        """Total energy (kJ/mol) of the whole system without any gradient: the QM engine computes the energy
+        only (for reweighting, FEP rows, single-point rescoring; the same number as :meth:`energy_and_forces`
+        gives, at roughly the cost of the SCF alone). Arguments as for :meth:`energy_and_forces`."""
+        context = self._get_context()
+        if box_vectors is not None:
+            context.setPeriodicBoxVectors(*positions_nm(box_vectors))
+        context.setPositions(positions_nm(positions))
+        with self.typed_errors(), self.kernel.energy_only():
+            state = context.getState(getEnergy=True)
+        return float(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+
     def constrained(self, positions, box_vectors=None, tolerance: float = 1e-8) -> np.ndarray:
         """``positions`` (nm) with the System's distance constraints applied (SHAKE-like projection)."""
         context = self._get_context()
