@@ -1,6 +1,6 @@
 """Energy-only evaluations (MBAR rows, FEP rows, rescoring) against energy + gradient, cold and warm.
 
-    python benchmarks/energy_only.py [--method b3lyp] [--basis 6-31g*] [--frames 12] [--qm SEL] [--write F.md]
+    python benchmarks/energy_only.py [--method b3lyp] [--basis 6-31g*] [--frames 12] [--qm SEL ...] [--write F.md]
 
 The model is protocols/pmf.yaml's (alanine dipeptide in vacuum; in QM the Ala side chain with a Cα–Cβ link
 atom, or the atoms of ``--qm``, e.g. ``"resname ACE ALA NME"`` for the whole dipeptide) at the given level.
@@ -52,21 +52,14 @@ def window_frames(config, count: int) -> tuple[QMMMSystem, list[np.ndarray]]:
     return qmmm, [found.positions[i].astype(float) for i in range(count)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="b3lyp")
-    parser.add_argument("--basis", default="6-31g*")
-    parser.add_argument("--frames", type=int, default=12)
-    parser.add_argument("--qm", default=None, help="QM atoms (selection; default: the protocol's region)")
-    parser.add_argument("--write", type=Path, default=None, help="write the section to this markdown file")
-    args = parser.parse_args()
-    config = load_protocol(PROTOCOL)
-    load = os.getloadavg()[0]
-    model, frames = window_frames(config, args.frames)
-    engine = PySCFEngine(args.method, args.basis)
-    region = model.region if args.qm is None else QMRegion.select(model.topology, args.qm, charge=0, multiplicity=1)
-    qmmm = QMMMSystem(model.topology, model.reference_system, region, engine=engine, platform="Reference")
+#: ``--qm`` value that means the protocol file's own QM region.
+PROTOCOL_REGION = "protocol"
 
+
+def measure(model, region, frames: list[np.ndarray], method: str, basis: str) -> dict[str, float]:
+    """Per-frame seconds of (a), (b), (c), SCF cycles of (a) and (b), and max |E(a) − E(b)| (kJ/mol)."""
+    engine = PySCFEngine(method, basis)
+    qmmm = QMMMSystem(model.topology, model.reference_system, region, engine=engine, platform="Reference")
     cold, cold_energies, cold_cycles = [], [], []
     for frame in frames:
         engine.set_state({})
@@ -83,33 +76,60 @@ def main() -> None:
         warm_energies.append(qmmm.energy(frame))
         warm.append(time.perf_counter() - start)
         warm_cycles.append(qmmm.kernel.last.qm.info.scf_cycles)
-    fitted = engine.options.density_fit if engine.options.density_fit is not None else args.method != "hf"
-    floor = [floor_seconds(qmmm, frame, args.basis, args.method, fitted) for frame in frames]
-    difference = float(np.max(np.abs(np.subtract(cold_energies, warm_energies))))
+    fitted = engine.options.density_fit if engine.options.density_fit is not None else method != "hf"
+    floor = [floor_seconds(qmmm, frame, basis, method, fitted) for frame in frames]
+    return {"cold": float(np.mean(cold)), "warm": float(np.mean(warm)), "floor": float(np.mean(floor)),
+            "cold_cycles": float(np.mean(cold_cycles)), "warm_cycles": float(np.mean(warm_cycles)),
+            "difference": float(np.max(np.abs(np.subtract(cold_energies, warm_energies)))),
+            "atoms": len(region.atoms) + len(qmmm.links)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default="b3lyp")
+    parser.add_argument("--basis", default="6-31g*")
+    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--qm", nargs="+", default=[PROTOCOL_REGION],
+                        help=f"QM regions: selections, or {PROTOCOL_REGION!r} for the protocol's own")
+    parser.add_argument("--write", type=Path, default=None, help="write the section to this markdown file")
+    args = parser.parse_args()
+    config = load_protocol(PROTOCOL)
+    load = os.getloadavg()[0]
+    model, frames = window_frames(config, args.frames)
+    results = {}
+    for selection in args.qm:
+        region = model.region if selection == PROTOCOL_REGION else \
+            QMRegion.select(model.topology, selection, charge=0, multiplicity=1)
+        results["Ala side chain + link H" if selection == PROTOCOL_REGION else f"`{selection}`"] = \
+            measure(model, region, frames, args.method, args.basis)
     level = f"{args.method.upper()}/{args.basis}"
-    what = "Ala side chain + link H" if args.qm is None else f"`{args.qm}` ({len(region.atoms)} atoms)"
-    option = "" if args.qm is None else f' --qm "{args.qm}"'
+    regions = " ".join(f'"{q}"' for q in args.qm)
+
+    def row(label: str, cell) -> str:
+        return f"| {label} | " + " | ".join(cell(r) for r in results.values()) + " |"
+
     lines = [
         "",
-        f"## Energy-only evaluations ({level}, {what}, {args.frames} consecutive frames of one window)",
+        f"## Energy-only evaluations ({level}, {args.frames} consecutive frames of one window)",
         "",
         f"Generated by `python benchmarks/energy_only.py --method {args.method} --basis {args.basis} --frames "
-        f"{args.frames}{option}` on {platform.node()} ({os.cpu_count()} cores, load average {load:.2f} at start), "
-        f"Python {platform.python_version()}, OpenMM {openmm.__version__}, PySCF {pyscf.__version__}. "
-        f"protocols/pmf.yaml's model at {level}: alanine dipeptide in vacuum, {what} in QM; frames from its first MM "
-        "umbrella window in sampling order. Means over the frames (the energy-only series includes its one cold "
-        "start).",
+        f"{args.frames} --qm {regions}` on {platform.node()} ({os.cpu_count()} cores, load average {load:.2f} at "
+        f"start), Python {platform.python_version()}, OpenMM {openmm.__version__}, PySCF {pyscf.__version__}. "
+        f"protocols/pmf.yaml's model (alanine dipeptide in vacuum) at {level}; frames from its first MM umbrella "
+        "window in sampling order. Means over the frames (the energy-only series includes its one cold start).",
         "",
-        "| quantity | value |",
-        "|---|---|",
-        f"| (a) energy + gradient, cold SCF guess, per frame (s) | {np.mean(cold):.4f} |",
-        f"| (b) energy only (`QMMMSystem.energy`), guess from the previous frame, per frame (s) "
-        f"| {np.mean(warm):.4f} |",
-        f"| (c) floor: bare gas-phase PySCF energy + gradient, cold start, per frame (s) | {np.mean(floor):.4f} |",
-        f"| SCF cycles per frame, (a) / (b) | {np.mean(cold_cycles):.1f} / {np.mean(warm_cycles):.1f} |",
-        f"| (b) ÷ (a) | {np.mean(warm) / np.mean(cold):.2f} |",
-        f"| (b) ÷ (c) | {np.mean(warm) / np.mean(floor):.2f} |",
-        f"| largest \\|E(a) − E(b)\\| (kJ/mol) | {difference:.1e} |",
+        "| QM region | " + " | ".join(results) + " |",
+        "|---|" + "---|" * len(results),
+        row("QM atoms (link atoms included)", lambda r: f"{r['atoms']}"),
+        row("(a) energy + gradient, cold SCF guess, per frame (s)", lambda r: f"{r['cold']:.3f}"),
+        row("(b) energy only (`QMMMSystem.energy`), guess from the previous frame, per frame (s)",
+            lambda r: f"{r['warm']:.3f}"),
+        row("(c) floor: bare gas-phase PySCF energy + gradient, cold start, per frame (s)",
+            lambda r: f"{r['floor']:.3f}"),
+        row("SCF cycles per frame, (a) / (b)", lambda r: f"{r['cold_cycles']:.1f} / {r['warm_cycles']:.1f}"),
+        row("(b) ÷ (a)", lambda r: f"{r['warm'] / r['cold']:.2f}"),
+        row("(b) ÷ (c)", lambda r: f"{r['warm'] / r['floor']:.2f}"),
+        row("largest \\|E(a) − E(b)\\| (kJ/mol)", lambda r: f"{r['difference']:.1e}"),
         "",
     ]
     print("\n".join(lines))
