@@ -19,6 +19,7 @@ import openmm
 from openmm import app, unit
 
 from bioqmmm.errors import InputError
+from bioqmmm.qmmm.surgery import mm_charges
 from bioqmmm.system_terms import assemble
 
 
@@ -38,11 +39,7 @@ class Cell:
 
     def charges(self) -> np.ndarray:
         """The NonbondedForce charges, e (zeros without one)."""
-        force = next((f for f in self.system.getForces() if isinstance(f, openmm.NonbondedForce)), None)
-        if force is None:
-            return np.zeros(self.system.getNumParticles())
-        return np.array([force.getParticleParameters(i)[0].value_in_unit(unit.elementary_charge)
-                         for i in range(force.getNumParticles())])
+        return mm_charges(self.system)
 
     def net_charge(self) -> float:
         """The MM model's total charge, e."""

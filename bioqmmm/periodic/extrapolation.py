@@ -76,8 +76,7 @@ def analytic_a(box: np.ndarray, charge: float, qm_charge: float = 0.0,
     """
     box = np.asarray(box, dtype=float)
     length = abs(np.linalg.det(box)) ** (1.0 / 3.0)
-    screened = self_energy(box, dielectric) if dielectric is not None else self_energy(box)
-    return COULOMB_KJMOL_NM * length * (charge**2 * screened - qm_charge**2 * self_energy(box))
+    return COULOMB_KJMOL_NM * length * (charge**2 * self_energy(box, dielectric) - qm_charge**2 * self_energy(box))
 
 
 def fit(lengths: Sequence[float], energies: Sequence[float], a_analytic: float | None = None,

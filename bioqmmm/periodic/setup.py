@@ -19,6 +19,7 @@ from bioqmmm.errors import InputError
 from bioqmmm.periodic.cells import Cell, supercell
 from bioqmmm.periodic.model import CellModel
 from bioqmmm.qmmm.embedding import PeriodicEmbedding
+from bioqmmm.qmmm.surgery import mm_charges
 from bioqmmm.qmmm.system import QMMMSystem
 
 
@@ -94,6 +95,4 @@ def qmmm_model(cell: Cell, context, ewald_tolerance: float) -> tuple[QMMMSystem,
 def qm_charge_change(context) -> float:
     """The QM region's charge minus the MM charges of its atoms (e): what the QM treatment adds to the cell's
     MM net charge."""
-    force = next(f for f in context.qmmm.reference_system.getForces() if isinstance(f, openmm.NonbondedForce))
-    mm = sum(force.getParticleParameters(i)[0].value_in_unit(unit.elementary_charge) for i in context.qmmm.qm_atoms)
-    return context.qmmm.charge - mm
+    return context.qmmm.charge - float(mm_charges(context.qmmm.reference_system)[list(context.qmmm.qm_atoms)].sum())
