@@ -33,7 +33,13 @@ from bioqmmm.run.runner import run_protocol
 from bioqmmm.sampling.coordinates import Umbrella, dihedral, distance, distance_difference, umbrella_windows
 from bioqmmm.sampling.metadynamics import MetadynamicsSettings, TabulatedBias, build_bias
 from bioqmmm.sampling.reweighting import Window, kish_ess, reweight
-from bioqmmm.sampling.windows import SamplingSettings, retained_window, sample_window, system_energy
+from bioqmmm.sampling.windows import (
+    ChunkedFrames,
+    SamplingSettings,
+    retained_window,
+    sample_window,
+    system_energy,
+)
 from bioqmmm.units import kt_kjmol
 
 PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"
@@ -366,6 +372,25 @@ def test_window_sampling_resumes_bit_for_bit(tmp_path):
     with pytest.raises(InputError, match="window.s samples of a different run"):
         sample_window(pair_system(CHEAP), distance(0, 1), bias, START, settings, tmp_path / "b",
                       platform="Reference", identity="other")
+
+
+def test_window_frames_stay_on_disk_and_are_read_one_chunk_at_a_time(tmp_path):
+    """The positions of a window are not held: frame i is read from its chunk file when asked for, one chunk
+    in memory at a time, and equals the recorded frame."""
+    settings = SamplingSettings(samples=50, sample_interval=5, checkpoint_interval=20, seed=3)
+    found = sample_window(pair_system(CHEAP), distance(0, 1), Umbrella(0.25, 20000.0), START, settings, tmp_path,
+                          platform="Reference")
+    frames = found.positions
+    assert isinstance(frames, ChunkedFrames) and len(frames) == 50
+    stored = [np.load(tmp_path / f"samples_{k:04d}.npz")["positions"] for k in range(3)]  # 20 + 20 + 10
+    assert [len(chunk) for chunk in stored] == [20, 20, 10]
+    for i in (0, 19, 20, 45, 49, -1):
+        np.testing.assert_array_equal(frames[i], np.concatenate(stored)[i])
+        assert frames._held[0] == (i % 50) // 20  # only the chunk of the last frame asked for
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(frames)[:, 0] - np.asarray(frames)[:, 1], axis=1),
+                               found.s, atol=1e-6)  # s is the distance of the recorded positions
+    with pytest.raises(IndexError):
+        frames[50]
 
 
 def _reduced(tmp_path: Path, output: str, samples: int = 30, target: bool = True) -> Path:

@@ -77,6 +77,10 @@ def _write(tmp_path: Path, text: str, name: str = "protocol.yaml") -> Path:
         (("  checkpoint_interval: 10", "  report_interval: 50"), r"yaml:\d+: 'report_interval': must not exceed steps"),
         (("  multiplicity: 1", "  multiplicity: true"), r"protocol.yaml:7: 'multiplicity' must be an integer"),
         (("    conv_tol: 1e-9", "    conv_tol: [1e-9]"), r"yaml:11: 'conv_tol' must be a single value"),
+        (("  seed: 11", "  seed: 11\n  mts_reference: {engine: xtb, method: gfn2}"),
+         r"yaml:\d+: 'mts_reference': a reference level needs multiple time steps: set qm_every > 1"),
+        (("  seed: 11", "  seed: 11\n  qm_every: 4\n  mts_reference: {engine: xtb, method: gfn7}"),
+         r"yaml:17: 'method': QM engine 'xtb' has no method 'gfn7'; known: gfn2, gfn1"),
     ],
 )
 def test_malformed_protocol_fails_before_any_computation_naming_key_and_line(tmp_path, edit, message):
@@ -87,8 +91,8 @@ def test_malformed_protocol_fails_before_any_computation_naming_key_and_line(tmp
     assert not (tmp_path / "out").exists()
 
 
-def _md(tmp_path: Path, steps: int, out: str, qm_every: int = 1):
-    text = MD_FILE.format(steps=steps).replace("  seed: 11", f"  seed: 11\n  qm_every: {qm_every}")
+def _md(tmp_path: Path, steps: int, out: str, qm_every: int = 1, extra: str = ""):
+    text = MD_FILE.format(steps=steps).replace("  seed: 11", f"  seed: 11\n  qm_every: {qm_every}{extra}")
     config = load_protocol(_write(tmp_path, text, f"md_{out}_{steps}.yaml"))
     qmmm, positions, box = build_qmmm(config)
     return qmmm, run_md(qmmm, positions, config.protocol, tmp_path / out, box=box, platform="Reference",
@@ -128,6 +132,20 @@ def test_twenty_steps_equal_ten_plus_checkpoint_plus_ten(tmp_path, qm_every):
         assert a["potential_kjmol"] == pytest.approx(b["potential_kjmol"], abs=1e-6)
         assert a["qm_kjmol"] == pytest.approx(b["qm_kjmol"], abs=1e-6)
     assert resumed.qm_evaluations == 10  # one per step: reports reuse the cached QM result
+
+
+def test_two_level_time_steps_run_resume_and_count_both_levels(tmp_path):
+    """md with qm_every 4 and GFN2-xTB/MM as the reference level: one HF evaluation per (outer) step, one
+    xTB evaluation per MM step; a resumed run continues the straight one (to xtb's SCC convergence: libxtb
+    keeps its own guess, which a new process does not have)."""
+    extra = "\n  mts_reference: {engine: xtb, method: gfn2}"
+    qmmm, straight = _md(tmp_path, 6, "straight", 4, extra)
+    # one per step, and the first step re-evaluates its start (MTS integrators ask for the QM group alone)
+    assert straight.qm_evaluations in (6, 7) and straight.reference_evaluations in (24, 25)
+    _md(tmp_path, 3, "split", 4, extra)
+    _, resumed = _md(tmp_path, 6, "split", 4, extra)
+    assert resumed.resumed_from == 3 and resumed.qm_evaluations in (3, 4)
+    assert np.abs(resumed.positions - straight.positions).max() < 1e-6  # nm
 
 
 def test_failed_scf_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):

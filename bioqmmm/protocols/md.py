@@ -27,8 +27,10 @@ from openmm import app, unit
 
 from bioqmmm.errors import CalculationError, InputError
 from bioqmmm.protocols.context import RunContext
+from bioqmmm.protocols.pmf_settings import LevelSection
 from bioqmmm.protocols.registry import Protocol
-from bioqmmm.protocols.settings import Declared, FieldError, setting
+from bioqmmm.protocols.settings import Declared, FieldError, setting, settings_record
+from bioqmmm.qm.factory import create_engine
 from bioqmmm.results import plot_md, quantity, write_pdb_models, write_results
 from bioqmmm.simulation.checkpoint import read_checkpoint, read_meta, read_section, write_checkpoint
 from bioqmmm.simulation.environment import (
@@ -59,7 +61,10 @@ class MDSettings(Declared):
     """QM/MM molecular dynamics: Langevin (NVT, LangevinMiddle) or Verlet (NVE), optional barostat.
 
     ``qm_every`` > 1: multiple time steps (:mod:`bioqmmm.simulation.mts`): MM forces every ``timestep_fs``,
-    the QM force once per step, so each of ``steps`` is ``qm_every * timestep_fs`` long.
+    the QM force once per step, so each of ``steps`` is ``qm_every * timestep_fs`` long. ``mts_reference``
+    is the fast reference potential: ``mm`` (the force field's terms of the QM region, X-H springs fitted
+    to the QM forces) or a cheaper QM level of the region (e.g. GFN2-xTB: two-level time stepping, the
+    cheap level every MM step).
     """
 
     steps: int = setting(doc="MD steps (a rerun with more steps continues the run)", check="positive_int")
@@ -67,6 +72,8 @@ class MDSettings(Declared):
     integrator: Literal["langevin", "verlet"] = setting("langevin", doc="LangevinMiddle (NVT) or Verlet (NVE)")
     qm_every: int = setting(1, doc="n > 1: multiple time steps, the QM force once per n MM steps",
                             check="positive_int")
+    mts_reference: Literal["mm"] | LevelSection = setting(
+        "mm", doc="reference potential of multiple time steps: mm, or a cheaper QM level of the region")
     temperature_k: float = setting(300.0, doc="thermostat and initial velocities", check="positive")
     friction_per_ps: float = setting(1.0, doc="Langevin friction", check="non_negative")
     pressure_bar: float | None = setting(None, doc="Monte Carlo barostat (one QM evaluation per trial move)",
@@ -80,7 +87,7 @@ class MDSettings(Declared):
     trajectory_interval: int = setting(1, doc="steps between trajectory frames", check="positive_int")
     trajectory_format: Literal["dcd", "xtc"] = setting("dcd", doc="trajectory file format")
     checkpoint_interval: int = setting(10, doc="steps between checkpoints", check="positive_int")
-    new_keys = ("qm_every", "warmup_ps")  # added later: runs at their defaults keep their identities
+    new_keys = ("qm_every", "warmup_ps", "mts_reference")  # added later: runs at their defaults keep their identities
 
     def check(self) -> None:
         if self.seed is not None and self.seed < 1:
@@ -89,6 +96,8 @@ class MDSettings(Declared):
             raise FieldError("report_interval", f"must not exceed steps ({self.steps})")
         if self.pressure_bar is not None and self.integrator == "verlet":
             raise FieldError("pressure_bar", "a barostat needs a thermostat: use integrator 'langevin'")
+        if self.mts_reference != "mm" and self.qm_every == 1:
+            raise FieldError("mts_reference", "a reference level needs multiple time steps: set qm_every > 1")
 
 @dataclass
 class MDOutcome:
@@ -101,20 +110,23 @@ class MDOutcome:
     qm_evaluations: int
     files: dict[str, Path]
     warmup_temperature: float | None = None
+    reference_evaluations: int | None = None
 
 
 def _integrator(settings: MDSettings, qmmm, positions: np.ndarray, box: np.ndarray | None,
-                springs: np.ndarray | None) -> openmm.Integrator:
-    """The protocol's integrator; multiple time steps reuse stored reference ``springs`` or fit them
-    at ``positions``."""
+                springs: np.ndarray | None, threads: int | None) -> openmm.Integrator:
+    """The protocol's integrator; multiple time steps with the force field's reference reuse stored
+    ``springs`` or fit them at ``positions``."""
     if settings.qm_every == 1:
         return single_step_integrator(settings)
     dt = settings.timestep_fs * 1e-3  # ps
     langevin = settings.integrator == "langevin"
+    level = settings.mts_reference
     integrator = mts_integrator(qmmm, settings.qm_every * dt, settings.qm_every,
                                 temperature=settings.temperature_k if langevin else None,
                                 friction=settings.friction_per_ps, fit_positions=positions, box_vectors=box,
-                                springs=springs)
+                                springs=springs,
+                                reference_engine=None if level == "mm" else create_engine(level.level(), threads))
     if langevin and settings.seed is not None:
         integrator.setRandomNumberSeed(settings.seed)
     return integrator
@@ -161,7 +173,9 @@ def run_md(
         "checkpoint": out / "checkpoint.npz",
     }
     identity = identity or fingerprint("MDProtocol", settings.timestep_fs, settings.integrator,
-                                       *([settings.qm_every] if settings.qm_every > 1 else []))
+                                       *([settings.qm_every] if settings.qm_every > 1 else []),
+                                       *([settings_record(settings.mts_reference)]
+                                         if settings.mts_reference != "mm" else []))
     resume = files["checkpoint"].exists()
     if resume:
         require_same_run(read_meta(files["checkpoint"]).get("identity"), identity, out)
@@ -192,7 +206,7 @@ def run_md(
             raise CalculationError(f"the environment's warm-up ({settings.warmup_ps:g} ps) blew up: clashes the "
                                    "start relaxation did not remove (minimize_mm_first: true), or set warmup_ps: 0")
     springs = read_section(files["checkpoint"], "mts.").get("springs") if resume else None
-    integrator = _integrator(settings, qmmm, positions, box, springs)  # before the Context: MTS adds forces
+    integrator = _integrator(settings, qmmm, positions, box, springs, threads)  # before the Context: MTS adds forces
     simulation = app.Simulation(qmmm.topology, qmmm.system, integrator,
                                 openmm.Platform.getPlatformByName(platform), reproducible_properties(platform, threads))
     context = simulation.context
@@ -220,7 +234,7 @@ def run_md(
     trajectory = trajectory_reporter(files["trajectory"], settings, resume, start_step, qmmm.topology, qmmm.qm_atoms)
     energies = QMMMReporter(files["energies"], settings.report_interval, qmmm, append=resume, resume_step=start_step)
     simulation.reporters += [trajectory, energies] + ([PollReporter(poll)] if poll is not None else [])
-    evaluations = qmmm.kernel.evaluations
+    evaluations = [kernel.evaluations for kernel in qmmm.kernels]
     wall = time.perf_counter()
     with closing_reporters(simulation.reporters), progress_bar(settings.steps, start_step, "QM/MM MD", progress) as bar:
         step = step_with_checkpoints(simulation, qmmm, steps=settings.steps,
@@ -232,9 +246,11 @@ def run_md(
         resumed_from=start_step,
         positions=np.asarray(final),
         wall_s=time.perf_counter() - wall,
-        qm_evaluations=qmmm.kernel.evaluations - evaluations,
+        qm_evaluations=qmmm.kernel.evaluations - evaluations[0],
         files=files,
         warmup_temperature=warmup_temperature,
+        reference_evaluations=(qmmm.reference_kernel.evaluations - evaluations[1]
+                               if qmmm.reference_kernel is not None else None),
     )
 
 
@@ -305,6 +321,8 @@ def run(context: RunContext, settings: MDSettings) -> dict:
            if outcome.warmup_temperature is not None else {}),
         "mean_scf_cycles_per_step": quantity(scf.mean(), "cycles"),
         "qm_evaluations_this_run": outcome.qm_evaluations,
+        **({"reference_level_evaluations_this_run": outcome.reference_evaluations}
+           if outcome.reference_evaluations is not None else {}),
         "wall_time_per_step": quantity(np.nanmean(wall) if np.isfinite(wall).any() else float("nan"), "s"),
         "qm_wall_time_per_step": quantity(float(np.nanmean([r["qm_wall_s"] for r in rows])), "s"),
         "files": sorted([p.name for p in outcome.files.values()] + ["energies.png", "result.json", "summary.txt"]),

@@ -140,8 +140,9 @@ class QMForceKernel:
         return result.energy, forces
 
 
-def compute_qm_force(kernel: QMForceKernel, state: openmm.State) -> tuple[float, np.ndarray]:
-    """PythonForce callback: unpack the State, evaluate, keep any typed error on the kernel."""
+def compute_qm_force(kernel: QMForceKernel, state: openmm.State, sign: float = 1.0) -> tuple[float, np.ndarray]:
+    """PythonForce callback: unpack the State, evaluate, keep any typed error on the kernel; ``sign`` -1 gives
+    -E_QM and its forces (a reference level subtracted from the QM force's group)."""
     step = state.getStepCount()
     try:
         positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
@@ -154,14 +155,15 @@ def compute_qm_force(kernel: QMForceKernel, state: openmm.State) -> tuple[float,
         raise
     kernel.last_error = None
     kernel.last_step = step
-    return energy, forces
+    return (energy, forces) if sign == 1.0 else (sign * energy, sign * forces)
 
 
-def make_qm_force(kernel: QMForceKernel, force_group: int) -> openmm.PythonForce:
-    """The picklable PythonForce acting on ``kernel.boundary.particles``."""
-    force = openmm.PythonForce(functools.partial(compute_qm_force, kernel))
+def make_qm_force(kernel: QMForceKernel, force_group: int, sign: float = 1.0,
+                  name: str = "QMForce") -> openmm.PythonForce:
+    """The picklable PythonForce acting on ``kernel.boundary.particles``: ``sign`` × E_QM."""
+    force = openmm.PythonForce(functools.partial(compute_qm_force, kernel, sign=sign))
     force.setParticles(list(kernel.boundary.particles))
     force.setUsesPeriodicBoundaryConditions(bool(kernel.embedding.periodic))
     force.setForceGroup(force_group)
-    force.setName("QMForce")
+    force.setName(name)
     return force

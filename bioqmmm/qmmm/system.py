@@ -114,6 +114,8 @@ class QMMMSystem:
         #: and its X-H springs as rows (r0 nm, k kJ/mol/nm^2), checkpointed with a run
         self.reference_group: int | None = None
         self.reference_springs: np.ndarray | None = None
+        #: the kernel of a cheaper QM level used as that reference instead (two-level multiple time steps)
+        self.reference_kernel: QMForceKernel | None = None
 
     @property
     def links(self) -> tuple[LinkAtom, ...]:
@@ -135,6 +137,11 @@ class QMMMSystem:
     def last_qm_step(self) -> int | None:
         """OpenMM step count of the structure that :attr:`last_qm` describes."""
         return self.kernel.last_step
+
+    @property
+    def kernels(self) -> tuple[QMForceKernel, ...]:
+        """Every QM force kernel of :attr:`system`: the QM force's, then a reference level's if one was added."""
+        return (self.kernel,) if self.reference_kernel is None else (self.kernel, self.reference_kernel)
 
     def system_changed(self) -> None:
         """Forget the evaluation Context after forces were added to :attr:`system`."""
@@ -169,7 +176,9 @@ class QMMMSystem:
         if box_vectors is not None:
             context.setPeriodicBoxVectors(*positions_nm(box_vectors))
         context.setPositions(positions_nm(positions))
-        with self.typed_errors(), self.kernel.energy_only():
+        with self.typed_errors(), contextlib.ExitStack() as stack:
+            for kernel in self.kernels:
+                stack.enter_context(kernel.energy_only())
             state = context.getState(getEnergy=True)
         return float(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
 
@@ -192,9 +201,9 @@ class QMMMSystem:
         try:
             yield
         except openmm.OpenMMException as exc:
-            error = self.kernel.last_error
-            if error is None:
+            failed = [kernel for kernel in self.kernels if kernel.last_error is not None]
+            if not failed:
                 raise
-            self.kernel.last_error = None
+            error, failed[0].last_error = failed[0].last_error, None
             raise error from exc
 

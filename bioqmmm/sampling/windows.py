@@ -55,13 +55,44 @@ class SamplingSettings:
     checkpoint_interval: int = 100
 
 
+class ChunkedFrames:
+    """The recorded positions (nm, float32) of a sampling folder, read from its chunk files on demand: one
+    chunk is held at a time, so the memory of evaluating every frame does not grow with the number of
+    samples. ``frames[i]`` is one (N, 3) frame; ``np.asarray(frames)`` loads them all."""
+
+    def __init__(self, folder: Path, sizes: list[int], count: int) -> None:
+        self.folder = Path(folder)
+        self._starts = np.cumsum([0, *sizes])
+        self._count = min(count, int(self._starts[-1]))
+        self._held: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        index = int(index)
+        if not -self._count <= index < self._count:
+            raise IndexError(f"frame {index} of {self._count}")
+        index %= self._count
+        k = int(np.searchsorted(self._starts, index, side="right")) - 1
+        if self._held is None or self._held[0] != k:
+            self._held = (k, _load_chunk(self.folder, k, keys=("positions",))["positions"])
+        return self._held[1][index - self._starts[k]]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        frames = np.concatenate([_load_chunk(self.folder, k, keys=("positions",))["positions"]
+                                 for k in range(len(self._starts) - 1)])[: self._count]
+        return frames if dtype is None else frames.astype(dtype)
+
+
 @dataclass
 class WindowSamples:
-    """What a window recorded: s, the unbiased energy (kJ/mol), positions (nm) and boxes (nm, or None)."""
+    """What a window recorded: s, the unbiased energy (kJ/mol), positions (nm; :class:`ChunkedFrames`, read
+    on demand) and boxes (nm, or None)."""
 
     s: np.ndarray
     energy: np.ndarray
-    positions: np.ndarray
+    positions: ChunkedFrames
     boxes: np.ndarray | None
 
 
@@ -131,8 +162,8 @@ def sample(
 
     ``qmmm``: whatever holds the Python-side state of ``system``'s forces (a QMMMSystem, or an object with
     its ``engine``/``kernel`` state interface); ``what`` names the run in errors, ``holds`` what its folder
-    holds. Returns every recorded
-    array, one row per sample, the first ``settings.samples`` when more are stored.
+    holds. Returns every recorded array, one row per sample, the first ``settings.samples`` when more are
+    stored; the positions as :class:`ChunkedFrames`, left on disk (the memory of a long window stays flat).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -159,7 +190,8 @@ def sample(
         context.setPositions(positions)
         with typed():
             context.setVelocitiesToTemperature(settings.temperature_k * unit.kelvin, settings.seed)
-    chunks = [_load_chunk(folder, k) for k in range(meta["chunks"])]
+    chunks = [_load_chunk(folder, k, skip=("positions",)) for k in range(meta["chunks"])]
+    sizes = [len(next(iter(c.values()))) for c in chunks]  # samples per chunk, from any recorded value
     try:
         if not meta["equilibrated"]:
             with typed():
@@ -170,6 +202,7 @@ def sample(
             count = min(settings.checkpoint_interval, settings.samples - meta["samples"])
             chunk = _record(context, integrator, measure, count, settings.sample_interval, periodic, typed, poll)
             save_arrays(folder / f"samples_{len(chunks):04d}.npz", chunk)
+            sizes.append(len(chunk.pop("positions")))
             chunks.append(chunk)
             meta["samples"] += count
             meta["chunks"] = len(chunks)
@@ -180,7 +213,9 @@ def sample(
         raise CalculationError(f"{what} stopped after {meta['samples']} samples: {exc}; "
                                f"rerun to resume from {checkpoint}") from exc
     # a rerun asking for fewer samples than are stored gets the first ones
-    return {key: np.concatenate([c[key] for c in chunks])[:settings.samples] for key in chunks[0]}
+    recorded = {key: np.concatenate([c[key] for c in chunks])[:settings.samples] for key in chunks[0]}
+    recorded["positions"] = ChunkedFrames(folder, sizes, settings.samples)
+    return recorded
 
 
 def pulled_start(mm_system: openmm.System, coordinate: ReactionCoordinate, bias: Umbrella, positions: np.ndarray,
@@ -220,12 +255,14 @@ def _record(context, integrator, measure: Measure, count: int, interval: int, pe
     return chunk
 
 
-def _load_chunk(folder: Path, k: int) -> dict[str, np.ndarray]:
+def _load_chunk(folder: Path, k: int, keys: tuple[str, ...] | None = None,
+                skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The arrays of chunk ``k`` (only ``keys``, if given; none of ``skip``)."""
     path = folder / f"samples_{k:04d}.npz"
     try:
         with np.load(path) as data:
-            return {key: data[key] for key in data.files}
-    except (OSError, ValueError) as exc:
+            return {key: data[key] for key in data.files if (keys is None or key in keys) and key not in skip}
+    except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"cannot read {path} to resume: {exc}; remove {folder} to sample the window afresh") from exc
 
 

@@ -33,6 +33,9 @@ def write_checkpoint(path: str | Path, context: openmm.Context, qmmm, meta: dict
     if qmmm is not None:
         arrays.update({f"engine.{k}": v for k, v in qmmm.engine.get_state().items()})
         arrays.update({f"kernel.{k}": v for k, v in qmmm.kernel.get_state().items()})
+        reference = getattr(qmmm, "reference_kernel", None)
+        if reference is not None:  # two-level multiple time steps: the cheap level's cached result
+            arrays.update({f"reference.{k}": v for k, v in reference.get_state().items()})
         if qmmm.reference_springs is not None:  # multiple time steps: the fitted springs (bioqmmm.simulation.mts)
             arrays["mts.springs"] = qmmm.reference_springs
     arrays["meta"] = np.array(json.dumps({"format": FORMAT_VERSION, **meta}))
@@ -100,6 +103,8 @@ def read_checkpoint(path: str | Path, context: openmm.Context, qmmm) -> dict[str
             if qmmm is not None:
                 qmmm.engine.set_state(_section(data, "engine."))
                 qmmm.kernel.set_state(_section(data, "kernel."))
+                if getattr(qmmm, "reference_kernel", None) is not None:
+                    qmmm.reference_kernel.set_state(_section(data, "reference."))
     except InputError:
         raise
     except Exception as exc:  # BadZipFile, KeyError, OpenMMException (e.g. another platform's checkpoint)
