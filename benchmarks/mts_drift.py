@@ -55,7 +55,8 @@ REFERENCES = {"amber": "force field", "fitted": "force field, X-H springs fitted
               "xtb-fitted": "GFN2-xTB/MM, X-H springs fitted to QM - xTB"}
 
 
-def run(top, system, positions, qm_every: int, reference: str, picoseconds: float, level: tuple[str, str]) -> dict:
+def run(top, system, positions, qm_every: int, reference: str, picoseconds: float, level: tuple[str, str],
+        xtb_accuracy: float = 1.0) -> dict:
     """One NVE run; ``reference`` is a key of :data:`REFERENCES` (ignored for ``qm_every`` 1)."""
     engine = PySCFEngine(*level, conv_tol=1e-10)
     qmmm = QMMMSystem(top, system, sidechain(top, "ALA2"), charge=0, multiplicity=1, engine=engine)
@@ -64,7 +65,8 @@ def run(top, system, positions, qm_every: int, reference: str, picoseconds: floa
         integrator = openmm.VerletIntegrator(outer)
     else:
         box = system.getDefaultPeriodicBoxVectors()
-        level = create_engine(Level("gfn2", engine="xtb")) if reference.startswith("xtb") else None
+        cheap = Level("gfn2", engine="xtb", options={"accuracy": xtb_accuracy})
+        level = create_engine(cheap) if reference.startswith("xtb") else None
         integrator = mts_integrator(
             qmmm, outer, qm_every, fit_positions=positions if reference.endswith("fitted") else None,
             box_vectors=box, reference_engine=level)
@@ -160,6 +162,7 @@ def main(argv=None) -> int:
                         help="n for the GFN2-xTB/MM reference level with X-H springs fitted to the difference")
     parser.add_argument("--xtb-plain-every", type=int, nargs="*", default=[],
                         help="n for the GFN2-xTB/MM reference level alone")
+    parser.add_argument("--xtb-accuracy", type=float, default=1.0, help="xtb's accuracy factor (SCC convergence)")
     parser.add_argument("--method", default="hf")
     parser.add_argument("--basis", default="sto-3g")
     parser.add_argument("--write", type=Path)
@@ -172,7 +175,7 @@ def main(argv=None) -> int:
     plan += [(n, "xtb") for n in args.xtb_plain_every] + [(n, "xtb-fitted") for n in args.xtb_every]
     rows = []
     for n, reference in plan:
-        rows.append(run(top, system, positions, n, reference, args.ps, level))
+        rows.append(run(top, system, positions, n, reference, args.ps, level, args.xtb_accuracy))
         print(rows[-1], flush=True)
     lines = section(rows, args.ps, level, " ".join(sys.argv[1:]))
     print("\n".join(lines))

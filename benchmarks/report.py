@@ -23,13 +23,15 @@ REPORT = ROOT / "docs" / "performance.md"
 #: name -> arguments of benchmarks/<name>.py, in the order of the report
 BENCHMARKS = {
     "qmmm_step": ["--naive", "--far-field"],
-    "mts_drift": ["--ps", "1.0", "--qm-every", "1", "3", "4"],
+    "mts_drift": ["--ps", "1.0", "--qm-every", "1", "3", "--xtb-every", "8"],
     "gpu_engine": ["--sizes", "2000", "20000", "100000"],
     "parallel_replicas": ["--ranks", "2", "--steps", "40"],
     "pmf_reweighting": ["--windows", "6", "--samples", "150"],
     "energy_only": ["--method", "b3lyp", "--basis", "6-31g*", "--frames", "4", "--qm", "protocol",
                     "resname ACE ALA NME"],
     "xtb_step": ["--sizes", "2000", "20000", "100000", "--far-field"],
+    "embedding_cost": ["--sizes", "20000", "100000", "--repeats", "6"],
+    "memory": ["--atoms", "100000", "--samples", "40", "160"],
     "fep_cost": ["--window-samples", "30", "--figures", "docs/figures/fep"],
     "adaptive_nve": ["--ps", "2", "--figures", "docs/figures/adaptive"],
     "adaptive_two_models": ["--ps", "100", "--figures", "docs/figures/adaptive"],

@@ -138,7 +138,7 @@ def test_two_level_time_steps_run_resume_and_count_both_levels(tmp_path):
     """md with qm_every 4 and GFN2-xTB/MM as the reference level: one HF evaluation per (outer) step, one
     xTB evaluation per MM step; a resumed run continues the straight one (to xtb's SCC convergence: libxtb
     keeps its own guess, which a new process does not have)."""
-    extra = "\n  mts_reference: {engine: xtb, method: gfn2}"
+    extra = "\n  warmup_ps: 0\n  mts_reference: {engine: xtb, method: gfn2}"
     qmmm, straight = _md(tmp_path, 6, "straight", 4, extra)
     # one per step, and the first step re-evaluates its start (MTS integrators ask for the QM group alone)
     assert straight.qm_evaluations in (6, 7) and straight.reference_evaluations in (24, 25)
