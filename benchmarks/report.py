@@ -23,7 +23,7 @@ REPORT = ROOT / "docs" / "performance.md"
 #: name -> arguments of benchmarks/<name>.py, in the order of the report
 BENCHMARKS = {
     "qmmm_step": ["--naive", "--far-field"],
-    "mts_drift": ["--ps", "1.0", "--qm-every", "1", "3", "--xtb-every", "8"],
+    "mts_drift": ["--ps", "1.0", "--qm-every", "1", "3", "--xtb-every", "6", "8"],
     "gpu_engine": ["--sizes", "2000", "20000", "100000"],
     "parallel_replicas": ["--ranks", "2", "--steps", "40"],
     "pmf_reweighting": ["--windows", "6", "--samples", "150"],
