@@ -88,11 +88,13 @@ def child(kind: str, args) -> None:
 def measure(command: list[str], cwd: Path | None = None) -> tuple[float, float]:
     """(peak RSS in MiB, wall seconds) of ``command`` run to completion in a child process."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(command)} failed: {process.stderr.read().decode()[-2000:]}")
+    with tempfile.TemporaryFile() as errors:  # a file, not a pipe: a chatty child cannot fill it and block
+        process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            errors.seek(0)
+            raise RuntimeError(f"{' '.join(command)} failed: {errors.read().decode()[-2000:]}")
     return usage.ru_maxrss / 1024.0, wall  # Linux: KiB
 
 
