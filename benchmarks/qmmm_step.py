@@ -8,9 +8,9 @@ process and interleaved so machine noise hits both alike:
 (b) one cold ``QMMMSystem.energy_and_forces`` call (fresh engine, no warm start);
 (c) the ratios (b)/(a) and (engine time)/(a);
 (d) SCF cycles per MD step (~2k system) with the engine's extrapolated SCF guess, the previous
-    density alone and a cold start;
-(e) with ``--far-field``: the error of the default embedding against the all-charge reference
-    (every MM charge of the minimum-image cell exact) on the ~20k system.
+    density alone and a cold start.
+
+The far field's error against every charge exact is ``far_field_accuracy.py``'s.
 
 Optionally (``--naive``) the naive approach on the ~20k system: ``pyscf.qmmm.mm_charge``
 with every MM charge of the box. ``--write docs/performance.md`` (re)writes the report.
@@ -279,43 +279,6 @@ def _profile_summary(profile: cProfile.Profile, limit: int = 25) -> str:
     return out.getvalue()
 
 
-# --------------------------------------------------------------------------- far-field error
-@dataclass
-class FarFieldError:
-    n_atoms: int
-    exact_default: int
-    exact_reference: int
-    cutoff_reference: float  # nm
-    energy: float  # kJ/mol, default - reference
-    rms_qm: float  # kJ/mol/nm, RMS force difference over the QM atoms
-    rms_mm: float  # kJ/mol/nm, over the charged MM atoms
-    max_mm: float
-
-
-def far_field_error(model: Model, method: str, basis: str) -> FarFieldError:
-    """Default embedding against every MM charge of the minimum-image cell treated exactly.
-
-    The reference cutoff is half the box edge, so each MM charge enters the QM Hamiltonian at
-    its image nearest the QM region (the cell's corners and the periodic images stay in the
-    Ewald far field, whose expansion error at >= L/2 from a 0.5 nm region is negligible).
-    """
-    from bioqmmm.qmmm.embedding import PeriodicEmbedding
-
-    results = {}
-    cutoff = 0.5 * model.box
-    for name, embedding in (("default", PeriodicEmbedding()), ("reference", PeriodicEmbedding(cutoff=cutoff))):
-        qmmm = QMMMSystem(model.topology, model.system, model.qm_atoms, charge=0, multiplicity=1,
-                          engine=make_engine(method, basis), embedding=embedding)
-        energy, forces = qmmm.energy_and_forces(model.positions)
-        results[name] = (energy, forces, qmmm.last_qm.n_exact_charges)
-    (e0, f0, n0), (e1, f1, n1) = results["default"], results["reference"]
-    qm = np.array(model.qm_atoms)
-    charged = np.setdiff1d(np.flatnonzero(mm_charges(model.system)), qm)
-    diff = np.linalg.norm(f0 - f1, axis=1)
-    return FarFieldError(model.n_atoms, n0, n1, cutoff, e0 - e1, float(np.sqrt(np.mean(diff[qm] ** 2))),
-                         float(np.sqrt(np.mean(diff[charged] ** 2))), float(diff[charged].max()))
-
-
 # --------------------------------------------------------------------------- MD warm start
 @dataclass
 class MDRun:
@@ -452,7 +415,7 @@ cores, the same work can take twice as long from one call to the next.
 
 
 def write_report(path: Path, args, info: dict[str, str], results: list[SizeResult],
-                 naive: tuple[SizeResult, tuple[float, int, int]] | None, far: FarFieldError | None,
+                 naive: tuple[SizeResult, tuple[float, int, int]] | None,
                  md: dict[str, MDRun] | None, md_model: Model | None, elapsed: float) -> None:
     """Write this benchmark's section of docs/performance.md (``benchmarks/report.py`` assembles it)."""
     command = "python benchmarks/qmmm_step.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -477,20 +440,6 @@ def write_report(path: Path, args, info: dict[str, str], results: list[SizeResul
             f"Naive comparison ({res.n_atoms} atoms, one run): `pyscf.qmmm.mm_charge` with all {n_charges} MM "
             f"charges: {seconds:.2f} s ({cycles} SCF cycles) = **{seconds / res.floor_s:.2f}x** the floor, "
             f"against {res.ratio:.2f}x for bioqmmm.",
-        ]
-    if far is not None:
-        lines += [
-            "",
-            f"### Far-field error ({far.n_atoms} atoms)",
-            "",
-            f"Default embedding ({far.exact_default} charges exact, the rest by the Ewald far field) against the "
-            f"all-charge reference (cutoff {far.cutoff_reference:.2f} nm = half the box: {far.exact_reference} "
-            "charges exact, each at its image nearest the QM region), same positions, same engine settings:",
-            "",
-            "| energy difference (kJ/mol) | RMS force error, QM atoms (kJ/mol/nm) "
-            "| RMS force error, charged MM atoms (kJ/mol/nm) | largest MM force error (kJ/mol/nm) |",
-            "|---:|---:|---:|---:|",
-            f"| {far.energy:+.4f} | {far.rms_qm:.3f} | {far.rms_mm:.4f} | {far.max_mm:.3f} |",
         ]
     if md is not None and md_model is not None:
         lines += [
@@ -523,8 +472,6 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per size; the minimum is reported")
     parser.add_argument("--md-steps", type=int, nargs=3, default=[50, 10, 5],
                         metavar=("EXTRAPOLATED", "PREVIOUS", "COLD"), help="MD steps with each SCF guess (0 skips one)")
-    parser.add_argument("--far-field", action="store_true",
-                        help=f"also the far-field error against every charge exact on the ~{NAIVE_TARGET}-atom box")
     parser.add_argument("--naive", action="store_true",
                         help=f"also time pyscf.qmmm.mm_charge with all MM charges on the ~{NAIVE_TARGET}-atom box")
     parser.add_argument("--profile", type=Path, metavar="DIR",
@@ -568,12 +515,6 @@ def main(argv=None) -> int:
         log(f"  {naive[1][0]:.2f} s, {naive[1][1]} cycles, {naive[1][2]} charges: "
             f"{naive[1][0] / res.floor_s:.2f}x the floor")
 
-    far = None
-    if args.far_field:
-        log(f"far-field error (~{NAIVE_TARGET})")
-        far = far_field_error(model_for(NAIVE_TARGET), args.method, args.basis)
-        log(f"  {far}")
-
     md = md_model = None
     if any(args.md_steps):
         md_model = model_for(MD_TARGET)
@@ -594,7 +535,7 @@ def main(argv=None) -> int:
         log("\n".join(md_table(md)))
     log(f"total {elapsed / 60:.1f} min")
     if args.write:
-        write_report(args.write, args, info, results, naive, far, md, md_model, elapsed)
+        write_report(args.write, args, info, results, naive, md, md_model, elapsed)
         log(f"wrote {args.write}")
     return 0
 

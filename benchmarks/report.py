@@ -22,7 +22,8 @@ REPORT = ROOT / "docs" / "performance.md"
 
 #: name -> arguments of benchmarks/<name>.py, in the order of the report
 BENCHMARKS = {
-    "qmmm_step": ["--naive", "--far-field"],
+    "qmmm_step": ["--naive", "--md-steps", "50", "6", "3"],
+    "far_field_accuracy": ["--sizes", "20000", "100000"],
     "mts_drift": ["--ps", "1.0", "--qm-every", "1", "3", "--xtb-every", "6", "8"],
     "gpu_engine": ["--sizes", "2000", "20000", "100000"],
     "parallel_replicas": ["--ranks", "2", "--steps", "40"],

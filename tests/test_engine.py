@@ -8,7 +8,7 @@ from conftest import FD_ABS_TOL
 from pyscf import gto, qmmm, scf
 
 from bioqmmm.errors import InputError, SCFConvergenceError
-from bioqmmm.qm import PolynomialPotential, PySCFEngine, SCFStrategy
+from bioqmmm.qm import AtomicPolynomialPotential, PolynomialPotential, PySCFEngine, SCFStrategy
 from bioqmmm.units import BOHR_NM, HARTREE_KJMOL
 
 WATER = ["O", "H", "H"]
@@ -79,6 +79,77 @@ def test_forces_match_finite_differences_with_external_potential():
     plus = PolynomialPotential(ext.center, ext.t0, ext.t1 + dt, ext.t2)
     minus = PolynomialPotential(ext.center, ext.t0, ext.t1 - dt, ext.t2)
     assert ref.moments.m1[0] == pytest.approx((run(external=plus).energy - run(external=minus).energy) / 2e-2, rel=1e-6)
+
+
+#: A different second-order polynomial about each water atom (kJ/mol/e, nm).
+ATOMIC = AtomicPolynomialPotential(
+    WATER_XYZ + np.array([[0.002, -0.001, 0.0], [0.0, 0.001, 0.002], [-0.002, 0.0, 0.001]]),
+    np.array([5.0, -3.0, 4.0]),
+    np.array([[300.0, -200.0, 100.0], [250.0, -150.0, 80.0], [320.0, -260.0, 60.0]]),
+    np.array([[[1000.0, 200, 50], [200, -400, 100], [50, 100, -600]],
+              [[800.0, 150, 0], [150, -300, 90], [0, 90, -500]],
+              [[1100.0, 250, 70], [250, -450, 120], [70, 120, -650]]]),
+)
+
+
+def test_atomic_external_potential_derivatives_match_finite_differences():
+    """Per-atom moments are dE/dt_A; moving an atom with its centre gives -F + dE/dc (the embedding's
+    split); MM-charge forces stay exact."""
+    engine = PySCFEngine("hf", "6-31g*", conv_tol=1e-12)
+
+    def run(xyz=WATER_XYZ, mm=MM_XYZ, external=ATOMIC):
+        return engine.compute(WATER, xyz, 0, 1, mm, MM_Q, external=external)
+
+    def moved(**fields):
+        return AtomicPolynomialPotential(**{"centers": ATOMIC.centers, "t0": ATOMIC.t0, "t1": ATOMIC.t1,
+                                            "t2": ATOMIC.t2, **fields})
+
+    ref = run()
+    assert ref.moments.m0.shape == (3,) and ref.center_gradient.shape == (3, 3)
+    assert ref.moments.m0.sum() == pytest.approx(0.0, abs=1e-9)  # a neutral water: the atoms' charges add up
+    h = 1e-5
+    for atom in range(3):
+        for axis in range(3):
+            step = np.zeros_like(WATER_XYZ)
+            step[atom, axis] = h
+            both = -(run(xyz=WATER_XYZ + step, external=moved(centers=ATOMIC.centers + step)).energy
+                     - run(xyz=WATER_XYZ - step, external=moved(centers=ATOMIC.centers - step)).energy) / (2 * h)
+            assert ref.qm_forces[atom, axis] - ref.center_gradient[atom, axis] == pytest.approx(both, abs=FD_ABS_TOL)
+            centre_only = (run(external=moved(centers=ATOMIC.centers + step)).energy
+                           - run(external=moved(centers=ATOMIC.centers - step)).energy) / (2 * h)
+            assert ref.center_gradient[atom, axis] == pytest.approx(centre_only, abs=FD_ABS_TOL)
+            fd = -(run(mm=MM_XYZ + step).energy - run(mm=MM_XYZ - step).energy) / (2 * h)
+            assert ref.mm_forces[atom, axis] == pytest.approx(fd, abs=FD_ABS_TOL)
+    for atom in range(3):
+        dt0, dt1, dt2 = np.zeros(3), np.zeros((3, 3)), np.zeros((3, 3, 3))
+        dt0[atom], dt1[atom, 1], dt2[atom, 0, 2] = 1e-2, 1e-2, 1e-2
+        for delta, field, moment in ((dt0, "t0", ref.moments.m0[atom]), (dt1, "t1", ref.moments.m1[atom, 1]),
+                                     (dt2, "t2", 0.5 * ref.moments.m2[atom, 0, 2])):
+            plus = run(external=moved(**{field: getattr(ATOMIC, field) + delta})).energy
+            minus = run(external=moved(**{field: getattr(ATOMIC, field) - delta})).energy
+            assert (plus - minus) / 2e-2 == pytest.approx(moment, rel=1e-5, abs=1e-7), (field, atom)
+
+
+def test_atomic_potential_with_one_centre_is_the_polynomial_potential():
+    """Every atom given the same centre and tensors: the partitioned operator is the plain polynomial."""
+    engine = PySCFEngine("hf", "6-31g*", conv_tol=1e-12)
+    ext = PolynomialPotential(ATOMIC.centers[0], 5.0, ATOMIC.t1[0], ATOMIC.t2[0])
+    same = AtomicPolynomialPotential(np.tile(ext.center, (3, 1)), np.full(3, ext.t0), np.tile(ext.t1, (3, 1)),
+                                     np.tile(ext.t2, (3, 1, 1)))
+    one = engine.compute(WATER, WATER_XYZ, 0, 1, MM_XYZ, MM_Q, external=ext)
+    per_atom = engine.compute(WATER, WATER_XYZ, 0, 1, MM_XYZ, MM_Q, external=same)
+    assert per_atom.energy == pytest.approx(one.energy, abs=1e-7)
+    # to SCF convergence (1e-12 Eh: ~1e-7 Eh/Bohr in the gradients)
+    np.testing.assert_allclose(per_atom.qm_forces, one.qm_forces, atol=FD_ABS_TOL)
+    np.testing.assert_allclose(per_atom.center_gradient.sum(axis=0), one.center_gradient, atol=FD_ABS_TOL)
+    np.testing.assert_allclose(per_atom.moments.m2.sum(axis=0), one.moments.m2, atol=1e-8)
+
+
+def test_atomic_potential_needs_one_row_per_atom():
+    engine = PySCFEngine("hf", "sto-3g")
+    short = AtomicPolynomialPotential(ATOMIC.centers[:2], ATOMIC.t0[:2], ATOMIC.t1[:2], ATOMIC.t2[:2])
+    with pytest.raises(InputError, match="one row per QM atom"):
+        engine.compute(WATER, WATER_XYZ, 0, 1, MM_XYZ, MM_Q, external=short)
 
 
 def test_warm_start_is_used_and_dropped_when_the_region_changes():

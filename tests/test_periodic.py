@@ -9,6 +9,8 @@ from conftest import assert_fd_forces, directional_derivative, switching_scan
 from openmm import unit
 
 from bioqmmm import QMMMSystem
+from bioqmmm.errors import InputError
+from bioqmmm.examples import alanine_dipeptide
 from bioqmmm.qm import PySCFEngine
 from bioqmmm.qmmm.embedding import PeriodicEmbedding
 from bioqmmm.qmmm.ewald import multipole_response, point_tensors
@@ -121,8 +123,8 @@ def test_ewald_potential_and_field_match_openmm(small_water_box):
     box = np.eye(3) * BOX
     far_field = EwaldFarField(box, 1e-10)
     ours = far_field.tensors(far_field.geometry(probe, minimum_image(pos - probe, box)), q)
-    assert COULOMB_KJMOL_NM * ours.t0 == pytest.approx(phi_openmm, rel=1e-4)
-    np.testing.assert_allclose(-COULOMB_KJMOL_NM * ours.t1, field_openmm, rtol=1e-3, atol=1e-2)
+    assert COULOMB_KJMOL_NM * ours.t0[0] == pytest.approx(phi_openmm, rel=1e-4)
+    np.testing.assert_allclose(-COULOMB_KJMOL_NM * ours.t1[0], field_openmm, rtol=1e-3, atol=1e-2)
 
 
 TRICLINIC = np.array([[2.2, 0.0, 0.0], [0.66, 1.98, 0.0], [-0.44, 0.55, 1.87]])
@@ -172,48 +174,60 @@ def _direct_ewald(box, center, pos, q, m):
     return tensors.t0 + t0, tensors.t1 + t1, tensors.t2 + t2, tensors.t3 + t3, gradient
 
 
+#: Two expansion centres 0.3 nm apart (two atoms of a QM region) and a multipole at each.
+CENTRES = np.array([[0.7, 1.3, 0.4], [0.9, 1.1, 0.6]])
+MULTIPOLES = (np.array([0.3, -0.2]), np.array([MULTIPOLE[1], [-0.01, 0.04, 0.02]]),
+              np.array([MULTIPOLE[2], 0.5 * MULTIPOLE[2].T + 0.003 * np.eye(3)]))
+
+
 @pytest.mark.parametrize("tolerance, rel", [(1e-5, 5e-5), (1e-8, 5e-7)])
 def test_mesh_far_field_matches_the_direct_ewald_sum(tolerance, rel):
-    """Particle-mesh tensors at the centre and multipole gradients at the charges against plain Ewald."""
+    """Particle-mesh tensors at each centre and multipole gradients at the charges against plain Ewald."""
     pos, q = _random_charges(TRICLINIC)
-    center = np.array([0.7, 1.3, 0.4])
+    origin = CENTRES.mean(axis=0)
     far_field = EwaldFarField(TRICLINIC, tolerance)
-    geometry = far_field.geometry(center, minimum_image(pos - center, TRICLINIC))
+    geometry = far_field.geometry(origin, minimum_image(pos - origin, TRICLINIC), CENTRES)
     ours = far_field.tensors(geometry, q)
-    reference = _direct_ewald(TRICLINIC, center, pos, q, MULTIPOLE)
-    for mine, ref in zip((ours.t0, ours.t1, ours.t2, ours.t3), reference[:4], strict=True):
-        assert np.max(np.abs(mine - ref)) < rel * np.max(np.abs(ref))
-    gradient = far_field.multipole_gradient(geometry, *MULTIPOLE)
-    assert np.max(np.abs(gradient - reference[4])) < rel * np.max(np.abs(reference[4]))
+    gradient = far_field.multipole_gradient(geometry, *MULTIPOLES)
+    total = np.zeros_like(pos)
+    for c, centre in enumerate(CENTRES):
+        reference = _direct_ewald(TRICLINIC, centre, pos, q, tuple(m[c] for m in MULTIPOLES))
+        for mine, ref in zip((ours.t0[c], ours.t1[c], ours.t2[c], ours.t3[c]), reference[:4], strict=True):
+            assert np.max(np.abs(mine - ref)) < rel * np.max(np.abs(ref))
+        total += reference[4]
+    assert np.max(np.abs(gradient - total)) < rel * np.max(np.abs(total))
 
 
 def test_mesh_far_field_derivatives_are_exact():
-    """t1..t3 are the centre derivatives of t0..t2, and the multipole gradient is the derivative of
-    E = m0 t0 + m1.t1 + 1/2 m2:t2 in each charge's position, to finite-difference precision: the mesh
-    approximates psi, but consistently, so forces stay the exact gradient of the energy."""
+    """t1..t3 are the centre derivatives of t0..t2 at each centre, and the multipole gradient is the
+    derivative of E = sum_c m0 t0 + m1.t1 + 1/2 m2:t2 in each charge's position, to finite-difference
+    precision: the mesh approximates psi, but consistently, so forces stay the exact gradient of the energy."""
     pos, q = _random_charges(TRICLINIC, seed=1)
-    center = np.array([0.7, 1.3, 0.4])
+    origin = np.array([0.8, 1.2, 0.5])
     far_field = EwaldFarField(TRICLINIC, 1e-5)
 
-    def tensors(c, p=pos):
-        return far_field.tensors(far_field.geometry(c, minimum_image(p - c, TRICLINIC)), q)
+    def tensors(centres, p=pos):
+        return far_field.tensors(far_field.geometry(origin, minimum_image(p - origin, TRICLINIC), centres), q)
 
     h = 1e-5
-    t = tensors(center)
-    for a in range(3):
-        step = np.eye(3)[a] * h
-        plus, minus = tensors(center + step), tensors(center - step)
-        np.testing.assert_allclose((plus.t0 - minus.t0) / (2 * h), t.t1[a], rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose((plus.t1 - minus.t1) / (2 * h), t.t2[a], rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose((plus.t2 - minus.t2) / (2 * h), t.t3[a], rtol=1e-5, atol=1e-5)
+    t = tensors(CENTRES)
+    for c in range(len(CENTRES)):
+        for a in range(3):
+            moved = [CENTRES.copy(), CENTRES.copy()]
+            moved[0][c, a] += h
+            moved[1][c, a] -= h
+            plus, minus = tensors(moved[0]), tensors(moved[1])
+            np.testing.assert_allclose((plus.t0[c] - minus.t0[c]) / (2 * h), t.t1[c, a], rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose((plus.t1[c] - minus.t1[c]) / (2 * h), t.t2[c, a], rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose((plus.t2[c] - minus.t2[c]) / (2 * h), t.t3[c, a], rtol=1e-5, atol=1e-5)
 
     def energy(p):
-        tt = tensors(center, p)
-        m0, m1, m2 = MULTIPOLE
-        return m0 * tt.t0 + m1 @ tt.t1 + 0.5 * np.sum(m2 * tt.t2)
+        tt = tensors(CENTRES, p)
+        m0, m1, m2 = MULTIPOLES
+        return m0 @ tt.t0 + np.sum(m1 * tt.t1) + 0.5 * np.sum(m2 * tt.t2)
 
-    gradient = far_field.multipole_gradient(far_field.geometry(center, minimum_image(pos - center, TRICLINIC)),
-                                            *MULTIPOLE)
+    gradient = far_field.multipole_gradient(
+        far_field.geometry(origin, minimum_image(pos - origin, TRICLINIC), CENTRES), *MULTIPOLES)
     for j in (0, 7, 123):
         for a in range(3):
             moved = [pos.copy(), pos.copy()]
@@ -241,3 +255,35 @@ def test_far_field_images_are_every_lattice_image_within_the_real_space_cutoff(b
     assert len(images) == inside.sum()
     key = lambda pts, own: sorted(zip(own.tolist(), np.round(pts, 9).tolist(), strict=True))  # noqa: E731
     assert key(images, owners) == key(brute[inside], brute_owner[inside])
+
+
+@pytest.fixture(scope="module")
+def solvated_dipeptide():
+    top, system, positions = alanine_dipeptide(box_size=2.6)
+    qm = [a.index for a in top.atoms() if a.residue.name in ("ACE", "ALA", "NME")]
+    return top, system, np.array(positions.value_in_unit(unit.nanometer)), qm
+
+
+def test_far_field_about_each_atom_is_closer_to_every_charge_exact(solvated_dipeptide):
+    """The 22-atom dipeptide with a short near field (0.6 nm): the far field expanded about each QM atom is
+    several times closer to the all-exact reference (cutoff half the box) than the expansion about the
+    centroid, in the QM forces and in the energy."""
+    top, system, pos, qm = solvated_dipeptide
+    results = {}
+    for name, embedding in (("atoms", PeriodicEmbedding(cutoff=0.6, switch_width=0.2)),
+                            ("centroid", PeriodicEmbedding(cutoff=0.6, switch_width=0.2, expansion="centroid")),
+                            ("reference", PeriodicEmbedding(cutoff=1.3, switch_width=0.2))):
+        qmmm = QMMMSystem(top, system, qm, charge=0, multiplicity=1, engine=PySCFEngine("hf", "sto-3g", conv_tol=1e-10),
+                          embedding=embedding, platform="Reference")
+        results[name] = qmmm.energy_and_forces(pos)
+    e_ref, f_ref = results.pop("reference")
+    errors = {name: (abs(energy - e_ref), np.sqrt(np.mean(np.sum((forces[qm] - f_ref[qm]) ** 2, axis=1))))
+              for name, (energy, forces) in results.items()}
+    assert errors["centroid"][1] > 1.0  # kJ/mol/nm: the centroid's truncation error is visible here
+    assert errors["atoms"][1] < errors["centroid"][1] / 4
+    assert errors["atoms"][0] < errors["centroid"][0] / 10
+
+
+def test_unknown_far_field_expansion_is_refused():
+    with pytest.raises(InputError, match="expansion 'multipoles'"):
+        PeriodicEmbedding(expansion="multipoles")

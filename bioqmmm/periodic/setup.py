@@ -88,7 +88,7 @@ def qmmm_model(cell: Cell, context, ewald_tolerance: float) -> tuple[QMMMSystem,
     embedding = context.qmmm.embedding
     qmmm = QMMMSystem(cell.topology, cell.system, context.qmmm.region, engine=context.qmmm.engine,
                       embedding=PeriodicEmbedding(cutoff=embedding.cutoff, switch_width=embedding.switch_width,
-                                                  ewald_tolerance=ewald_tolerance))
+                                                  ewald_tolerance=ewald_tolerance, expansion=embedding.expansion))
     return qmmm, CellModel(qmmm.system, qmmm=qmmm)
 
 

@@ -33,6 +33,26 @@ class PolynomialPotential:
 
 
 @dataclass(frozen=True)
+class AtomicPolynomialPotential:
+    """A smooth external potential, Taylor-expanded to second order about one centre per QM atom.
+
+    phi_A(r) = t0_A + t1_A . (r - c_A) + 1/2 (r - c_A)^T t2_A (r - c_A) (c_A: usually atom A's position).
+    Nucleus A sees phi_A(R_A); the electrons see the one-electron operator partitioned by basis function,
+    V_mu,nu = 1/2 [<mu|phi_A|nu> + <mu|phi_B|nu>] for mu on atom A and nu on atom B, as PySCF's periodic
+    QM/MM couples its Ewald potential (``pyscf.qmmm.pbc``). The truncation error then runs in the extent of a
+    basis-function product over the distance to the sources, not in the radius of the QM region.
+
+    Units as :class:`PolynomialPotential`; ``centers`` (n, 3), ``t0`` (n,), ``t1`` (n, 3), ``t2`` (n, 3, 3),
+    one row per atom passed to the engine (link atoms included), in the same order.
+    """
+
+    centers: np.ndarray
+    t0: np.ndarray
+    t1: np.ndarray
+    t2: np.ndarray
+
+
+@dataclass(frozen=True)
 class QMMoments:
     """Multipole moments of the QM region (nuclei + electrons) about a centre.
 
@@ -40,9 +60,11 @@ class QMMoments:
     engine that couples only the harmonic part of t2, as the xtb engine does).
     The interaction energy with a :class:`PolynomialPotential` is
     t0 m0 + t1 . m1 + 1/2 t2 : m2, and m0, m1, 1/2 m2 are its derivatives with respect to t0, t1, t2.
+    For an :class:`AtomicPolynomialPotential` each has a leading atom axis (m0 (n,), m1 (n, 3), m2 (n, 3, 3)):
+    atom A's nucleus and the density rows of its basis functions, about c_A.
     """
 
-    m0: float
+    m0: float | np.ndarray
     m1: np.ndarray
     m2: np.ndarray
 
@@ -69,7 +91,8 @@ class QMResult:
     MM charges requested with ``potential_at``, kJ/mol/e (= dE/dq_j).
     moments: QM multipoles about the centre of the external potential, if one was given;
     center_gradient: then also dE/dc, the derivative with respect to the potential's centre c at fixed
-    t0, t1, t2, kJ/mol/nm (-(m0 t1 + t2 m1) for an exact polynomial coupling).
+    t0, t1, t2, kJ/mol/nm (-(m0 t1 + t2 m1) for an exact polynomial coupling); both per atom, (n, ...), for an
+    :class:`AtomicPolynomialPotential`.
     dipole: Σ_A Z_A R_A − ∫ ρ r, about the coordinate origin (e nm); its derivatives give IR intensities.
     """
 
@@ -90,9 +113,12 @@ class QMEngine(Protocol):
 
     ``potentials``: whether :meth:`compute` returns potentials at MM charges (``potential_at``); the
     periodic embedding switches charges by scaling them where it does, by moving them otherwise.
+    ``atomic_external``: whether ``external`` may be an :class:`AtomicPolynomialPotential`; the periodic
+    embedding then expands its far field about every QM atom instead of the region's centroid.
     """
 
     potentials: bool
+    atomic_external: bool
 
     def validate(self, symbols: list[str], charge: int, multiplicity: int) -> None:
         """Raise :class:`bioqmmm.errors.InputError` if the input cannot be computed.
@@ -110,7 +136,7 @@ class QMEngine(Protocol):
         mm_charges: np.ndarray,
         *,
         potential_at: np.ndarray | None = None,
-        external: PolynomialPotential | None = None,
+        external: PolynomialPotential | AtomicPolynomialPotential | None = None,
         step: int | None = None,
         gradients: bool = True,
     ) -> QMResult:

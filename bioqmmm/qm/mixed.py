@@ -4,6 +4,9 @@ Every output of the engine protocol is linear in the energy, so each is mixed th
 QM atoms and MM charges, potentials at MM charges (dE/dq), multipoles and atomic charges. The forces
 stay the exact gradient of the mixed energy. At λ = 0 and λ = 1 the result is exactly engine a's or
 engine b's (both are still evaluated, so that the reduced potential of every other λ is at hand).
+A periodic embedding gives both engines the same far field: about every QM atom only when both take
+per-atom potentials (``atomic_external``), else about the centroid -- so a PySCF/xTB mix at λ = 1 equals
+the PySCF engine with ``PeriodicEmbedding(expansion="centroid")``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class MixedEngine:
         self.engines = (engine_a, engine_b)
         self.lam = float(lam)
         self.potentials = all(getattr(engine, "potentials", True) for engine in self.engines)
+        self.atomic_external = all(getattr(engine, "atomic_external", False) for engine in self.engines)
 
     def validate(self, symbols: list[str], charge: int, multiplicity: int) -> None:
         for engine in self.engines:
@@ -50,7 +54,7 @@ class MixedEngine:
 
         moments = None
         if a.moments is not None and b.moments is not None:
-            moments = QMMoments(float(mix(a.moments.m0, b.moments.m0)), mix(a.moments.m1, b.moments.m1),
+            moments = QMMoments(mix(a.moments.m0, b.moments.m0), mix(a.moments.m1, b.moments.m1),
                                 mix(a.moments.m2, b.moments.m2))
         info = QMInfo(scf_cycles=a.info.scf_cycles + b.info.scf_cycles,
                       converged=a.info.converged and b.info.converged,

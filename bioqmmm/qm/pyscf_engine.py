@@ -6,9 +6,11 @@ gradients run on a CUDA GPU through gpu4pyscf's classes of the same names (``scf
 ``qmmm.mm_charge``); everything else -- the far-field operator and its gradients, potentials,
 moments, the SCF guesses -- stays on the CPU with NumPy arrays, so the two paths share every
 line but the backend (:class:`_Backend`). An optional smooth external potential
-(:class:`~bioqmmm.qm.base.PolynomialPotential`, the far field of a periodic embedding)
-enters as a second-order polynomial operator; its Hellmann-Feynman and basis-function
-(Pulay) gradients are added here, so forces stay the exact gradient of the energy.
+(:class:`~bioqmmm.qm.base.PolynomialPotential` about one centre or
+:class:`~bioqmmm.qm.base.AtomicPolynomialPotential` about each atom, the far field of a periodic
+embedding) enters as a second-order polynomial operator, partitioned by the atom of the bra basis
+function and symmetrised; its Hellmann-Feynman and basis-function (Pulay) gradients are added here,
+so forces stay the exact gradient of the energy.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ from pyscf import dft, gto, lib, qmmm, scf
 from threadpoolctl import threadpool_limits
 
 from bioqmmm.errors import InputError, SCFAttempt, SCFConvergenceError
-from bioqmmm.qm.base import PolynomialPotential, QMInfo, QMMoments, QMResult, check_electrons
+from bioqmmm.qm.base import (
+    AtomicPolynomialPotential,
+    PolynomialPotential,
+    QMInfo,
+    QMMoments,
+    QMResult,
+    check_electrons,
+)
 from bioqmmm.qm.extrapolation import DensityExtrapolator
 from bioqmmm.qm.ladder import DEFAULT_LADDER, SCFStrategy
 from bioqmmm.units import BOHR_NM, HARTREE_KJMOL, HARTREE_PER_BOHR_KJMOL_NM
@@ -81,6 +90,7 @@ class PySCFEngine:
     """
 
     potentials = True
+    atomic_external = True
 
     def __init__(self, method: str = "b3lyp", basis: str = "6-31g*", **options) -> None:
         known = {f.name for f in dataclasses.fields(PySCFOptions)} - {"method", "basis"}
@@ -155,7 +165,7 @@ class PySCFEngine:
         mm_charges: np.ndarray,
         *,
         potential_at: np.ndarray | None = None,
-        external: PolynomialPotential | None = None,
+        external: PolynomialPotential | AtomicPolynomialPotential | None = None,
         step: int | None = None,
         gradients: bool = True,
     ) -> QMResult:
@@ -170,9 +180,9 @@ class PySCFEngine:
         mol = self._molecule(symbols, np.asarray(coordinates) / BOHR_NM, charge, multiplicity)
         mm_bohr = np.asarray(mm_positions, dtype=float).reshape(-1, 3) / BOHR_NM
         mm_q = np.asarray(mm_charges, dtype=float).reshape(-1)
-        ext = _external_in_au(external) if external is not None else None
+        ext = _external_in_au(external, mol.natm) if external is not None else None
         overlap = mol.intor_symmetric("int1e_ovlp")  # shared by the guess, the multipoles and Mulliken
-        ints = _multipole_integrals(mol, ext[0], overlap) if ext is not None else None
+        ints = _multipole_integrals(mol, ext.centers, overlap) if ext is not None else None
 
         key = (tuple(symbols), charge, multiplicity)
         guess = self._densities.guess(key, overlap, step) if self.options.warm_start else None
@@ -187,7 +197,7 @@ class PySCFEngine:
         else:
             grad_qm, grad_mm = np.zeros((mol.natm, 3)), np.zeros((mm_q.size, 3))
         potentials = _potentials(mol, dm_total, mm_bohr[potential_at]) if potential_at is not None else np.zeros(0)
-        moments = _moments(mol, dm_total, ext[0], ints) if ext is not None else None
+        moments = _moments(mol, dm_total, ext, ints) if ext is not None else None
         info = QMInfo(
             scf_cycles=sum(a.cycles for a in attempts),
             converged=True,
@@ -204,8 +214,7 @@ class PySCFEngine:
             mm_potentials=potentials * HARTREE_KJMOL,
             moments=moments,
             atomic_charges=_mulliken_charges(mol, dm_total, overlap),
-            center_gradient=None if moments is None else -(moments.m0 * np.asarray(external.t1)
-                                                           + np.asarray(external.t2) @ moments.m1),
+            center_gradient=None if moments is None else _center_gradient(moments, external),
             dipole=_dipole(mol, dm_total),
         )
 
@@ -280,9 +289,9 @@ class PySCFEngine:
         grad_qm = self._backend.to_numpy(grad.kernel())
         grad_mm = grad.grad_hcore_mm(dm_total) + grad.grad_nuc_mm() if mm_q.size else np.zeros((0, 3))
         if ext is not None:
-            center, t0, t1, t2 = ext
-            d = mol.atom_coords() - center
-            grad_qm = grad_qm + mol.atom_charges()[:, None] * (t1 + d @ t2) + _polynomial_pulay(mol, dm_total, ext)
+            d = mol.atom_coords() - ext.centers
+            grad_qm = (grad_qm + mol.atom_charges()[:, None] * (ext.t1 + np.einsum("iab,ib->ia", ext.t2, d))
+                       + _polynomial_pulay(mol, dm_total, ext))
         return grad_qm, grad_mm
 
 
@@ -290,9 +299,9 @@ def _total_energy(mf, mol, ext) -> float:
     """E_SCF plus the nuclei's energy in the external polynomial (the electrons' is in the SCF), Hartree."""
     energy = float(mf.e_tot)
     if ext is not None:
-        center, t0, t1, t2 = ext
-        d = mol.atom_coords() - center
-        energy += float(mol.atom_charges() @ (t0 + d @ t1 + 0.5 * np.einsum("ia,ab,ib->i", d, t2, d)))
+        d = mol.atom_coords() - ext.centers
+        potential = ext.t0 + np.einsum("ia,ia->i", d, ext.t1) + 0.5 * np.einsum("ia,iab,ib->i", d, ext.t2, d)
+        energy += float(mol.atom_charges() @ potential)
     return energy
 
 
@@ -343,54 +352,86 @@ def _backend(device: str) -> _Backend:
     return _Backend(gpu_scf, gpu_dft, mm_charge, cupy.asnumpy, cupy.asarray, {})
 
 
-def _external_in_au(external: PolynomialPotential):
-    """(center Bohr, t0 Eh/e, t1 Eh/e/Bohr, t2 Eh/e/Bohr^2)."""
-    return (
-        np.asarray(external.center, dtype=float) / BOHR_NM,
-        external.t0 / HARTREE_KJMOL,
-        np.asarray(external.t1, dtype=float) * BOHR_NM / HARTREE_KJMOL,
-        np.asarray(external.t2, dtype=float) * BOHR_NM**2 / HARTREE_KJMOL,
-    )
+@dataclass(frozen=True)
+class _AtomicExternal:
+    """An external polynomial per atom in atomic units (centres Bohr, t0 Eh/e, t1 Eh/e/Bohr, t2 Eh/e/Bohr^2),
+    the electrons of atom A's basis functions seeing phi_A; ``per_atom`` False when it came as one
+    :class:`PolynomialPotential` (every row the same), whose moments and centre gradient are then summed."""
+
+    centers: np.ndarray
+    t0: np.ndarray
+    t1: np.ndarray
+    t2: np.ndarray
+    per_atom: bool
 
 
-def _multipole_integrals(
-    mol: gto.Mole, center_bohr: np.ndarray, overlap: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """<mu|nu> (the given overlap), <mu|(r-c)_a|nu> (3, nao, nao) and <mu|(r-c)_a (r-c)_b|nu> (3, 3, nao, nao)."""
-    nao = mol.nao
-    with mol.with_common_orig(center_bohr):
-        r = mol.intor("int1e_r")
-        rr = mol.intor("int1e_rr").reshape(3, 3, nao, nao)
-    return overlap, r, rr
+def _external_in_au(external: PolynomialPotential | AtomicPolynomialPotential, natm: int) -> _AtomicExternal:
+    """The external potential per atom in atomic units; one centre's polynomial is the same on every atom."""
+    per_atom = isinstance(external, AtomicPolynomialPotential)
+    centers = np.asarray(external.centers if per_atom else external.center, dtype=float)
+    t0, t1, t2 = (np.asarray(t, dtype=float) for t in (external.t0, external.t1, external.t2))
+    if per_atom and not (centers.shape == (natm, 3) and t0.shape == (natm,) and t1.shape == (natm, 3)
+                         and t2.shape == (natm, 3, 3)):
+        raise InputError(f"an atomic external potential needs one row per QM atom ({natm}); got centers "
+                         f"{centers.shape}, t0 {t0.shape}, t1 {t1.shape}, t2 {t2.shape}")
+    rows = (natm,)
+    return _AtomicExternal(np.broadcast_to(centers, (*rows, 3)) / BOHR_NM,
+                           np.broadcast_to(t0, rows) / HARTREE_KJMOL,
+                           np.broadcast_to(t1, (*rows, 3)) * BOHR_NM / HARTREE_KJMOL,
+                           np.broadcast_to(t2, (*rows, 3, 3)) * BOHR_NM**2 / HARTREE_KJMOL, per_atom)
 
 
-def _polynomial_operator(ints, ext) -> np.ndarray:
-    """<mu| phi(r) |nu> for phi = t0 + t1.(r-c) + 1/2 (r-c)^T t2 (r-c)."""
-    s, r, rr = ints
-    _, t0, t1, t2 = ext
-    return t0 * s + np.einsum("a,apq->pq", t1, r) + 0.5 * np.einsum("ab,abpq->pq", t2, rr)
+def _multipole_integrals(mol: gto.Mole, centers_bohr: np.ndarray, overlap: np.ndarray) -> list[tuple]:
+    """Per atom A: (p0, p1, S rows, <mu|(r-c_A)_a|nu> (3, nA, nao), <mu|(r-c_A)_a (r-c_A)_b|nu> (3, 3, nA, nao))
+    for the rows mu of A's basis functions (p0:p1)."""
+    rows = []
+    for atom, (s0, s1, p0, p1) in enumerate(mol.aoslice_by_atom()):
+        with mol.with_common_orig(centers_bohr[atom]):
+            r = mol.intor("int1e_r", shls_slice=(s0, s1, 0, mol.nbas))
+            rr = mol.intor("int1e_rr", shls_slice=(s0, s1, 0, mol.nbas)).reshape(3, 3, p1 - p0, mol.nao)
+        rows.append((p0, p1, overlap[p0:p1], r, rr))
+    return rows
 
 
-def _polynomial_pulay(mol: gto.Mole, dm: np.ndarray, ext) -> np.ndarray:
-    """Gradient of -Tr[D <phi>] with respect to the basis-function centres, (natm, 3).
+def _polynomial_operator(ints: list[tuple], ext: _AtomicExternal) -> np.ndarray:
+    """V = 1/2 (P + P^T), P_mu,nu = <mu| phi_A |nu> for mu on atom A, phi_A = t0 + t1.(r-c) + 1/2 (r-c)^T t2 (r-c)."""
+    nao = ints[0][2].shape[1]
+    rows = np.zeros((nao, nao))
+    for atom, (p0, p1, s, r, rr) in enumerate(ints):
+        rows[p0:p1] = (ext.t0[atom] * s + np.einsum("a,apq->pq", ext.t1[atom], r)
+                       + 0.5 * np.einsum("ab,abpq->pq", ext.t2[atom], rr))
+    return 0.5 * (rows + rows.T)
 
-    dE/dR_A = 2 sum_{mu on A, nu} D_mu,nu <grad mu| phi |nu>; PySCF's int1e_irp and
-    int1e_irrp put the nabla on the ket, so the bra derivative is their transpose.
+
+def _polynomial_pulay(mol: gto.Mole, dm: np.ndarray, ext: _AtomicExternal) -> np.ndarray:
+    """Gradient of -Tr[D V] with respect to the basis-function centres, (natm, 3), at fixed centres c_A.
+
+    -Tr[D V] = -sum_A sum_{mu on A, nu} D_mu,nu <mu|phi_A|nu>; moving atom B moves its functions
+    (d mu / dR_B = -grad mu): the bra rows of B with phi_B, and the ket columns of B with every phi_A.
+    PySCF's int1e_irp and int1e_irrp (<p| r_a d_b |q>, <p| r_a r_c d_b |q>) put the nabla on the ket, so
+    their (all, A) slices transposed give the bra derivatives; int1e_ipovlp puts it on the bra.
     """
-    center, t0, t1, t2 = ext
-    nao = mol.nao
-    with mol.with_common_orig(center):
-        irp = mol.intor("int1e_irp", comp=9).reshape(3, 3, nao, nao)  # <p| r_a d_b |q>
-        irrp = mol.intor("int1e_irrp", comp=27).reshape(3, 3, 3, nao, nao)  # <p| r_a r_c d_b |q>
-    ipovlp = mol.intor("int1e_ipovlp", comp=3)  # <d_b p| q>
-    # <d_b q| phi |p> for each b: build (3, nao, nao) with bra derivative on index q
-    op = t0 * ipovlp
-    op += np.einsum("a,abpq->bqp", t1, irp)
-    op += 0.5 * np.einsum("ac,acbpq->bqp", t2, irrp)
-    per_ao = 2.0 * np.einsum("bqp,qp->qb", op, dm)  # -> (nao, 3); factor 2 for bra/ket
+    nao, nbas = mol.nao, mol.nbas
     grad = np.zeros((mol.natm, 3))
+    ket = np.zeros((nao, 3))  # sum over rows of D_mu,nu <mu|phi_A|d_b nu>, per ket function nu
+    for atom, (s0, s1, p0, p1) in enumerate(mol.aoslice_by_atom()):
+        n = p1 - p0
+        t0, t1, t2 = ext.t0[atom], ext.t1[atom], ext.t2[atom]
+        with mol.with_common_orig(ext.centers[atom]):
+            irp_row = mol.intor("int1e_irp", comp=9, shls_slice=(s0, s1, 0, nbas)).reshape(3, 3, n, nao)
+            irp_col = mol.intor("int1e_irp", comp=9, shls_slice=(0, nbas, s0, s1)).reshape(3, 3, nao, n)
+            irrp_row = mol.intor("int1e_irrp", comp=27, shls_slice=(s0, s1, 0, nbas)).reshape(3, 3, 3, n, nao)
+            irrp_col = mol.intor("int1e_irrp", comp=27, shls_slice=(0, nbas, s0, s1)).reshape(3, 3, 3, nao, n)
+        ip_row = mol.intor("int1e_ipovlp", comp=3, shls_slice=(s0, s1, 0, nbas))  # <d_b mu|nu>
+        ip_col = mol.intor("int1e_ipovlp", comp=3, shls_slice=(0, nbas, s0, s1))  # <d_b nu|mu>
+        bra = (t0 * ip_row + np.einsum("a,abqp->bpq", t1, irp_col)
+               + 0.5 * np.einsum("ac,acbqp->bpq", t2, irrp_col))  # <d_b mu|phi_A|nu>
+        ket_ops = (t0 * ip_col.transpose(0, 2, 1) + np.einsum("a,abpq->bpq", t1, irp_row)
+                   + 0.5 * np.einsum("ac,acbpq->bpq", t2, irrp_row))  # <mu|phi_A|d_b nu>
+        grad[atom] += np.einsum("bpq,pq->b", bra, dm[p0:p1])
+        ket += np.einsum("bpq,pq->qb", ket_ops, dm[p0:p1])
     for atom, (_, _, p0, p1) in enumerate(mol.aoslice_by_atom()):
-        grad[atom] = per_ao[p0:p1].sum(axis=0)
+        grad[atom] += ket[p0:p1].sum(axis=0)
     return grad
 
 
@@ -422,12 +463,25 @@ def _potentials(mol: gto.Mole, dm: np.ndarray, points_bohr: np.ndarray) -> np.nd
     return v_nuc - v_el
 
 
-def _moments(mol: gto.Mole, dm: np.ndarray, center_bohr: np.ndarray, ints) -> QMMoments:
-    """Charge (e), first (e nm) and second (e nm^2) moments of nuclei + electrons about a centre."""
-    s, r, rr = ints
+def _moments(mol: gto.Mole, dm: np.ndarray, ext: _AtomicExternal, ints: list[tuple]) -> QMMoments:
+    """Charge (e), first (e nm) and second (e nm^2) moments of each atom's nucleus and density rows about c_A,
+    m_A = Z_A d_A^l - sum_{mu on A, nu} D_mu,nu <mu|(r - c_A)^l|nu>; summed over atoms for one centre."""
     z = mol.atom_charges()
-    d = mol.atom_coords() - center_bohr
-    m0 = z.sum() - np.einsum("pq,qp->", s, dm)
-    m1 = z @ d - np.einsum("apq,qp->a", r, dm)
-    m2 = np.einsum("i,ia,ib->ab", z, d, d) - np.einsum("abpq,qp->ab", rr, dm)
-    return QMMoments(m0=float(m0), m1=m1 * BOHR_NM, m2=m2 * BOHR_NM**2)
+    d = mol.atom_coords() - ext.centers
+    m0 = z.astype(float)
+    m1 = z[:, None] * d
+    m2 = z[:, None, None] * np.einsum("ia,ib->iab", d, d)
+    for atom, (p0, p1, s, r, rr) in enumerate(ints):
+        rows = dm[p0:p1]
+        m0[atom] -= np.einsum("pq,pq->", s, rows)
+        m1[atom] -= np.einsum("apq,pq->a", r, rows)
+        m2[atom] -= np.einsum("abpq,pq->ab", rr, rows)
+    if not ext.per_atom:
+        return QMMoments(m0=float(m0.sum()), m1=m1.sum(axis=0) * BOHR_NM, m2=m2.sum(axis=0) * BOHR_NM**2)
+    return QMMoments(m0=m0, m1=m1 * BOHR_NM, m2=m2 * BOHR_NM**2)
+
+
+def _center_gradient(moments: QMMoments, external: PolynomialPotential | AtomicPolynomialPotential) -> np.ndarray:
+    """dE/dc at fixed tensors, kJ/mol/nm: -(m0 t1 + t2 m1), per centre."""
+    t1, t2 = np.asarray(external.t1, dtype=float), np.asarray(external.t2, dtype=float)
+    return -(np.asarray(moments.m0)[..., None] * t1 + np.einsum("...ab,...b->...a", t2, moments.m1))

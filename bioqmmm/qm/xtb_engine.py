@@ -172,6 +172,7 @@ class XTBEngine:
     """
 
     potentials = False  # dE/dq at MM charges is not available from xtb (shell-resolved kernel)
+    atomic_external = False  # the external potential reaches xtb only through point charges
 
     def __init__(self, method: str = "gfn2", **options) -> None:
         known = set(XTBOptions.__dataclass_fields__) - {"method"}

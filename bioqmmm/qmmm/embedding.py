@@ -8,8 +8,9 @@
   potentials at MM charges (PySCF), moved out to c + (r - c) / w where it does not (xtb), so
   that only position derivatives are needed; everything else -- the switched-off part
   of those charges, all farther charges and all periodic images -- is the Ewald far field,
-  Taylor-expanded to second order about the QM centroid and coupled to the QM density as a
-  polynomial potential. The derivation is in ``docs/theory.md``.
+  Taylor-expanded to second order and coupled to the QM density as a polynomial potential:
+  about every QM atom, partitioned by basis function, for engines that take one
+  (``atomic_external``, PySCF), else about the QM centroid. The derivation is in ``docs/theory.md``.
 
 Both return the QM/MM energy (kJ/mol) and forces (kJ/mol/nm) on the QM atoms and on each MM
 charge, the exact gradient of that energy.
@@ -22,8 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bioqmmm.errors import InputError
-from bioqmmm.qm.base import PolynomialPotential, QMEngine, QMResult
-from bioqmmm.qmmm.ewald import multipole_response, point_tensors
+from bioqmmm.qm.base import AtomicPolynomialPotential, PolynomialPotential, QMEngine, QMResult
+from bioqmmm.qmmm.ewald import multipole_response_sum, point_tensors_at
 from bioqmmm.qmmm.far_field import EwaldFarField, images_within
 from bioqmmm.region.region import QMRegion
 from bioqmmm.units import COULOMB_KJMOL_NM, minimum_image
@@ -84,6 +85,10 @@ def quintic_switch(r: np.ndarray, r_on: float, r_off: float) -> tuple[np.ndarray
     return s, ds
 
 
+#: Where the periodic embedding expands its far field (see :class:`PeriodicEmbedding`).
+EXPANSIONS = ("atoms", "centroid")
+
+
 @dataclass
 class PeriodicEmbedding:
     """Switched exact near field plus Ewald far field for periodic systems.
@@ -91,18 +96,23 @@ class PeriodicEmbedding:
     cutoff: MM charges within this distance (nm) of any QM atom enter exactly;
     switch_width: the weight of a charge goes smoothly from 1 at ``cutoff - switch_width``
     to 0 at ``cutoff`` (nm); ewald_tolerance: relative accuracy of the particle mesh of the far
-    field's Ewald sums (:class:`~bioqmmm.qmmm.far_field.EwaldFarField`).
+    field's Ewald sums (:class:`~bioqmmm.qmmm.far_field.EwaldFarField`); expansion: ``"atoms"`` expands
+    the far field about every QM atom where the engine takes such a potential (``atomic_external``) and
+    about the centroid where it does not, ``"centroid"`` always about the centroid.
     """
 
     cutoff: float = 1.2
     switch_width: float = 0.2
     ewald_tolerance: float = 1e-5
+    expansion: str = "atoms"
     _far_field_cache: dict = field(default_factory=dict, repr=False)
     periodic = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.switch_width < self.cutoff:
             raise InputError(f"switch_width must lie in (0, cutoff); got {self.switch_width} with cutoff {self.cutoff}")
+        if self.expansion not in EXPANSIONS:
+            raise InputError(f"far-field expansion {self.expansion!r} is not one of {EXPANSIONS}")
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -157,10 +167,16 @@ class PeriodicEmbedding:
         x_sites = center - sites
         partial = np.flatnonzero(weight < 1.0)
 
-        # far field at the centre: full Ewald kernel minus the exactly treated charges
-        geometry = far_field.geometry(center, d0)
-        far = far_field.tensors(geometry, mm_q) + point_tensors(x_sites, -site_q, None)
+        # far field at the expansion centres (every QM atom, or the centroid): full Ewald kernel minus the
+        # exactly treated charges
+        atomic = self.expansion == "atoms" and getattr(engine, "atomic_external", False)
+        centres = qm if atomic else center[None]
+        shifts = centres - center
+        geometry = far_field.geometry(center, d0, centres)
+        far = far_field.tensors(geometry, mm_q) + point_tensors_at(shifts, x_sites, -site_q, None)
         far = far.scaled(COULOMB_KJMOL_NM)
+        external = (AtomicPolynomialPotential(centres, far.t0, far.t1, far.t2) if atomic
+                    else PolynomialPotential(center, float(far.t0[0]), far.t1[0], far.t2[0]))
         res = engine.compute(
             list(region.symbols),
             qm,
@@ -169,35 +185,41 @@ class PeriodicEmbedding:
             sites,
             site_q,
             potential_at=partial if scaled and gradients else None,
-            external=PolynomialPotential(center, far.t0, far.t1, far.t2),
+            external=external,
             step=step,
             gradients=gradients,
         )
-        m = res.moments
-        e_far = far.t0 * m.m0 + far.t1 @ m.m1 + 0.5 * np.sum(far.t2 * m.m2)
+        k = len(centres)
+        m0 = np.reshape(res.moments.m0, k)
+        m1, m2 = np.reshape(res.moments.m1, (k, 3)), np.reshape(res.moments.m2, (k, 3, 3))
+        e_far = float(far.t0 @ m0 + np.sum(far.t1 * m1) + 0.5 * np.sum(far.t2 * m2))
         if not gradients:
-            return EmbeddingResult(res.energy, np.zeros_like(qm), np.zeros_like(mm_pos), res, len(img), float(e_far))
+            return EmbeddingResult(res.energy, np.zeros_like(qm), np.zeros_like(mm_pos), res, len(img), e_far)
         f_qm = res.qm_forces.copy()
         f_mm = np.zeros_like(mm_pos)
 
         # far field: explicit dependence on the MM positions (through the Ewald kernels)
-        f_mm += COULOMB_KJMOL_NM * mm_q[:, None] * far_field.multipole_gradient(geometry, m.m0, m.m1, m.m2)
+        f_mm += COULOMB_KJMOL_NM * mm_q[:, None] * far_field.multipole_gradient(geometry, m0, m1, m2)
 
         # dE/d(site position): the engine's and the subtracted near kernel's
-        u_sites, g_sites = multipole_response(x_sites, m.m0, m.m1, m.m2, None)
+        u_sites, g_sites = multipole_response_sum(shifts, x_sites, m0, m1, m2, None)
         grad_sites = -res.mm_forces + COULOMB_KJMOL_NM * site_q[:, None] * g_sites
 
-        # dE/dc: at fixed tensors (the engine's), through the tensors, and through receding sites
-        fixed = res.center_gradient if res.center_gradient is not None else -(m.m0 * far.t1 + far.t2 @ m.m1)
-        de_dc = fixed + m.m0 * far.t1 + far.t2 @ m.m1 + 0.5 * np.einsum("ab,abk->k", m.m2, far.t3)
+        # dE/dc per centre: at fixed tensors (the engine's) and through the tensors
+        through = m0[:, None] * far.t1 + np.einsum("kab,kb->ka", far.t2, m1)
+        fixed = np.reshape(res.center_gradient, (k, 3)) if res.center_gradient is not None else -through
+        de_dc = fixed + through + 0.5 * np.einsum("kab,kabc->kc", m2, far.t3)
+        if atomic:
+            f_qm -= de_dc
+        else:
+            f_qm -= de_dc.sum(axis=0) / len(qm)
         if scaled:
             np.add.at(f_mm, owner, -grad_sites)
             de_dw = q_near[partial] * (res.mm_potentials - COULOMB_KJMOL_NM * u_sites[partial])
-        else:
+        else:  # receding sites c + (r - c) / w move with the centroid c
             np.add.at(f_mm, owner, -grad_sites / weight[:, None])
-            de_dc += np.sum((1.0 - 1.0 / weight)[:, None] * grad_sites, axis=0)
+            f_qm -= np.sum((1.0 - 1.0 / weight)[:, None] * grad_sites, axis=0) / len(qm)
             de_dw = -np.einsum("ia,ia->i", grad_sites[partial], img[partial]) / weight[partial] ** 2
-        f_qm -= de_dc / len(qm)
 
         # switching weights w_i = 1 - prod_A (1 - S(|r_i - R_A|))
         one_minus = 1.0 - s[partial]  # dw_i/dS_iA = prod over the other QM atoms, as prefix x suffix products
@@ -209,4 +231,4 @@ class PeriodicEmbedding:
         dE_dvec = (de_dw[:, None] * dw_ds * ds[partial])[:, :, None] * unit_vec  # dE/d(r_i - R_A)
         np.add.at(f_mm, owner[partial], -dE_dvec.sum(axis=1))
         f_qm += dE_dvec.sum(axis=0)
-        return EmbeddingResult(res.energy, f_qm, f_mm, res, len(img), float(e_far))
+        return EmbeddingResult(res.energy, f_qm, f_mm, res, len(img), e_far)

@@ -60,7 +60,8 @@ def _radial(r2: float, alpha: float) -> tuple[float, float, float, float]:
 
 
 @numba.njit(cache=True)
-def _point_tensors(x: np.ndarray, q: np.ndarray, alpha: float):
+def _point_tensors(shift: np.ndarray, x: np.ndarray, q: np.ndarray, alpha: float, r_max2: float):
+    """t0..t3 at field offsets shift + x_j from the sources (see :func:`point_tensors_at`), one centre."""
     # moments of the sources: sum q B_n x^k, symmetric parts only (10 of the 27 third-order terms)
     s0 = s1b = 0.0
     s1 = np.zeros(3)
@@ -68,8 +69,11 @@ def _point_tensors(x: np.ndarray, q: np.ndarray, alpha: float):
     s2 = np.zeros((3, 3))
     s3 = np.zeros((3, 3, 3))
     for j in range(len(q)):
-        x0, x1, x2 = x[j, 0], x[j, 1], x[j, 2]
-        b0, b1, b2, b3 = _radial(x0 * x0 + x1 * x1 + x2 * x2, alpha)
+        x0, x1, x2 = x[j, 0] + shift[0], x[j, 1] + shift[1], x[j, 2] + shift[2]
+        r2 = x0 * x0 + x1 * x1 + x2 * x2
+        if r2 >= r_max2:
+            continue
+        b0, b1, b2, b3 = _radial(r2, alpha)
         qj = q[j]
         s0 += qj * b0
         s1b += qj * b1
@@ -109,11 +113,31 @@ def _point_tensors(x: np.ndarray, q: np.ndarray, alpha: float):
     return s0, -s1, t2, t3
 
 
+@numba.njit(cache=True, parallel=True)
+def _point_tensors_at(shifts: np.ndarray, x: np.ndarray, q: np.ndarray, alpha: float, r_max2: float):
+    k = len(shifts)
+    t0, t1, t2, t3 = np.empty(k), np.empty((k, 3)), np.empty((k, 3, 3)), np.empty((k, 3, 3, 3))
+    for c in numba.prange(k):
+        t0[c], t1[c], t2[c], t3[c] = _point_tensors(shifts[c], x, q, alpha, r_max2)
+    return t0, t1, t2, t3
+
+
+def point_tensors_at(shifts: np.ndarray, x: np.ndarray, q: np.ndarray, alpha: float | None,
+                     r_max: float = math.inf) -> FieldTensors:
+    """Potential derivatives at k field points of sources q, the field point c minus source j being
+    shifts[c] + x[j]; tensors with a leading axis k (t0 (k,), t1 (k, 3), ...). alpha: Ewald real-space
+    kernel erfc(alpha r)/r, None for the bare 1/r; pairs at r_max or farther are left out (the screened
+    kernel's cutoff)."""
+    return FieldTensors(*_point_tensors_at(np.ascontiguousarray(shifts, dtype=float).reshape(-1, 3),
+                                           np.ascontiguousarray(x, dtype=float).reshape(-1, 3),
+                                           np.ascontiguousarray(q, dtype=float), alpha or 0.0, r_max * r_max))
+
+
 def point_tensors(x: np.ndarray, q: np.ndarray, alpha: float | None) -> FieldTensors:
     """Potential derivatives at the origin of sources q at -x (x = field point - source);
     alpha: Ewald real-space kernel erfc(alpha r)/r, None for the bare 1/r."""
-    t0, t1, t2, t3 = _point_tensors(np.ascontiguousarray(x, dtype=float), np.asarray(q, dtype=float), alpha or 0.0)
-    return FieldTensors(float(t0), t1, t2, t3)
+    t = point_tensors_at(np.zeros((1, 3)), x, q, alpha)
+    return FieldTensors(float(t.t0[0]), t.t1[0], t.t2[0], t.t3[0])
 
 
 @numba.njit(cache=True, inline="always")
@@ -132,26 +156,35 @@ def _response(x0: float, x1: float, x2: float, m0: float, m1: np.ndarray, m2: np
             radial * x2 - b1 * m1[2] + b2 * m2x2)
 
 
-@numba.njit(cache=True)
-def _multipole_response(x: np.ndarray, m0: float, m1: np.ndarray, m2: np.ndarray, alpha: float):
+@numba.njit(cache=True, parallel=True)
+def _multipole_response(shifts, x, m0, m1, m2, alpha, r_max2):
     n = len(x)
-    u = np.empty(n)
-    g = np.empty((n, 3))
-    for j in range(n):
-        u[j], g[j, 0], g[j, 1], g[j, 2] = _response(x[j, 0], x[j, 1], x[j, 2], m0, m1, m2, alpha)
+    u = np.zeros(n)
+    g = np.zeros((n, 3))
+    for j in numba.prange(n):
+        for c in range(len(shifts)):
+            x0, x1, x2 = x[j, 0] + shifts[c, 0], x[j, 1] + shifts[c, 1], x[j, 2] + shifts[c, 2]
+            if x0 * x0 + x1 * x1 + x2 * x2 >= r_max2:
+                continue
+            uj, g0, g1, g2 = _response(x0, x1, x2, m0[c], m1[c], m2[c], alpha)
+            u[j] += uj
+            g[j, 0] += g0
+            g[j, 1] += g1
+            g[j, 2] += g2
     return u, g
 
 
-@numba.njit(cache=True)
-def add_multipole_gradient(
-    x: np.ndarray, owners: np.ndarray, m0: float, m1: np.ndarray, m2: np.ndarray, alpha: float, out: np.ndarray
-) -> None:
-    """out[owners[j]] += grad_x U(x_j): :func:`multipole_response`'s gradient summed per source charge."""
-    for j in range(len(x)):
-        _, g0, g1, g2 = _response(x[j, 0], x[j, 1], x[j, 2], m0, m1, m2, alpha)
-        out[owners[j], 0] += g0
-        out[owners[j], 1] += g1
-        out[owners[j], 2] += g2
+def multipole_response_sum(
+    shifts: np.ndarray, x: np.ndarray, m0: np.ndarray, m1: np.ndarray, m2: np.ndarray, alpha: float | None,
+    r_max: float = math.inf,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`multipole_response` of k multipoles (m0 (k,), m1 (k, 3), m2 (k, 3, 3)) summed, multipole c
+    seeing source j at field offset shifts[c] + x[j]; pairs at r_max or farther are left out."""
+    return _multipole_response(np.ascontiguousarray(shifts, dtype=float).reshape(-1, 3),
+                               np.ascontiguousarray(x, dtype=float).reshape(-1, 3),
+                               np.ascontiguousarray(m0, dtype=float).reshape(-1),
+                               np.ascontiguousarray(m1, dtype=float).reshape(-1, 3),
+                               np.ascontiguousarray(m2, dtype=float).reshape(-1, 3, 3), alpha or 0.0, r_max * r_max)
 
 
 def multipole_response(
@@ -163,5 +196,4 @@ def multipole_response(
     U = m0 f + m1 . grad f + 1/2 m2 : grad grad f (f evaluated at x). Returns U (n,)
     and G = grad_x U (n, 3); the force on the source is +G times its charge.
     """
-    return _multipole_response(np.ascontiguousarray(x, dtype=float), float(m0), np.asarray(m1, dtype=float),
-                               np.asarray(m2, dtype=float), alpha or 0.0)
+    return multipole_response_sum(np.zeros((1, 3)), x, m0, m1, m2, alpha)

@@ -30,7 +30,7 @@ import numba
 import numpy as np
 import scipy.fft
 
-from bioqmmm.qmmm.ewald import FieldTensors, add_multipole_gradient, point_tensors
+from bioqmmm.qmmm.ewald import FieldTensors, multipole_response_sum, point_tensors_at
 
 #: B-spline order of the mesh (degree 5: the third derivatives at the centre, which enter the forces,
 #: are continuous; an even order keeps the B-spline moduli finite at the Nyquist frequency).
@@ -213,15 +213,17 @@ _ORDERS = [tuple(combo.count(axis) for axis in range(3)) for n in range(4)
 
 @dataclass(frozen=True)
 class FarFieldGeometry:
-    """What both sums need of one configuration: the real-space images (image - centre) and their owners,
-    every charge's B-spline support on the mesh (valid until the next geometry), and the centre's support
-    (grid block for np.ix_, tables (axis, derivative 0..3, s))."""
+    """What both sums need of one configuration: the expansion centres as offsets from the origin
+    (shifts, (k, 3)), the real-space images (image - origin) within reach of every centre and their owners,
+    every charge's B-spline support on the mesh (valid until the next geometry), and each centre's support
+    (grid blocks for np.ix_, tables (k, axis, derivative 0..3, s))."""
 
+    shifts: np.ndarray
     images: np.ndarray
     owners: np.ndarray
     weights: np.ndarray
     index: np.ndarray
-    centre_block: tuple[np.ndarray, ...]
+    centre_blocks: tuple[tuple[np.ndarray, ...], ...]
     centre_tables: np.ndarray
 
 
@@ -274,52 +276,66 @@ class EwaldFarField:
         tables = np.array([bspline_table(u[a] - base[a], 3) for a in range(3)])
         return np.ix_(*index), tables
 
-    def geometry(self, center: np.ndarray, d0: np.ndarray) -> FarFieldGeometry:
-        """Real-space images and mesh supports of charges at ``center + d0`` (d0: minimum image, nm)."""
-        images, owners = images_within(d0, self.box, self.real_cutoff)
+    def geometry(self, origin: np.ndarray, d0: np.ndarray, centres: np.ndarray | None = None) -> FarFieldGeometry:
+        """Real-space images and mesh supports of charges at ``origin + d0`` (d0: minimum image, nm), for
+        expansion centres ``centres`` (k, 3) near the origin (nm; default: the origin itself)."""
+        origin = np.asarray(origin, dtype=float)
+        centres = origin[None] if centres is None else np.asarray(centres, dtype=float).reshape(-1, 3)
+        shifts = centres - origin
+        # an image leaves this set only beyond real_cutoff of every centre, where erfc(alpha r) < REAL_SPACE_TAIL
+        reach = self.real_cutoff + float(np.linalg.norm(shifts, axis=1).max())
+        images, owners = images_within(d0, self.box, reach)
         if len(self._supports[0]) != len(d0):  # buffers reused while the number of charges stays
             self._supports = (np.empty((len(d0), 3, 2, SPLINE_ORDER)),
                               np.empty((len(d0), 3, SPLINE_ORDER), dtype=np.int64))
         weights, index = self._supports
-        _supports(np.ascontiguousarray((center + d0) @ self.to_grid), self.shape, weights, index)
-        return FarFieldGeometry(images, owners, weights, index, *self._centre_support(np.asarray(center, dtype=float)))
+        _supports(np.ascontiguousarray((origin + d0) @ self.to_grid), self.shape, weights, index)
+        supports = [self._centre_support(c) for c in centres]
+        return FarFieldGeometry(shifts, images, owners, weights, index, tuple(block for block, _ in supports),
+                                np.array([tables for _, tables in supports]))
 
     def tensors(self, geometry: FarFieldGeometry, q: np.ndarray) -> FieldTensors:
-        """phi and its first three derivatives at the centre of the charges q (e) of ``geometry``."""
+        """phi and its first three derivatives at each centre of the charges q (e) of ``geometry``:
+        t0 (k,), t1 (k, 3), t2 (k, 3, 3), t3 (k, 3, 3, 3)."""
         potential = self._convolve(_spread(geometry.weights, geometry.index, q, self._grids))
         tables = geometry.centre_tables
-        local = potential[geometry.centre_block]
-        by_order = {o: np.einsum("xyz,x,y,z->", local, tables[0, o[0]], tables[1, o[1]], tables[2, o[2]])
-                    for o in _ORDERS}
-        u1 = np.array([by_order[(1, 0, 0)], by_order[(0, 1, 0)], by_order[(0, 0, 1)]])
-        u2 = np.array([[by_order[_multi_index(i, j)] for j in range(3)] for i in range(3)])
-        u3 = np.array([[[by_order[_multi_index(i, j, k)] for k in range(3)] for j in range(3)] for i in range(3)])
+        local = np.array([potential[block] for block in geometry.centre_blocks])
+        by_order = {o: np.einsum("kxyz,kx,ky,kz->k", local, tables[:, 0, o[0]], tables[:, 1, o[1]],
+                                 tables[:, 2, o[2]]) for o in _ORDERS}
+        u1 = np.stack([by_order[(1, 0, 0)], by_order[(0, 1, 0)], by_order[(0, 0, 1)]], axis=-1)
+        u2 = np.stack([np.stack([by_order[_multi_index(i, j)] for j in range(3)], axis=-1) for i in range(3)], axis=-2)
+        u3 = np.stack([np.stack([np.stack([by_order[_multi_index(i, j, k)] for k in range(3)], axis=-1)
+                                 for j in range(3)], axis=-2) for i in range(3)], axis=-3)
         g = self.to_grid
-        mesh = FieldTensors(float(by_order[(0, 0, 0)]) + self.background * float(np.sum(q)), g @ u1, g @ u2 @ g.T,
-                            np.einsum("ai,bj,ck,ijk->abc", g, g, g, u3))
-        return mesh + point_tensors(-geometry.images, q[geometry.owners], self.alpha)
+        mesh = FieldTensors(by_order[(0, 0, 0)] + self.background * float(np.sum(q)), u1 @ g.T,
+                            np.einsum("ai,kij,bj->kab", g, u2, g), np.einsum("ai,bj,cl,kijl->kabc", g, g, g, u3))
+        return mesh + point_tensors_at(geometry.shifts, -geometry.images, q[geometry.owners], self.alpha,
+                                       self.real_cutoff)
 
-    def multipole_gradient(self, geometry: FarFieldGeometry, m0: float, m1: np.ndarray, m2: np.ndarray) -> np.ndarray:
-        """grad_x U at x = center - r_j for U = m0 psi + m1.grad psi + 1/2 m2 : grad grad psi, (n, 3).
-
-        The force on a charge q_j is q_j times this.
+    def multipole_gradient(self, geometry: FarFieldGeometry, m0: np.ndarray, m1: np.ndarray,
+                           m2: np.ndarray) -> np.ndarray:
+        """grad_x U at x = c - r_j for U = sum_c m0 psi + m1.grad psi + 1/2 m2 : grad grad psi, (n, 3): the
+        multipoles m0 (k,), m1 (k, 3), m2 (k, 3, 3) at the centres c. The force on a charge q_j is q_j times this.
         """
         g = self.to_grid
-        mu1 = g.T @ m1  # the multipole in grid units
-        mu2 = g.T @ m2 @ g
-        tables = geometry.centre_tables
-        local = m0 * np.einsum("x,y,z->xyz", tables[0, 0], tables[1, 0], tables[2, 0])
-        for o in _ORDERS[1:10]:  # d/dc of M(u_c - g): the centre's B-spline derivatives, orders 1 and 2
-            axes = [a for a in range(3) for _ in range(o[a])]
-            coefficient = mu1[axes[0]] if len(axes) == 1 else mu2[axes[0], axes[1]] * (0.5 if o.count(2) else 1.0)
-            local += coefficient * np.einsum("x,y,z->xyz", tables[0, o[0]], tables[1, o[1]], tables[2, o[2]])
+        m0 = np.asarray(m0, dtype=float).reshape(-1)
+        m1 = np.asarray(m1, dtype=float).reshape(-1, 3)
+        m2 = np.asarray(m2, dtype=float).reshape(-1, 3, 3)
         spread = np.zeros(self.shape)
-        np.add.at(spread, geometry.centre_block, local)
+        for c, (block, tables) in enumerate(zip(geometry.centre_blocks, geometry.centre_tables, strict=True)):
+            mu1 = g.T @ m1[c]  # the multipole in grid units
+            mu2 = g.T @ m2[c] @ g
+            local = m0[c] * np.einsum("x,y,z->xyz", tables[0, 0], tables[1, 0], tables[2, 0])
+            for o in _ORDERS[1:10]:  # d/dc of M(u_c - g): the centre's B-spline derivatives, orders 1 and 2
+                axes = [a for a in range(3) for _ in range(o[a])]
+                coefficient = mu1[axes[0]] if len(axes) == 1 else mu2[axes[0], axes[1]] * (0.5 if o.count(2) else 1.0)
+                local += coefficient * np.einsum("x,y,z->xyz", tables[0, o[0]], tables[1, o[1]], tables[2, o[2]])
+            np.add.at(spread, block, local)
         potential = self._convolve(spread)
         # U_j = sum_g M(u_j - g) potential(g); grad_x = -grad_{r_j} = -(d/du) to_grid^T
         gradient = -_interpolated_gradient(geometry.weights, geometry.index, potential) @ g.T
-        add_multipole_gradient(-geometry.images, geometry.owners, float(m0), np.asarray(m1, dtype=float),
-                               np.asarray(m2, dtype=float), self.alpha, gradient)
+        _, real = multipole_response_sum(geometry.shifts, -geometry.images, m0, m1, m2, self.alpha, self.real_cutoff)
+        np.add.at(gradient, geometry.owners, real)
         return gradient
 
 
