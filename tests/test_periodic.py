@@ -264,6 +264,7 @@ def solvated_dipeptide():
     return top, system, np.array(positions.value_in_unit(unit.nanometer)), qm
 
 
+@pytest.mark.slow  # ~40 s: three HF gradients of the 22-atom region
 def test_far_field_about_each_atom_is_closer_to_every_charge_exact(solvated_dipeptide):
     """The 22-atom dipeptide with a short near field (0.6 nm): the far field expanded about each QM atom is
     several times closer to the all-exact reference (cutoff half the box) than the expansion about the
