@@ -24,12 +24,11 @@ import datetime
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from openmm import unit
 from qmmm_step import build_model, machine_info, make_engine, make_mol, run_floor
-from report import write_section
+from report import sized_benchmark_arguments, write_section
 
 from bioqmmm import QMMMSystem
 from bioqmmm.qmmm.embedding import whole_region
@@ -105,11 +104,8 @@ def section(results: list[dict], args, info: dict[str, str]) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 100000])
+    sized_benchmark_arguments(parser)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--method", default="b3lyp")
-    parser.add_argument("--basis", default="6-31g*")
-    parser.add_argument("--write", type=Path)
     args = parser.parse_args(argv)
     info = machine_info()
     results = [measure(size, args.method, args.basis, args.repeats) for size in args.sizes]

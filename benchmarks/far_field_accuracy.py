@@ -24,11 +24,10 @@ import argparse
 import datetime
 import platform
 import sys
-from pathlib import Path
 
 import numpy as np
 from qmmm_step import build_model, machine_info, make_engine
-from report import write_section
+from report import sized_benchmark_arguments, write_section
 
 from bioqmmm import QMMMSystem
 from bioqmmm.qmmm.embedding import PeriodicEmbedding
@@ -99,10 +98,7 @@ def section(results: list[dict], args, info: dict[str, str]) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 100000])
-    parser.add_argument("--method", default="b3lyp")
-    parser.add_argument("--basis", default="6-31g*")
-    parser.add_argument("--write", type=Path)
+    sized_benchmark_arguments(parser)
     args = parser.parse_args(argv)
     info = machine_info()
     results = [measure(size, args.method, args.basis) for size in args.sizes]

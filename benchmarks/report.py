@@ -56,6 +56,15 @@ def write_section(path: Path | None, lines: list[str]) -> None:
         path.write_text("\n".join(lines).rstrip() + "\n")
 
 
+def sized_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--sizes`` (target atom counts of the solvated dipeptide boxes), ``--method``, ``--basis`` and ``--write``
+    of a benchmark over box sizes at one level of theory."""
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 100000])
+    parser.add_argument("--method", default="b3lyp")
+    parser.add_argument("--basis", default="6-31g*")
+    parser.add_argument("--write", type=Path)
+
+
 def protocol_benchmark_arguments(parser: argparse.ArgumentParser, figures: str) -> None:
     """``--work`` (folder for the runs), ``--write`` (the section's markdown file) and ``--figures`` (where
     ``figures`` go) of a benchmark that runs protocol files."""
