@@ -33,9 +33,11 @@ from bioqmmm.run.runner import run_protocol
 from bioqmmm.sampling.coordinates import Umbrella, dihedral, distance, distance_difference, umbrella_windows
 from bioqmmm.sampling.metadynamics import MetadynamicsSettings, TabulatedBias, build_bias
 from bioqmmm.sampling.reweighting import Window, kish_ess, reweight
+from bioqmmm.sampling.starts import coordinate_values, nearest_frames, read_models
 from bioqmmm.sampling.windows import (
     ChunkedFrames,
     SamplingSettings,
+    pulled_start,
     retained_window,
     sample_window,
     system_energy,
@@ -724,3 +726,38 @@ def test_xtb_sampled_dft_target_protocol_runs(tmp_path):
     assert 0.0 < result["lowest_cheap_ess_fraction"] <= 1.0
     rows = list(csv.DictReader(open(tmp_path / "out" / "windows.csv")))
     assert len(rows) == 4 and all(float(r["kish_ess"]) > 0 for r in rows)
+
+
+def test_windows_start_from_the_given_model_nearest_their_centre(tmp_path, monkeypatch):
+    """``starts``: the coordinate of each model is OpenMM's (= mdtraj's φ), each window takes the model
+    nearest its centre (across ±π), nothing is pulled on the MM surface, and a file of other atoms is
+    refused by name."""
+    top, system, positions = alanine_dipeptide()
+    x = np.array(positions.value_in_unit(unit.nanometer))
+    phi_atoms = mdtraj.compute_phi(mdtraj.Trajectory(x[None], mdtraj.Topology.from_openmm(top)))[0][0]
+    phi = dihedral(*phi_atoms)
+    models = [pulled_start(system, phi, Umbrella(c, 300.0, 2 * math.pi), x) for c in (-1.6, -1.2, 3.0)]
+    path = tmp_path / "models.pdb"
+    with open(path, "w") as handle:
+        app.PDBFile.writeHeader(top, handle)
+        for k, model in enumerate(models):
+            app.PDBFile.writeModel(top, model * unit.nanometer, handle, modelIndex=k + 1)
+        app.PDBFile.writeFooter(top, handle)
+    frames = read_models(path, top)
+    values = coordinate_values(phi, frames)
+    expected = mdtraj.compute_dihedrals(mdtraj.Trajectory(np.array(frames), mdtraj.Topology.from_openmm(top)),
+                                        [phi_atoms])[:, 0]
+    assert values == pytest.approx(expected, abs=1e-4)  # PDB coordinates carry 1e-4 nm
+    assert nearest_frames(values, [Umbrella(c, 300.0, 2 * math.pi) for c in (-1.5, -1.25, -3.1)]) == [0, 1, 2]
+
+    def no_pull(*args, **kwargs):
+        raise AssertionError("a window with a given start was pulled")
+
+    monkeypatch.setattr("bioqmmm.protocols.pmf.pulled_start", no_pull)
+    protocol = _two_windows(tmp_path, "[-1.6, -1.2]", samples=6)
+    protocol.write_text(protocol.read_text().replace("  seed: 2026\n", "  seed: 2026\n  starts: models.pdb\n"))
+    result = run_protocol(protocol, progress=False)
+    assert result["windows"]["cheap"] == 2
+    shutil.copy(PROTOCOLS.parent / "bioqmmm" / "data" / "formamide.pdb", tmp_path / "models.pdb")
+    with pytest.raises(InputError, match="models.pdb: 6 atoms per model, the system has 22"):
+        run_protocol(protocol, progress=False)

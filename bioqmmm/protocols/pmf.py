@@ -2,7 +2,8 @@
 optionally windows at the target level), MBAR to the target.
 
 Every window (and the metadynamics state) is a replica of the replica runner (over MPI under
-mpirun): its start is pulled into the window on the MM surface, it samples at its level
+mpirun): its start is pulled into the window on the MM surface (or, with ``starts``, is the given
+model nearest its centre: :mod:`bioqmmm.sampling.starts`), it samples at its level
 (:mod:`bioqmmm.sampling.windows`) into ``OUTPUT/windows/NAME`` with checkpoints, decorrelates
 its samples and evaluates both levels on the retained frames (the target's QM/MM energies, the
 expensive part, are thus spread over the ranks). Rank 0 then merges all states in one MBAR
@@ -39,6 +40,7 @@ from bioqmmm.results import new_figure, quantity, write_results
 from bioqmmm.sampling.coordinates import ReactionCoordinate, Term, Umbrella, distance_difference, umbrella_windows
 from bioqmmm.sampling.metadynamics import MetadynamicsSettings, TabulatedBias, build_bias
 from bioqmmm.sampling.reweighting import Profile, Window, in_range, reweight
+from bioqmmm.sampling.starts import coordinate_values, nearest_frames, read_models
 from bioqmmm.sampling.windows import SamplingSettings, pulled_start, retained_window, sample_window, system_energy
 from bioqmmm.simulation.checkpoint import save_arrays
 from bioqmmm.simulation.identity import array_digest, fingerprint
@@ -134,7 +136,9 @@ def run(context: RunContext, settings: PMFSettings) -> dict:
     if settings.metadynamics is not None:
         metadynamics_range(settings.metadynamics, coordinate.period)
     start = comm.bcast(np.asarray(positions) if comm.rank == 0 else None)
+    starts = _given_starts(context, settings, coordinate, plans)
     identities = {name: _window_identity(context, settings, plan, coordinate) for name, plan in plans.items()}
+    identities.update({name: fingerprint(identities[name], array_digest(x, 6)) for name, x in starts.items()})
     energies_identity = fingerprint(*context.inputs_at(None), settings_record(settings.cheap), context.platform)
     levels = _Levels(context, settings)
     folder = out / "windows"
@@ -155,7 +159,9 @@ def run(context: RunContext, settings: PMFSettings) -> dict:
             identity = fingerprint(identity, array_digest(np.array(bias.values), 9))  # the samples' own bias
         else:
             bias = plan.bias
-            x = start if resumed else pulled_start(qmmm.reference_system, coordinate, bias, start, box)
+            x = starts.get(plan.name)
+            if x is None:
+                x = start if resumed else pulled_start(qmmm.reference_system, coordinate, bias, start, box)
         system, sampled_qmmm = levels.sampling_system(plan.level)
         samples = sample_window(system, coordinate, bias, x, sampling, where, box=box, qmmm=sampled_qmmm,
                                 platform=context.platform, threads=context.threads,
@@ -298,6 +304,21 @@ def _load_bias(path: Path, period: float | None) -> tuple[TabulatedBias, np.ndar
     with np.load(path, allow_pickle=False) as data:
         low, high = (float(v) for v in data["range"])
         return TabulatedBias(tuple(float(v) for v in data["values"]), low, high, period), np.array(data["positions"])
+
+
+def _given_starts(context: RunContext, settings: PMFSettings, coordinate: ReactionCoordinate,
+                  plans: dict[str, WindowPlan]) -> dict[str, np.ndarray]:
+    """The ``starts`` model nearest each umbrella window's centre (none when no ``starts`` are given)."""
+    if settings.starts is None:
+        return {}
+    frames = read_models(context.base / settings.starts, context.qmmm.topology)
+    values = coordinate_values(coordinate, frames, context.box)
+    umbrellas = {name: plan.bias for name, plan in plans.items() if plan.bias is not None}
+    chosen = nearest_frames(values, list(umbrellas.values()))
+    if context.progress and context.comm.rank == 0:
+        print(f"window starts from {settings.starts}: s of its {len(frames)} models "
+              + " ".join(f"{v:.3f}" for v in values), flush=True)
+    return {name: frames[k] for name, k in zip(umbrellas, chosen, strict=True)}
 
 
 def _restore_constraints(system: openmm.System, reference: openmm.System) -> None:

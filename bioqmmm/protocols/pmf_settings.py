@@ -154,6 +154,9 @@ class PMFSettings(Declared):
                                                       unit="unit of s")
     min_ess_fraction: float = setting(0.1, doc="warn below this Kish ESS fraction of a cheap window",
                                       check="fraction")
+    starts: str | None = setting(None, doc="PDB/mmCIF models the umbrella windows start from (a band's "
+                                 "images.pdb): each from the model whose s is nearest its centre, not pulled")
+    new_keys = ("starts",)
 
     def check(self) -> None:
         if self.windows is None and self.metadynamics is None:
