@@ -106,6 +106,16 @@ def test_declared_charge_mismatch_is_reported_with_the_numbers(lysozyme, caplog)
     assert "the nearest integer is -1: check the declared charge" in caplog.text
 
 
+def test_uncharged_qm_molecule_is_not_checked_against_its_zero_charges(caplog):
+    """A whole molecule whose MM charges are all zero (a QM-only residue of the preparation) cannot tell
+    whether the declared charge is right: no warning, a note at INFO level."""
+    top, system, _ = alanine_dipeptide()
+    with caplog.at_level(logging.INFO, logger="bioqmmm.region.boundary"):
+        build_boundary(top, list(range(top.getNumAtoms())), np.zeros(top.getNumAtoms()), -2)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "carry no MM charges: the declared QM charge -2 is not checked" in caplog.text
+
+
 @pytest.mark.parametrize(("scheme", "keeps_dipole"), [("RCD", True), ("shift", True), ("RC", False)])
 def test_boundary_charge_schemes_and_bond_dipoles(lysozyme, scheme, keeps_dipole):
     """RCD and charge shift keep the charge and dipole of M1 + M2 (Lin & Truhlar 2005); RC keeps the charge."""

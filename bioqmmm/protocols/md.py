@@ -25,7 +25,7 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from bioqmmm.errors import CalculationError, InputError
+from bioqmmm.errors import InputError
 from bioqmmm.protocols.context import RunContext
 from bioqmmm.protocols.pmf_settings import LevelSection
 from bioqmmm.protocols.registry import Protocol
@@ -33,27 +33,12 @@ from bioqmmm.protocols.settings import Declared, FieldError, setting, settings_r
 from bioqmmm.qm.factory import create_engine
 from bioqmmm.results import plot_md, quantity, write_pdb_models, write_results
 from bioqmmm.simulation.checkpoint import read_checkpoint, read_meta, read_section, write_checkpoint
-from bioqmmm.simulation.environment import (
-    fixed_atoms,
-    qm_charges_on_atoms,
-    relax_environment,
-    reproducible_properties,
-    thermalise_environment,
-)
+from bioqmmm.simulation.environment import fixed_atoms, reproducible_properties, settled_environment
 from bioqmmm.simulation.identity import fingerprint, require_same_run
 from bioqmmm.simulation.imaging import ImagedReporter, MoleculeImager
 from bioqmmm.simulation.mts import mts_integrator
 from bioqmmm.simulation.reporters import QMMMReporter, read_rows
 from bioqmmm.simulation.stepping import closing_reporters, progress_bar, step_with_checkpoints
-
-#: MM relaxation of a fresh start structure (QM atoms fixed): RMS force tolerance (kJ/mol/nm) and
-#: iteration cap (removes solvation clashes; a full minimisation is the optimize protocol's job).
-START_RELAX_TOLERANCE = 10.0
-START_RELAX_MAX_ITERATIONS = 500
-#: Warm-up of the environment before the QM/MM run (fixed QM atoms): time step (fs; the run's if longer)
-#: and Langevin friction (1/ps; strong, so that 0.5 ps brings a minimised structure to temperature).
-WARMUP_TIMESTEP_FS = 1.0
-WARMUP_FRICTION_PER_PS = 10.0
 
 
 @dataclass(frozen=True)
@@ -187,24 +172,12 @@ def run_md(
             barostat.setRandomNumberSeed(settings.seed)
         qmmm.system.addForce(barostat)
     mm_platform = "CPU" if platform == "Reference" else platform
-    if not resume and settings.minimize_mm_first:
-        positions, _ = relax_environment(
-            qmmm, positions, tolerance=START_RELAX_TOLERANCE, max_iterations=START_RELAX_MAX_ITERATIONS,
-            box=box, platform=mm_platform,
-        )
     warm_velocities, warmup_temperature = None, None
-    if not resume and settings.warmup_ps > 0:
-        with qmmm.typed_errors():
-            qmmm.energy_and_forces(positions, box)
-        positions, warm_velocities, warmup_temperature = thermalise_environment(
-            qmmm, positions, temperature=settings.temperature_k, duration_ps=settings.warmup_ps,
-            timestep_fs=max(WARMUP_TIMESTEP_FS, settings.timestep_fs), friction_per_ps=WARMUP_FRICTION_PER_PS,
-            seed=settings.seed, qm_charges=qm_charges_on_atoms(qmmm), box=box,
-            platform=mm_platform,
-        )
-        if not (np.isfinite(positions).all() and np.isfinite(warm_velocities).all()):
-            raise CalculationError(f"the environment's warm-up ({settings.warmup_ps:g} ps) blew up: clashes the "
-                                   "start relaxation did not remove (minimize_mm_first: true), or set warmup_ps: 0")
+    if not resume:
+        positions, warm_velocities, warmup_temperature = settled_environment(
+            qmmm, positions, box=box, relax=settings.minimize_mm_first, warmup_ps=settings.warmup_ps,
+            temperature=settings.temperature_k, timestep_fs=settings.timestep_fs, seed=settings.seed,
+            platform=mm_platform)
     springs = read_section(files["checkpoint"], "mts.").get("springs") if resume else None
     integrator = _integrator(settings, qmmm, positions, box, springs, threads)  # before the Context: MTS adds forces
     simulation = app.Simulation(qmmm.topology, qmmm.system, integrator,

@@ -1,6 +1,7 @@
 """``protocol: steer``: steered MD along a reaction coordinate at the file's level (:mod:`bioqmmm.sampling.steering`).
 
-The start structure equilibrates under an umbrella at ``start`` (default: its own s), then the centre moves
+The start structure's environment is relaxed and warmed up at MM cost (as for ``protocol: md``), then it
+equilibrates under an umbrella at ``start`` (default: its own s), then the centre moves
 to ``end`` over ``steps``; the run checkpoints into ``OUTPUT/run`` and resumes. Written: ``steer.csv``
 (per sample: time, centre, s, accumulated work), ``path.pdb`` (``models`` frames whose centres are evenly
 spaced from start to end: starts for umbrella windows, ``protocol: pmf`` key ``starts``, or endpoints for a
@@ -10,6 +11,7 @@ band), ``steer.png`` and ``result.json``.
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from bioqmmm.results import new_figure, quantity, write_pdb_models, write_result
 from bioqmmm.sampling.starts import coordinate_values
 from bioqmmm.sampling.steering import steered_run
 from bioqmmm.sampling.windows import SamplingSettings
+from bioqmmm.simulation.environment import settled_environment
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class SteerSettings(Declared):
     temperature_k: float = setting(300.0, doc="Langevin thermostat", check="positive")
     friction_per_ps: float = setting(5.0, doc="Langevin friction", check="positive")
     seed: int = setting(1, doc="random seed", check="positive_int")
+    minimize_mm_first: bool = setting(True, doc="relax the environment (QM atoms fixed) first")
+    warmup_ps: float = setting(0.5, doc="then Langevin MD of the environment at temperature_k (QM atoms fixed), "
+                               "at MM cost; 0: none", check="non_negative")
     checkpoint_interval: int = setting(50, doc="samples between checkpoints", check="positive_int")
     models: int = setting(20, doc="frames written to path.pdb, centres evenly from start to end",
                           check="positive_int")
@@ -64,7 +70,18 @@ def run(context: RunContext, settings: SteerSettings) -> dict[str, Any]:
     coordinate = reaction_coordinate(settings.coordinate, qmmm.topology)
     if coordinate.period is not None:
         raise InputError("steer: a dihedral coordinate cannot be steered (its centre would wrap at ±π)")
-    start_value = float(coordinate_values(coordinate, [context.positions], context.box)[0])
+    positions = context.positions
+    first = out / "run" / "start.json"  # the settled start's s: a resumed run moves the centre the same way
+    if (out / "run" / "checkpoint.npz").exists() and first.exists():
+        start_value = json.loads(first.read_text())["start_structure_s"]
+    else:
+        positions, _, _ = settled_environment(
+            qmmm, positions, box=context.box, relax=settings.minimize_mm_first, warmup_ps=settings.warmup_ps,
+            temperature=settings.temperature_k, timestep_fs=settings.timestep_fs, seed=settings.seed,
+            platform="CPU" if context.platform == "Reference" else context.platform)
+        start_value = float(coordinate_values(coordinate, [positions], context.box)[0])
+        first.parent.mkdir(parents=True, exist_ok=True)
+        first.write_text(json.dumps({"start_structure_s": start_value}) + "\n")
     start = start_value if settings.start is None else settings.start
     sampling = SamplingSettings(
         samples=settings.steps // settings.sample_interval, sample_interval=settings.sample_interval,
@@ -72,7 +89,7 @@ def run(context: RunContext, settings: SteerSettings) -> dict[str, Any]:
         temperature_k=settings.temperature_k, friction_per_ps=settings.friction_per_ps, seed=settings.seed,
         checkpoint_interval=settings.checkpoint_interval)
     samples = steered_run(qmmm.system, coordinate, start, settings.end, settings.force_constant, sampling,
-                          out / "run", positions=context.positions, box=context.box, qmmm=qmmm,
+                          out / "run", positions=positions, box=context.box, qmmm=qmmm,
                           platform=context.platform, threads=context.threads, identity=context.identity,
                           poll=context.poll)
     work = np.cumsum(samples["work"])

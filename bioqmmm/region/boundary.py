@@ -242,7 +242,11 @@ def build_boundary(
     q = np.array(charges, dtype=float)
     defect = float(q[list(qm_atoms)].sum() - qm_charge)
     m1_hosts = sorted({link.mm_host for link in links})
-    _report_defect(defect, qm_charge, [atoms[i] for i in m1_hosts])
+    if m1_hosts or np.any(q[list(qm_atoms)]):
+        _report_defect(defect, qm_charge, [atoms[i] for i in m1_hosts])
+    else:  # e.g. a QM-only residue of the preparation: no MM charges to check the declared charge against
+        logger.info("the QM atoms carry no MM charges: the declared QM charge %d is not checked against them",
+                    qm_charge)
     extra: list[tuple[int, int, float, float]] = []  # anchor, other, weight, charge
     for hosts, share in _defect_shares(topology, qm_atoms, links, q, qm_charge, defect):
         q[hosts] += share / len(hosts)

@@ -13,6 +13,7 @@ import numpy as np
 import openmm
 from openmm import unit
 
+from bioqmmm.errors import CalculationError
 from bioqmmm.simulation.reporters import degrees_of_freedom, kinetic_temperature
 
 
@@ -77,6 +78,16 @@ def fixed_atoms(system: openmm.System, seeds: set[int]) -> set[int]:
                 fixed.add(j)
                 stack.append(j)
     return fixed
+
+
+#: MM relaxation of a fresh start structure (QM atoms fixed): RMS force tolerance (kJ/mol/nm) and
+#: iteration cap (removes solvation clashes; a full minimisation is the optimize protocol's job).
+START_RELAX_TOLERANCE = 10.0
+START_RELAX_MAX_ITERATIONS = 500
+#: Warm-up of the environment before a QM/MM run (fixed QM atoms): time step (fs; the run's if longer)
+#: and Langevin friction (1/ps; strong, so that 0.5 ps brings a minimised structure to temperature).
+WARMUP_TIMESTEP_FS = 1.0
+WARMUP_FRICTION_PER_PS = 10.0
 
 
 def relax_environment(
@@ -237,3 +248,39 @@ def qm_charges_on_atoms(qmmm) -> np.ndarray:
     for link, q in zip(qmmm.links, result.atomic_charges[len(qmmm.qm_atoms):], strict=True):
         charges[index[link.qm_host]] += q
     return charges
+
+
+def settled_environment(
+    qmmm,
+    positions: np.ndarray,
+    *,
+    box: np.ndarray | None,
+    relax: bool,
+    warmup_ps: float,
+    temperature: float,
+    timestep_fs: float,
+    seed: int | None,
+    platform: str = "CPU",
+) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+    """A fresh start structure made ready for QM/MM dynamics at MM cost: the environment relaxed
+    (``relax``; at most :data:`START_RELAX_MAX_ITERATIONS` to :data:`START_RELAX_TOLERANCE`), then
+    thermalised for ``warmup_ps`` around the fixed QM atoms carrying their charges from one QM/MM
+    evaluation (:func:`thermalise_environment`). Returns positions (nm), the warm-up's velocities
+    (nm/ps) and final environment temperature (K), both None without a warm-up (or an environment)."""
+    if len(qmmm.qm_atoms) == qmmm.topology.getNumAtoms():
+        return positions, None, None
+    if relax:
+        positions, _ = relax_environment(qmmm, positions, tolerance=START_RELAX_TOLERANCE,
+                                         max_iterations=START_RELAX_MAX_ITERATIONS, box=box, platform=platform)
+    if warmup_ps <= 0:
+        return positions, None, None
+    with qmmm.typed_errors():
+        qmmm.energy_and_forces(positions, box)
+    positions, velocities, reached = thermalise_environment(
+        qmmm, positions, temperature=temperature, duration_ps=warmup_ps,
+        timestep_fs=max(WARMUP_TIMESTEP_FS, timestep_fs), friction_per_ps=WARMUP_FRICTION_PER_PS, seed=seed,
+        qm_charges=qm_charges_on_atoms(qmmm), box=box, platform=platform)
+    if not (np.isfinite(positions).all() and np.isfinite(velocities).all()):
+        raise CalculationError(f"the environment's warm-up ({warmup_ps:g} ps) blew up: clashes the start "
+                               "relaxation did not remove (relax it first), or skip the warm-up")
+    return positions, velocities, reached
