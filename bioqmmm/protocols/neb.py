@@ -41,6 +41,7 @@ from bioqmmm.results import new_figure, quantity, read_result, write_pdb_models,
 from bioqmmm.simulation.environment import ConstraintProjector
 from bioqmmm.simulation.identity import array_digest, fingerprint
 from bioqmmm.simulation.imaging import MoleculeImager
+from bioqmmm.structure_files import check_same_atoms, read_structure
 
 ENDPOINTS = ("reactant", "product")
 
@@ -101,12 +102,7 @@ class NEBSettings(ActiveRegionKeys):
 def read_endpoint(path: Path, topology: app.Topology, positions: np.ndarray) -> np.ndarray:
     """Positions (nm) from the PDB/mmCIF ``path``: every atom of ``topology`` in its order, or some
     residues matched by chain id, residue number and name and atom name (the rest from ``positions``)."""
-    if not path.exists():
-        raise InputError(f"endpoint structure {path} does not exist")
-    try:
-        structure = app.PDBxFile(str(path)) if path.suffix.lower() in (".cif", ".mmcif") else app.PDBFile(str(path))
-    except Exception as exc:  # OpenMM's readers raise plain exceptions for malformed files
-        raise InputError(f"cannot read endpoint structure {path}: {exc}") from exc
+    structure = read_structure(path, "endpoint structure")
     xyz = structure.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
 
     def key(atom) -> tuple[str, str, str, str]:
@@ -114,10 +110,7 @@ def read_endpoint(path: Path, topology: app.Topology, positions: np.ndarray) -> 
 
     atoms = list(structure.topology.atoms())
     if len(atoms) == topology.getNumAtoms():
-        for mine, theirs in zip(topology.atoms(), atoms, strict=True):
-            if (mine.residue.name, mine.name) != (theirs.residue.name, theirs.name):
-                raise InputError(f"{path}: atom {theirs.index + 1} is {theirs.residue.name} {theirs.name}, the "
-                                 f"system has {mine.residue.name} {mine.name} there (same atoms, same order needed)")
+        check_same_atoms(path, topology, structure.topology)
         return np.array(xyz, dtype=float)
     index = {key(atom): atom.index for atom in topology.atoms()}
     if len(index) != topology.getNumAtoms():

@@ -13,6 +13,7 @@ the pages, fails. Tests that run a shipped protocol compare their fresh numbers 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -30,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORD = ROOT / "docs" / "numbers.json"
-PAGES = ("README.md", "protocols/README.md", "docs/*.md")
+PAGES = ("README.md", "protocols/README.md", "docs/*.md", "systems/*/README.md")
 #: A marked number; one written as an example in a code span (a backtick just before it) is not one.
 MARKER = re.compile(r"(?<!`)<!--n:(?P<key>[\w.]+)-->(?P<text>(?:(?!<!--).)*?)<!--/n-->", re.S)
 
@@ -63,6 +64,8 @@ class Entry:
     record: str = "result.json"
     #: files of the output folder copied into docs/ (output path → path under docs/), for the pages' figures
     figures: dict[str, str] = field(default_factory=dict)
+    #: run by ``--run all`` (not the test suites, nor the hour-long showcases of systems/, run by name)
+    in_all: bool = True
 
 
 def _run(protocol: str, figures: dict[str, str] | None = None, **numbers: Number) -> Entry:
@@ -154,9 +157,13 @@ ENTRIES: dict[str, Entry] = {
     "interface_1vfb_dft": Entry(("interface", "../shared/data/pdb/1VFB.cif", "-o", "{out}", "--partners", "A,B:C",
                                  "--method", "b3lyp", "--basis", "6-31g*", "--budget", "12", "--qm-scan", "region",
                                  "--refine-steps", "3", "--no-progress"), _interface_numbers(measured=False)),
-    "tests": Entry(("-m", "pytest", "-q", "-p", "no:cacheprovider"), command=(sys.executable,)),
+    "chorismate_mutase": Entry(("systems/chorismate_mutase/run", "-o", "{out}", "--no-progress"), {
+        key: Number((key,)) for key in ("enzyme_barrier", "water_barrier", "catalytic_effect", "enzyme_reaction",
+                                        "water_reaction")}, command=(sys.executable,),
+        figures={"profiles.png": "figures/systems/chorismate_mutase_profiles.png"}, in_all=False),
+    "tests": Entry(("-m", "pytest", "-q", "-p", "no:cacheprovider"), command=(sys.executable,), in_all=False),
     "tests_slow": Entry(("-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or shared_data"),
-                        command=(sys.executable,)),
+                        command=(sys.executable,), in_all=False),
 }
 
 
@@ -316,15 +323,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run", nargs="+", metavar="NAME", help=f"entries to run: all or any of {', '.join(ENTRIES)}")
     parser.add_argument("--check", action="store_true", help="list stale markers; exit 1 if any")
     parser.add_argument("--show-output", action="store_true", help="print the end of each run's output")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="run in this folder, kept (a rerun resumes the long examples), not a temporary one")
     args = parser.parse_args(argv)
     record = read_record()
     if args.run:
-        names = [n for n in ENTRIES if n not in ("tests", "tests_slow")] if args.run == ["all"] else args.run
+        names = [n for n, e in ENTRIES.items() if e.in_all] if args.run == ["all"] else args.run
         unknown = sorted(set(names) - set(ENTRIES))
         if unknown:
             parser.error(f"unknown entries {unknown}; known: {', '.join(ENTRIES)}")
         failed = []
-        with tempfile.TemporaryDirectory() as workdir:
+        kept = contextlib.nullcontext(str(args.workdir.resolve())) if args.workdir else None
+        with kept or tempfile.TemporaryDirectory() as workdir:
             for name in names:
                 print(f"running {name} ...", flush=True)
                 try:

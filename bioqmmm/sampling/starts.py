@@ -19,26 +19,15 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from bioqmmm.errors import InputError
 from bioqmmm.sampling.coordinates import ReactionCoordinate, Umbrella
+from bioqmmm.structure_files import check_same_atoms, read_structure
 
 
 def read_models(path: Path, topology: app.Topology) -> list[np.ndarray]:
     """Positions (nm) of every model of the PDB/mmCIF file ``path``, whose atoms must be ``topology``'s,
     in its order (residue and atom names are compared)."""
-    if not path.exists():
-        raise InputError(f"start structures {path} do not exist")
-    try:
-        structure = app.PDBxFile(str(path)) if path.suffix.lower() in (".cif", ".mmcif") else app.PDBFile(str(path))
-    except Exception as exc:  # OpenMM's readers raise plain exceptions for malformed files
-        raise InputError(f"cannot read start structures {path}: {exc}") from exc
-    theirs = list(structure.topology.atoms())
-    if len(theirs) != topology.getNumAtoms():
-        raise InputError(f"{path}: {len(theirs)} atoms per model, the system has {topology.getNumAtoms()}")
-    for mine, atom in zip(topology.atoms(), theirs, strict=True):
-        if (mine.residue.name, mine.name) != (atom.residue.name, atom.name):
-            raise InputError(f"{path}: atom {atom.index + 1} is {atom.residue.name} {atom.name}, the system has "
-                             f"{mine.residue.name} {mine.name} there (same atoms, same order needed)")
+    structure = read_structure(path, "start structures")
+    check_same_atoms(path, topology, structure.topology)
     return [np.array(structure.getPositions(asNumpy=True, frame=k).value_in_unit(unit.nanometer), dtype=float)
             for k in range(structure.getNumFrames())]
 

@@ -23,11 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import openmm
-from openmm import unit
 
-from bioqmmm.qmmm.surgery import free_force_group
 from bioqmmm.sampling.coordinates import ReactionCoordinate, Umbrella
-from bioqmmm.sampling.windows import SamplingSettings, sample
+from bioqmmm.sampling.windows import SamplingSettings, add_bias, sample
 
 
 def centre_at(step: int, start: float, end: float, equilibration_steps: int, pull_steps: int) -> float:
@@ -59,23 +57,16 @@ def steered_run(
     the frames (nm, on disk)."""
     if coordinate.period is not None:
         raise ValueError("steering along a dihedral is not supported: its centre would have to wrap at ±π")
-    umbrella = Umbrella(start, force_constant)
-    periodic = system.usesPeriodicBoundaryConditions()
-    bias_force = coordinate.bias_force(umbrella, periodic)
-    group = free_force_group(system, "the steering umbrella")
-    bias_force.setForceGroup(group)
-    system.addForce(bias_force)
-    unbiased = sum(1 << g for g in range(32) if g != group)
+    bias_force, unbiased_energy = add_bias(system, coordinate, Umbrella(start, force_constant))
     pull_steps = settings.samples * settings.sample_interval
 
     def measure(context: openmm.Context, state: openmm.State) -> dict[str, float]:
-        energy = context.getState(getEnergy=True, groups=unbiased).getPotentialEnergy()
         s = coordinate.value(bias_force.getCollectiveVariableValues(context))
         held = context.getParameter("s0_bias")
         moved = centre_at(context.getStepCount(), start, end, settings.equilibration_steps, pull_steps)
         context.setParameter("s0_bias", moved)
         return {"s": s, "center": held, "work": 0.5 * force_constant * ((s - moved) ** 2 - (s - held) ** 2),
-                "energy": energy.value_in_unit(unit.kilojoule_per_mole)}
+                "energy": unbiased_energy(context)}
 
     return sample(system, positions, settings, folder, measure, box=box, qmmm=qmmm, platform=platform,
                   threads=threads, identity=identity, poll=poll, what=f"steering from s = {start:.4g} to {end:.4g}",

@@ -119,17 +119,11 @@ def sample_window(
     sample and may raise to stop.
     A checkpoint from other settings (``identity``) is refused.
     """
-    periodic = system.usesPeriodicBoundaryConditions()
-    bias_force = coordinate.bias_force(bias, periodic)
-    group = free_force_group(system, "the umbrella bias")
-    bias_force.setForceGroup(group)
-    system.addForce(bias_force)
-    unbiased = sum(1 << g for g in range(32) if g != group)
+    bias_force, unbiased_energy = add_bias(system, coordinate, bias)
 
     def measure(context: openmm.Context, state: openmm.State) -> dict[str, float]:
-        energy = context.getState(getEnergy=True, groups=unbiased).getPotentialEnergy()
         return {"s": coordinate.value(bias_force.getCollectiveVariableValues(context)),
-                "energy": energy.value_in_unit(unit.kilojoule_per_mole)}
+                "energy": unbiased_energy(context)}
 
     joined = sample(system, positions, settings, folder, measure, box=box, qmmm=qmmm, platform=platform,
                     threads=threads, identity=identity, poll=poll, what=f"window at {bias.describe()}",
@@ -138,6 +132,23 @@ def sample_window(
 
 
 Measure = Callable[[openmm.Context, openmm.State], dict[str, float]]
+
+
+def add_bias(system: openmm.System, coordinate: ReactionCoordinate,
+             bias: Bias) -> tuple[openmm.CustomCVForce, Callable[[openmm.Context], float]]:
+    """Add ``bias`` on ``coordinate`` to ``system`` in a force group of its own; return the force (whose
+    collective variables give s) and a function of a Context giving the energy without it (kJ/mol)."""
+    bias_force = coordinate.bias_force(bias, system.usesPeriodicBoundaryConditions())
+    group = free_force_group(system, "the umbrella bias")
+    bias_force.setForceGroup(group)
+    system.addForce(bias_force)
+    unbiased = sum(1 << g for g in range(32) if g != group)
+
+    def unbiased_energy(context: openmm.Context) -> float:
+        energy = context.getState(getEnergy=True, groups=unbiased).getPotentialEnergy()
+        return energy.value_in_unit(unit.kilojoule_per_mole)
+
+    return bias_force, unbiased_energy
 
 
 def sample(
