@@ -158,8 +158,9 @@ ENTRIES: dict[str, Entry] = {
                                  "--method", "b3lyp", "--basis", "6-31g*", "--budget", "12", "--qm-scan", "region",
                                  "--refine-steps", "3", "--no-progress"), _interface_numbers(measured=False)),
     "chorismate_mutase": Entry(("systems/chorismate_mutase/run", "-o", "{out}", "--no-progress"), {
-        key: Number((key,)) for key in ("enzyme_barrier", "water_barrier", "catalytic_effect", "enzyme_reaction",
-                                        "water_reaction")}, command=(sys.executable,),
+        **{key: Number((key,)) for key in ("enzyme_barrier", "water_barrier", "catalytic_effect", "enzyme_reaction",
+                                           "water_reaction")},
+        "compute_minutes": Number(("compute_minutes",), 0, tolerance=math.inf)}, command=(sys.executable,),
         figures={"profiles.png": "figures/systems/chorismate_mutase_profiles.png"}, in_all=False),
     "tests": Entry(("-m", "pytest", "-q", "-p", "no:cacheprovider"), command=(sys.executable,), in_all=False),
     "tests_slow": Entry(("-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or shared_data"),
