@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from bioqmmm.errors import InputError
 from bioqmmm.protocols.context import RunContext
 from bioqmmm.protocols.pmf import reaction_coordinate
 from bioqmmm.protocols.pmf_settings import CoordinateSection
@@ -58,6 +57,8 @@ class SteerSettings(Declared):
                           check="positive_int")
 
     def check(self) -> None:
+        if self.coordinate.kind == "dihedral":
+            raise FieldError("coordinate", "a dihedral cannot be steered (its centre would wrap at ±π)")
         if self.steps % self.sample_interval:
             raise FieldError("steps", f"must be a multiple of sample_interval ({self.sample_interval})")
         if self.models > self.steps // self.sample_interval:
@@ -68,8 +69,6 @@ def run(context: RunContext, settings: SteerSettings) -> dict[str, Any]:
     """The ``steer`` protocol (serial)."""
     qmmm, out = context.qmmm, context.output
     coordinate = reaction_coordinate(settings.coordinate, qmmm.topology)
-    if coordinate.period is not None:
-        raise InputError("steer: a dihedral coordinate cannot be steered (its centre would wrap at ±π)")
     positions = context.positions
     first = out / "run" / "start.json"  # the settled start's s: a resumed run moves the centre the same way
     if (out / "run" / "checkpoint.npz").exists() and first.exists():
